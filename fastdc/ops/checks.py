@@ -1,0 +1,55 @@
+"""Shared input checks for the ops: readable errors that say what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def as_batched(t: torch.Tensor, name: str, inner_ndim: int) -> tuple[torch.Tensor, bool]:
+    """Return ``t`` with a leading batch dim (added when missing) and whether one was added.
+
+    ``inner_ndim`` is the rank of one problem (2 for x:[N,D], 1 for idx:[N]).
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() == inner_ndim:
+        return t.unsqueeze(0), True
+    if t.dim() == inner_ndim + 1:
+        return t, False
+    raise ValueError(
+        f"{name} must have {inner_ndim} dims (one problem) or {inner_ndim + 1} dims "
+        f"(a batch of problems), got shape {tuple(t.shape)}"
+    )
+
+
+def check_float(t: torch.Tensor, name: str) -> None:
+    """Raise TypeError unless ``t`` has a floating dtype."""
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float32/float64/float16/bfloat16), got "
+            f"{t.dtype}; convert it with .float()"
+        )
+
+
+def check_metric(metric: str) -> None:
+    """Raise ValueError unless ``metric`` is "l2" or "ip"."""
+    if metric not in ("l2", "ip"):
+        raise ValueError(f"metric must be 'l2' or 'ip' (inner product), got {metric!r}")
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    """Raise ValueError when the given tensors live on different devices."""
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"all inputs must be on one device, got {listing}; move them with .to()")
+
+
+def first_nonfinite_row(x: torch.Tensor) -> int | None:
+    """Index of the first row of ``x`` ([N, D]) holding NaN or inf, or None if all are finite."""
+    bad = ~torch.isfinite(x).all(dim=-1)
+    if not bool(bad.any()):
+        return None
+    return int(bad.nonzero()[0, 0])

@@ -1,0 +1,1 @@
+"""Triton kernels, installed as ``fastdc.kernels`` (placeholder until the GPU kernels land)."""
