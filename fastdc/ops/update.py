@@ -65,7 +65,8 @@ def cluster_sums(
         wb = wb.float().contiguous()
     check_same_device(x=xb, idx=ib, weights=wb)
     if ib.numel() and (int(ib.min()) < 0 or int(ib.max()) >= k):
-        raise ValueError(f"idx holds ids outside [0, {k}): min {int(ib.min())}, max {int(ib.max())}")
+        lo, hi = int(ib.min()), int(ib.max())
+        raise ValueError(f"idx holds ids outside [0, {k}): min {lo}, max {hi}")
     xb, ib = xb.contiguous(), ib.to(torch.int64).contiguous()
     impl = select("cluster_sums", backend, x=xb, idx=ib, k=k, weights=wb)
     sums, counts = impl.fn(x=xb, idx=ib, k=k, weights=wb)

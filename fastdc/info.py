@@ -1,0 +1,54 @@
+"""``python -m fastdc.info``: versions, devices, and which backends loaded (and why not)."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import numpy as np
+import torch
+
+from fastdc import __version__, backends
+
+OPS = ("assign", "cluster_sums", "resplit_empty", "sobel")
+
+
+def report() -> str:
+    """The information printed by ``python -m fastdc.info``, as text."""
+    lines = [
+        f"fastdc {__version__}",
+        f"python {platform.python_version()} on {platform.machine()} ({platform.system()})",
+        f"torch {torch.__version__}, numpy {np.__version__}",
+        f"torch threads: {torch.get_num_threads()}",
+    ]
+    for name in ("triton", "cupy", "faiss"):
+        try:
+            module = __import__(name)
+            lines.append(f"{name} {getattr(module, '__version__', '?')}")
+        except Exception as exc:
+            lines.append(f"{name}: not available ({type(exc).__name__})")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            lines.append(f"cuda:{i} {torch.cuda.get_device_name(i)}")
+    else:
+        lines.append("CUDA: no device")
+    if os.environ.get("FASTDC_BACKEND"):
+        lines.append(f"FASTDC_BACKEND={os.environ['FASTDC_BACKEND']} (forced)")
+    lines.append("backends per op (automatic order: GPU tensors triton > cuda > torch, "
+                 "CPU tensors cpu > torch):")
+    for op in OPS:
+        lines.append(f"  {op:14s} {', '.join(backends.available(op)) or '-'}")
+    try:
+        from fastdc import _C
+
+        lines.append(f"cpu backend SIMD path: {_C.simd()}")
+    except Exception:
+        pass
+    errors = backends.load_errors()
+    for name, why in sorted(errors.items()):
+        lines.append(f"backend {name} not loaded: {why}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report())
