@@ -14,10 +14,14 @@ choice that skips a fast backend for a reason other than the device says so once
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger("fastdc")
 
@@ -166,10 +170,36 @@ def _load_all() -> None:
     if _LOADED:
         return
     _LOADED = True
-    import importlib
-
     for module, name in _BACKEND_MODULES.items():
         try:
-            importlib.import_module(module)
+            if module == "fastdc.kernels":
+                import_kernels()
+            else:
+                importlib.import_module(module)
         except Exception as exc:  # a backend that fails to import must not break the others
             record_load_error(name, f"{type(exc).__name__}: {exc}")
+
+
+def import_kernels():
+    """Import the Triton kernels as ``fastdc.kernels``.
+
+    setup.py installs the top-level ``kernels/`` directory under that name; in a source
+    checkout that was not installed, load it from ``kernels/`` beside the package instead.
+    """
+    try:
+        return importlib.import_module("fastdc.kernels")
+    except ModuleNotFoundError as exc:
+        source = Path(__file__).resolve().parent.parent / "kernels"
+        if exc.name != "fastdc.kernels" or not (source / "__init__.py").exists():
+            raise
+    spec = importlib.util.spec_from_file_location(
+        "fastdc.kernels", source / "__init__.py", submodule_search_locations=[str(source)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fastdc.kernels"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["fastdc.kernels"]
+        raise
+    return module

@@ -1,0 +1,129 @@
+// assign: fused distance + argmin in fp32 (CUDA cores), batched over B problems.
+//
+// One 256-thread block owns TILE_N = 64 rows of one problem. Centroid tiles of TILE_K = 64
+// stream past; the D axis is walked in chunks of TILE_D = 16 staged in shared memory; each
+// thread accumulates a 4 x 4 block of dot products in registers. After each centroid tile the
+// 16 threads that share a row group reduce their candidates with warp shuffles, and the running
+// (best score, best index) of every row stays in registers. Only dist and idx are written.
+//
+// score = |c|^2 - 2 x.c (L2) or -x.c (inner product); ties go to the smallest index.
+// Compiled at run time by CuPy (NVRTC): no host headers, extern "C" entry points.
+
+#define TILE_N 64   // rows per block: 16 thread rows x 4 rows per thread
+#define TILE_K 64   // centroids per tile: 16 thread columns x 4 centroids per thread
+#define TILE_D 16   // features staged per step (2 x 64 x 16 floats = 8 KB of shared memory)
+#define PAD 1       // breaks shared-memory bank conflicts on the transposed tiles
+
+// Lexicographic (score, index) minimum: smaller score wins, then the smaller index.
+__device__ __forceinline__ void take_better(float& s, long long& i, float s2, long long i2) {
+    if (s2 < s || (s2 == s && i2 < i)) {
+        s = s2;
+        i = i2;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) assign_f32(
+    const float* __restrict__ x,    // [B, N, D] rows
+    const float* __restrict__ c,    // [B, K, D] centroids
+    const float* __restrict__ csq,  // [B, K] |c|^2 (read when is_l2)
+    float* __restrict__ dist,       // [B, N] out: squared L2 distance (>= 0) or best inner product
+    long long* __restrict__ idx,    // [B, N] out: index of the best centroid
+    long long N,                    // rows per problem
+    long long K,                    // centroids per problem
+    long long D,                    // feature dim
+    int is_l2)                      // 1: smallest L2 distance; 0: largest inner product
+{
+    __shared__ float xs[TILE_D][TILE_N + PAD];  // x chunk, transposed: xs[d][row]
+    __shared__ float cs[TILE_D][TILE_K + PAD];  // centroid chunk, transposed: cs[d][col]
+    __shared__ float xsq_s[TILE_N];
+
+    const int tid = threadIdx.x;
+    const int tx = tid % 16;  // column group: centroids tx*4 .. tx*4+3 of the tile
+    const int ty = tid / 16;  // row group: rows ty*4 .. ty*4+3 of the tile
+    const long long b = blockIdx.y;
+    const long long row0 = (long long)blockIdx.x * TILE_N;
+    const float* xb = x + b * N * D;
+    const float* cb = c + b * K * D;
+
+    // |x|^2: 4 threads per row, strided over D, then a shuffle reduction inside the 4
+    {
+        const int r = tid / 4, part = tid % 4;
+        const long long row = row0 + r;
+        float acc = 0.f;
+        if (row < N)
+            for (long long d = part; d < D; d += 4) {
+                float v = xb[row * D + d];
+                acc = fmaf(v, v, acc);
+            }
+        acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+        acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+        if (part == 0) xsq_s[r] = acc;
+    }
+
+    float best[4];
+    long long best_i[4];
+    for (int i = 0; i < 4; ++i) {
+        best[i] = __int_as_float(0x7f800000);  // +inf
+        best_i[i] = 0;
+    }
+
+    for (long long k0 = 0; k0 < K; k0 += TILE_K) {
+        float acc[4][4] = {};
+        for (long long d0 = 0; d0 < D; d0 += TILE_D) {
+            // stage 64 x 16 of x and of c: 4 elements per thread each, coalesced along d
+            for (int e = tid; e < TILE_N * TILE_D; e += 256) {
+                const int r = e / TILE_D, d = e % TILE_D;
+                const long long row = row0 + r, col = k0 + r, dd = d0 + d;
+                xs[d][r] = (row < N && dd < D) ? xb[row * D + dd] : 0.f;
+                cs[d][r] = (col < K && dd < D) ? cb[col * D + dd] : 0.f;
+            }
+            __syncthreads();
+#pragma unroll
+            for (int d = 0; d < TILE_D; ++d) {
+                float a[4], w[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) a[i] = xs[d][ty * 4 + i];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) w[j] = cs[d][tx * 4 + j];
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], w[j], acc[i][j]);
+            }
+            __syncthreads();
+        }
+        // this thread's best of its 4 centroids per row, then across the 16 column groups
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            float s = __int_as_float(0x7f800000);
+            long long si = 0;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const long long col = k0 + tx * 4 + j;
+                if (col < K) {
+                    const float sc = is_l2 ? csq[b * K + col] - 2.f * acc[i][j] : -acc[i][j];
+                    take_better(s, si, sc, col);
+                }
+            }
+            // the 16 threads of a row group are 16 consecutive lanes of one warp
+#pragma unroll
+            for (int off = 8; off >= 1; off >>= 1) {
+                const float s2 = __shfl_xor_sync(0xffffffffu, s, off);
+                const long long i2 = __shfl_xor_sync(0xffffffffu, si, off);
+                take_better(s, si, s2, i2);
+            }
+            take_better(best[i], best_i[i], s, si);
+        }
+    }
+
+    if (tx == 0) {
+        for (int i = 0; i < 4; ++i) {
+            const long long row = row0 + ty * 4 + i;
+            if (row < N) {
+                const float dv = is_l2 ? fmaxf(xsq_s[ty * 4 + i] + best[i], 0.f) : -best[i];
+                dist[b * N + row] = dv;
+                idx[b * N + row] = best_i[i];
+            }
+        }
+    }
+}
