@@ -18,6 +18,7 @@ ext = Pybind11Extension(
     "fastdc._C",
     sorted(glob("csrc/cpu/*.cpp")),
     include_dirs=["csrc/cpu"],
+    depends=sorted(glob("csrc/cpu/*.h")),
     cxx_std=17,
     extra_compile_args=["-O3", *openmp],
     extra_link_args=openmp,

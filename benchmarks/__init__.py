@@ -1,0 +1,1 @@
+"""Benchmarks: run with ``pytest --benchmark`` (see the root conftest.py)."""

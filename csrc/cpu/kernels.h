@@ -1,0 +1,50 @@
+// Declarations of the fastdc CPU kernels (bound to Python in module.cpp).
+//
+// All arrays are dense, row-major (C-contiguous) and batched over B independent problems.
+// Every kernel writes every element of its outputs. None of them touches Python objects, so
+// the bindings call them with the GIL released.
+#pragma once
+
+#include "common.h"
+
+namespace fastdc {
+
+// Nearest centroid of each row.
+//   x:     float32 [B, N, D]      rows to assign
+//   c:     float32 [B, K, D]      centroids (K >= 1)
+//   ip:    false: squared L2 (smallest wins), true: inner product (largest wins)
+//   dist:  float32 [B, N] out     L2: max(||x||^2 + min_j(||c_j||^2 - 2 x.c_j), 0); IP: max_j x.c_j
+//   idx:   int64   [B, N] out     arg-min / arg-max, ties -> smallest j
+// Memory: O(K*D) packed centroids + O(threads * block) scratch; never an N x K buffer.
+// Per-row results do not depend on n_threads.
+void assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, float* dist,
+            i64* idx, int n_threads);
+
+// Per-cluster sums and counts, deterministic and independent of n_threads.
+//   x:       float32 [B, N, D]
+//   idx:     int64   [B, N]    cluster of each row, in [0, k) (checked: throws otherwise)
+//   weights: float32 [B, N] or nullptr (weight 1)
+//   sums:    float32 [B, k, D] out   sum over rows i of cluster j of w_i * x_i (float64 accumulation)
+//   counts:  float32 [B, k]    out   sum of w_i (or number of rows)
+void cluster_sums(const float* x, const i64* idx, const float* weights, i64 B, i64 N, i64 D,
+                  i64 k, float* sums, float* counts, int n_threads);
+
+// faiss's empty-cluster re-split, in place (see fastdc/ops/resplit.py for the rule).
+//   centroids: float32 [B, K, D] in/out
+//   counts:    float32 [B, K]    in/out
+//   uniforms:  float64 [B, K]    one uniform in [0, 1) per cluster slot
+//   nsplit:    int64   [B]       out: clusters re-split in each problem
+void resplit_empty(float* centroids, float* counts, const double* uniforms, i64 B, i64 K, i64 D,
+                   i64 n_frozen, i64* nsplit);
+
+// Output element types of sobel.
+enum class OutType { f32 = 0, f16 = 1, bf16 = 2 };
+
+// Fused Sobel front end: [B, 3, H, W] -> [B, 2, H, W] (channel 0: Gx, channel 1: Gy).
+//   images:   uint8 (is_u8) or float32 [B, 3, H, W]; uint8 is scaled by 1/255 first
+//   mean/std: float32 [3] or nullptr: per-channel (v - mean) / std
+//   out:      [B, 2, H, W] of out_type (float32, float16 or bfloat16 bits), round to nearest even
+void sobel(const void* images, bool is_u8, i64 B, i64 H, i64 W, const float* mean,
+           const float* std, void* out, OutType out_type, int n_threads);
+
+}  // namespace fastdc

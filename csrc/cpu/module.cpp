@@ -1,0 +1,143 @@
+// pybind11 bindings: fastdc._C.
+//
+// Every entry point takes NumPy views of contiguous CPU tensors (zero-copy: arguments are
+// declared noconvert, so a wrong dtype or layout raises TypeError instead of silently copying,
+// which would lose the outputs), checks shapes, then runs the kernel with the GIL released.
+// Outputs are allocated by the caller (fastdc/cpu_backend.py) with torch.
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "kernels.h"
+
+namespace py = pybind11;
+using fastdc::i64;
+
+namespace {
+
+template <typename T>
+using Array = py::array_t<T, py::array::c_style>;
+
+// Raise ValueError unless a has the given rank; returns its shape as i64.
+template <typename T>
+std::vector<i64> shape_of(const Array<T>& a, py::ssize_t ndim, const char* name) {
+    if (a.ndim() != ndim) {
+        throw std::invalid_argument(std::string(name) + " must have " + std::to_string(ndim) +
+                                    " dims, got " + std::to_string(a.ndim()));
+    }
+    return std::vector<i64>(a.shape(), a.shape() + ndim);
+}
+
+void expect(bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument(what);
+}
+
+void assign_py(const Array<float>& x, const Array<float>& c, bool ip, Array<float>& dist,
+               Array<i64>& idx, int n_threads) {
+    const auto xs = shape_of(x, 3, "x"), cs = shape_of(c, 3, "centroids");
+    const auto ds = shape_of(dist, 2, "dist"), is = shape_of(idx, 2, "idx");
+    expect(cs[0] == xs[0] && cs[2] == xs[2], "centroids must be [B, K, D] matching x [B, N, D]");
+    expect(ds[0] == xs[0] && ds[1] == xs[1] && is == ds, "dist and idx must be [B, N]");
+    const float *xp = x.data(), *cp = c.data();
+    float* dp = dist.mutable_data();
+    i64* ip_ = idx.mutable_data();
+    py::gil_scoped_release release;
+    fastdc::assign(xp, cp, xs[0], xs[1], cs[1], xs[2], ip, dp, ip_, n_threads);
+}
+
+void cluster_sums_py(const Array<float>& x, const Array<i64>& idx,
+                     const std::optional<Array<float>>& weights, Array<float>& sums,
+                     Array<float>& counts, int n_threads) {
+    const auto xs = shape_of(x, 3, "x"), is = shape_of(idx, 2, "idx");
+    const auto ss = shape_of(sums, 3, "sums"), ns = shape_of(counts, 2, "counts");
+    expect(is[0] == xs[0] && is[1] == xs[1], "idx must be [B, N] matching x [B, N, D]");
+    expect(ss[0] == xs[0] && ss[2] == xs[2] && ns[0] == ss[0] && ns[1] == ss[1],
+           "sums must be [B, k, D] and counts [B, k]");
+    const float* wp = nullptr;
+    if (weights) {
+        expect(shape_of(*weights, 2, "weights") == is, "weights must be [B, N] like idx");
+        wp = weights->data();
+    }
+    const float* xp = x.data();
+    const i64* ip = idx.data();
+    float *sp = sums.mutable_data(), *np = counts.mutable_data();
+    py::gil_scoped_release release;
+    fastdc::cluster_sums(xp, ip, wp, xs[0], xs[1], xs[2], ss[1], sp, np, n_threads);
+}
+
+void resplit_py(Array<float>& centroids, Array<float>& counts, const Array<double>& uniforms,
+                i64 n_frozen, Array<i64>& nsplit) {
+    const auto cs = shape_of(centroids, 3, "centroids"), ns = shape_of(counts, 2, "counts");
+    expect(ns[0] == cs[0] && ns[1] == cs[1], "counts must be [B, K] matching centroids");
+    expect(shape_of(uniforms, 2, "uniforms") == ns, "uniforms must be [B, K] like counts");
+    expect(shape_of(nsplit, 1, "nsplit")[0] == cs[0], "nsplit must be [B]");
+    expect(n_frozen >= 0 && n_frozen <= cs[1], "n_frozen must be in [0, K]");
+    float *cp = centroids.mutable_data(), *np = counts.mutable_data();
+    const double* up = uniforms.data();
+    i64* sp = nsplit.mutable_data();
+    py::gil_scoped_release release;
+    fastdc::resplit_empty(cp, np, up, cs[0], cs[1], cs[2], n_frozen, sp);
+}
+
+void sobel_py(const py::array& images, const std::optional<Array<float>>& mean,
+              const std::optional<Array<float>>& std_, py::array& out, int out_type,
+              int n_threads) {
+    const bool u8 = py::isinstance<Array<std::uint8_t>>(images);
+    const bool f32 = py::isinstance<Array<float>>(images);
+    expect(u8 || f32, "images must be a C-contiguous uint8 or float32 array");
+    expect(images.ndim() == 4 && images.shape(1) == 3, "images must be [B, 3, H, W]");
+    expect(out_type >= 0 && out_type <= 2, "out_type must be 0 (f32), 1 (f16) or 2 (bf16)");
+    const auto type = static_cast<fastdc::OutType>(out_type);
+    const py::ssize_t out_item = type == fastdc::OutType::f32 ? 4 : 2;
+    expect(out.itemsize() == out_item && (out.flags() & py::array::c_style) && out.writeable(),
+           "out must be a writable C-contiguous array of 4-byte (f32) or 2-byte (f16/bf16) items");
+    const i64 B = images.shape(0), H = images.shape(2), W = images.shape(3);
+    expect(out.ndim() == 4 && out.shape(0) == B && out.shape(1) == 2 && out.shape(2) == H &&
+               out.shape(3) == W,
+           "out must be [B, 2, H, W]");
+    expect(mean.has_value() == std_.has_value(), "give both mean and std, or neither");
+    const float *mp = nullptr, *sp = nullptr;
+    if (mean) {
+        expect(mean->size() == 3 && std_->size() == 3, "mean and std must hold 3 values");
+        mp = mean->data();
+        sp = std_->data();
+    }
+    const void* ip = images.data();
+    void* op = out.mutable_data();
+    py::gil_scoped_release release;
+    fastdc::sobel(ip, u8, B, H, W, mp, sp, op, type, n_threads);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+    m.doc() = "fastdc C++/OpenMP kernels (assign, cluster_sums, resplit_empty, sobel)";
+    m.def("simd", &fastdc::simd_name, "SIMD path used on this CPU: 'avx2' or 'generic'.");
+    m.def("assign", &assign_py, py::arg("x").noconvert(), py::arg("centroids").noconvert(),
+          py::arg("ip"), py::arg("dist").noconvert(), py::arg("idx").noconvert(),
+          py::arg("n_threads"),
+          "assign(x f32[B,N,D], centroids f32[B,K,D], ip, dist f32[B,N] out, idx i64[B,N] out, "
+          "n_threads): nearest (L2) / most similar (IP) centroid, ties -> smallest index.");
+    m.def("cluster_sums", &cluster_sums_py, py::arg("x").noconvert(), py::arg("idx").noconvert(),
+          py::arg("weights").noconvert().none(true), py::arg("sums").noconvert(),
+          py::arg("counts").noconvert(), py::arg("n_threads"),
+          "cluster_sums(x f32[B,N,D], idx i64[B,N], weights f32[B,N]|None, sums f32[B,k,D] out, "
+          "counts f32[B,k] out, n_threads): per-cluster sums/counts, float64 accumulation.");
+    m.def("resplit_empty", &resplit_py, py::arg("centroids").noconvert(),
+          py::arg("counts").noconvert(), py::arg("uniforms").noconvert(), py::arg("n_frozen"),
+          py::arg("nsplit").noconvert(),
+          "resplit_empty(centroids f32[B,K,D] inout, counts f32[B,K] inout, uniforms f64[B,K], "
+          "n_frozen, nsplit i64[B] out): faiss's empty-cluster re-split, in place.");
+    m.def("sobel", &sobel_py, py::arg("images"), py::arg("mean").noconvert().none(true),
+          py::arg("std").noconvert().none(true), py::arg("out"), py::arg("out_type"),
+          py::arg("n_threads"),
+          "sobel(images u8|f32[B,3,H,W], mean f32[3]|None, std f32[3]|None, out [B,2,H,W], "
+          "out_type 0=f32 1=f16 2=bf16 (2-byte outputs as int16 views), n_threads).");
+}

@@ -1,0 +1,147 @@
+"""The ``cpu`` backend: C++/OpenMP kernels from the pybind11 extension :mod:`fastdc._C`.
+
+Registers ``assign``, ``cluster_sums``, ``resplit_empty`` and ``sobel``. Each implementation
+takes the same keyword arguments as the op's reference (batched, contiguous tensors), passes
+them to C++ as zero-copy NumPy views, allocates the outputs with torch and runs on
+``torch.get_num_threads()`` threads. The kernels compute in float32; other dtypes fall back
+to the ``torch`` reference (the ``reasons`` functions say why). Importing this module fails
+when the extension was not built; the registry records that error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fastdc import _C
+from fastdc.backends import register
+
+_SOBEL_OUT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+"""Output dtypes of the fused Sobel kernel and their codes in ``_C.sobel``."""
+
+
+def simd() -> str:
+    """The SIMD path the kernels take on this CPU: "avx2" or "generic"."""
+    return _C.simd()
+
+
+def _common_reasons(**tensors: torch.Tensor | None) -> list[str]:
+    """Reasons shared by every op: CPU device, contiguous layout, no autograd graph."""
+    reasons = []
+    present = {name: t for name, t in tensors.items() if t is not None}
+    if any(t.device.type != "cpu" for t in present.values()):
+        reasons.append("needs tensors on the CPU device")
+    if any(not t.is_contiguous() for t in present.values()):
+        reasons.append("needs contiguous tensors")
+    if any(t.requires_grad for t in present.values()):
+        reasons.append("does not support autograd (inputs require grad)")
+    return reasons
+
+
+def _float32_reasons(**tensors: torch.Tensor | None) -> list[str]:
+    bad = [
+        f"{n} is {t.dtype}"
+        for n, t in tensors.items()
+        if t is not None and t.dtype != torch.float32
+    ]
+    return [f"computes in float32 only ({', '.join(bad)})"] if bad else []
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """Zero-copy NumPy view of a contiguous CPU tensor."""
+    return t.detach().numpy()
+
+
+# --- assign -----------------------------------------------------------------------------------
+
+
+def _assign_reasons(x, centroids, metric, precision="default") -> list[str]:
+    reasons = _common_reasons(x=x, centroids=centroids)
+    reasons += _float32_reasons(x=x, centroids=centroids)
+    if metric not in ("l2", "ip"):
+        reasons.append(f"unknown metric {metric!r}")
+    return reasons
+
+
+@register("assign", "cpu", _assign_reasons)
+def assign_cpu(
+    x: torch.Tensor, centroids: torch.Tensor, metric: str, precision: str = "default"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: [B, N, D] float32, centroids: [B, K, D] float32 -> dist [B, N] float32, idx [B, N]
+    int64. ``precision`` is ignored: the CPU kernel always computes in float32."""
+    B, N, _ = x.shape
+    dist = torch.empty(B, N, dtype=torch.float32)
+    idx = torch.empty(B, N, dtype=torch.int64)
+    _C.assign(_np(x), _np(centroids), metric == "ip", _np(dist), _np(idx), torch.get_num_threads())
+    return dist, idx
+
+
+# --- cluster_sums -----------------------------------------------------------------------------
+
+
+def _sums_reasons(x, idx, k, weights) -> list[str]:
+    reasons = _common_reasons(x=x, idx=idx, weights=weights)
+    reasons += _float32_reasons(x=x, weights=weights)
+    if idx.dtype != torch.int64:
+        reasons.append(f"needs int64 ids, got {idx.dtype}")
+    return reasons
+
+
+@register("cluster_sums", "cpu", _sums_reasons)
+def cluster_sums_cpu(
+    x: torch.Tensor, idx: torch.Tensor, k: int, weights: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: [B, N, D] float32, idx: [B, N] int64, weights: [B, N] float32 or None ->
+    sums [B, k, D] float32, counts [B, k] float32 (float64 accumulation, deterministic)."""
+    B, _, D = x.shape
+    sums = torch.empty(B, k, D, dtype=torch.float32)
+    counts = torch.empty(B, k, dtype=torch.float32)
+    w = None if weights is None else _np(weights)
+    _C.cluster_sums(_np(x), _np(idx), w, _np(sums), _np(counts), torch.get_num_threads())
+    return sums, counts
+
+
+# --- resplit_empty ----------------------------------------------------------------------------
+
+
+def _resplit_reasons(centroids, counts, uniforms, n_frozen) -> list[str]:
+    reasons = _common_reasons(centroids=centroids, counts=counts, uniforms=uniforms)
+    reasons += _float32_reasons(centroids=centroids, counts=counts)
+    if uniforms.dtype != torch.float64:
+        reasons.append(f"needs float64 uniforms, got {uniforms.dtype}")
+    return reasons
+
+
+@register("resplit_empty", "cpu", _resplit_reasons)
+def resplit_empty_cpu(
+    centroids: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor, n_frozen: int
+) -> torch.Tensor:
+    """In place on centroids [B, K, D] float32 and counts [B, K] float32, given uniforms
+    [B, K] float64; returns nsplit [B] int64. Bit-identical to ``resplit_empty_ref``."""
+    nsplit = torch.empty(centroids.shape[0], dtype=torch.int64)
+    _C.resplit_empty(_np(centroids), _np(counts), _np(uniforms), int(n_frozen), _np(nsplit))
+    return nsplit
+
+
+# --- sobel ------------------------------------------------------------------------------------
+
+
+def _sobel_reasons(images, mean, std, out_dtype) -> list[str]:
+    reasons = _common_reasons(images=images)
+    if images.dtype not in (torch.uint8, torch.float32):
+        reasons.append(f"takes uint8 or float32 images, got {images.dtype}")
+    if out_dtype not in _SOBEL_OUT:
+        reasons.append(f"writes float32/float16/bfloat16 only, got {out_dtype}")
+    return reasons
+
+
+@register("sobel", "cpu", _sobel_reasons)
+def sobel_cpu(images: torch.Tensor, mean, std, out_dtype: torch.dtype) -> torch.Tensor:
+    """images [B, 3, H, W] uint8 or float32 -> [B, 2, H, W] out_dtype, in one fused pass."""
+    B, _, H, W = images.shape
+    out = torch.empty(B, 2, H, W, dtype=out_dtype)
+    view = out if out_dtype == torch.float32 else out.view(torch.int16)
+    m = None if mean is None else np.asarray(mean, dtype=np.float32)
+    s = None if std is None else np.asarray(std, dtype=np.float32)
+    _C.sobel(_np(images), m, s, _np(view), _SOBEL_OUT[out_dtype], torch.get_num_threads())
+    return out
