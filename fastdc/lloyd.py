@@ -5,6 +5,19 @@ One iteration = ``assign`` (fused distance + argmin) → ``cluster_sums`` → me
 device through the backend registry; nothing is copied to the host unless ``record_times`` or
 ``verbose`` asks for per-iteration timings/prints (one device synchronisation per iteration).
 A leading batch dimension clusters B independent problems in one call.
+
+Two optional extensions, both off by default (then the loop is exactly the plain one above):
+
+- ``mask`` [B, N] bool marks real rows; False rows are padding (e.g. when problems of unequal
+  sizes are stacked into one [B, N_max, D] tensor). Padding rows get weight 0 (they never move a
+  centroid or count in a cluster's size, so the re-split never sees them), are left out of the
+  objective, are never drawn as initial centroids, and come back with assignment -1, dist 0.
+- ``group`` (a ``torch.distributed`` process group): x is this rank's shard of the rows. Seeding
+  draws from the global row set with the shared seed, per-iteration sums and counts (one packed
+  buffer) are all-reduced, the re-split then runs identically on every rank from the reduced
+  counts and the shared seed, and the objective is all-reduced at the end. Same seed, same rows:
+  P ranks give the centroids of one process on the concatenated rows, up to float32 summation
+  order. Each rank gets back the assignments of its own rows.
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fastdc import distributed as fdist
 from fastdc.ops.assign import assign
 from fastdc.ops.checks import first_nonfinite_row
 from fastdc.ops.resplit import resplit_empty
@@ -61,6 +75,8 @@ def kmeans(
     verbose: bool = False,
     record_times: bool = False,
     check_finite: bool = True,
+    mask: torch.Tensor | None = None,
+    group: fdist.Group | None = None,
 ) -> KMeansResult:
     """Lloyd's k-means with faiss's empty-cluster re-split, on x's device.
 
@@ -72,11 +88,22 @@ def kmeans(
     spherical: inner-product assignment and unit-norm centroids. weights: [N] / [B, N]
     non-negative per-row weights. n_frozen: keep the first n_frozen initial centroids fixed.
     int_centroids: round centroids to integers after each update.
+    mask: [N] / [B, N] bool, True for real rows; False rows are padding, ignored everywhere
+    (see the module docstring); each problem needs at least k real rows.
+    group: a ``torch.distributed`` process group: x is this rank's shard (N may differ across
+    ranks, each needs >= 1 row, masked or not) and the result equals one process on the
+    concatenation of the shards in rank order. ``init`` must then be "random" or a tensor
+    (rank 0's is used); "kmeans++" raises ValueError. With a group, verbose prints on rank 0.
     Raises ValueError (shapes, k, NaN/inf rows with the row index, bad weights) or TypeError.
     """
     x, squeezed = _as_batched_float(x)
     B, N, D = x.shape
-    _check_k(k, N)
+    m = _check_mask(mask, B, N, x.device)
+    if m is None and group is None:
+        _check_k(k, N)
+    else:
+        rows = torch.full((B,), N, dtype=torch.int64) if m is None else m.sum(dim=1).cpu()
+        _check_k(k, int(fdist.all_reduce_sum(rows.to(x.device), group).min()))
     if niter < 0:
         raise ValueError(f"niter must be >= 0, got {niter}")
     if check_finite:
@@ -85,9 +112,9 @@ def kmeans(
             if row is not None:
                 where = f"row {row}" if B == 1 else f"problem {b}, row {row}"
                 raise ValueError(f"x contains NaN or inf at {where}; remove or impute it first")
-    w = _check_weights(weights, B, N, x.device)
+    w = _check_weights(weights, B, N, x.device, mask=m, group=group)
     metric = "ip" if spherical else "l2"
-    centroids = initial_centroids(x, k, init=init, seed=seed, weights=w)
+    centroids = initial_centroids(x, k, init=init, seed=seed, weights=w, mask=m, group=group)
     if not 0 <= n_frozen <= k:
         raise ValueError(f"n_frozen must be in [0, k={k}], got {n_frozen}")
     if n_frozen and not isinstance(init, torch.Tensor):
@@ -103,17 +130,27 @@ def kmeans(
     times: list[float] = []
     search_times: list[float] = []
     timed = record_times or verbose
+    reduce_obj_each_iter = verbose and group is not None  # every rank joins that all-reduce
+    verbose = verbose and fdist.is_main(group)
     t0, t_search = time.perf_counter(), 0.0
     if verbose:
-        print(f"Clustering {N} points in {D}D to {k} clusters ({B} problem(s)), {niter} iterations")
+        where = "" if group is None else f" on rank 0 of {fdist.world_size(group)}"
+        print(
+            f"Clustering {N} points{where} in {D}D to {k} clusters ({B} problem(s)), "
+            f"{niter} iterations"
+        )
     for it in range(niter):
         ts = time.perf_counter()
         dist, idx = assign(x, centroids, metric=metric, backend=backend)
         if timed:
             _sync(x.device)
             t_search += time.perf_counter() - ts
+        if m is not None:
+            dist = dist.masked_fill(~m, 0.0)
         obj[it] = dist.sum(dim=1, dtype=torch.float64)
         sums, counts = cluster_sums(x, idx, k, weights=w, backend=backend)
+        if group is not None:
+            sums, counts = _all_reduce_sums(sums, counts, group)
         imbalance[it] = _imbalance(counts)
         new = means_from_sums(sums, counts)
         if n_frozen:
@@ -130,14 +167,21 @@ def kmeans(
             _sync(x.device)
             times.append(time.perf_counter() - t0)
             search_times.append(t_search)
+        shown = obj[it]
+        if reduce_obj_each_iter:
+            shown = fdist.all_reduce_sum(obj[it].clone(), group)
         if verbose:
             print(
                 f"  Iteration {it} ({times[-1]:.2f} s, search {t_search:.2f} s): "
-                f"objective={float(obj[it].sum()):g} imbalance={float(imbalance[it].mean()):.3f} "
+                f"objective={float(shown.sum()):g} imbalance={float(imbalance[it].mean()):.3f} "
                 f"nsplit={int(nsplit[it].sum())}",
                 file=sys.stderr,
             )
     dist, idx = assign(x, centroids, metric=metric, backend=backend)
+    if group is not None:
+        fdist.all_reduce_sum(obj, group)
+    if m is not None:
+        dist, idx = dist.masked_fill(~m, 0.0), idx.masked_fill(~m, -1)
     result = KMeansResult(centroids, idx, dist, obj, nsplit, imbalance, times, search_times)
     if squeezed:
         result.centroids, result.assignments, result.dist = centroids[0], idx[0], dist[0]
@@ -152,16 +196,35 @@ def initial_centroids(
     init: str | torch.Tensor = "random",
     seed: int = 0,
     weights: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    group: fdist.Group | None = None,
 ) -> torch.Tensor:
     """Seed k centroids for each problem of x [B, N, D]; returns [B, k, D] float32.
 
     "random": k distinct rows drawn uniformly (a seeded CPU generator, so the same rows are
     drawn on every device). "kmeans++": D² sampling (weighted by ``weights`` when given).
     A tensor gives the first k0 centroids; rows k0..k-1 are drawn at random.
+    mask: [B, N] bool or None; only True rows are ever drawn ("random" draws among the real
+    rows in order, so a problem padded at its end draws the rows its unpadded version would).
+    group: process group or None; with one, rows are drawn from the concatenation of all
+    ranks' (real) rows with the shared seed, each rank fills in the rows it owns and the
+    result is all-reduced; a tensor ``init`` is taken from rank 0; "kmeans++" raises
+    ValueError (its sequential D² sampling has no exact sharded equivalent here).
     """
     B, N, D = x.shape
     gen = torch.Generator()
     gen.manual_seed(int(seed))
+    if group is not None and isinstance(init, str) and init == "kmeans++":
+        raise ValueError(
+            "init='kmeans++' is not supported with a process group (D² sampling over shards "
+            "would not reproduce the single-process draw); use init='random' or pass centroids"
+        )
+    if mask is not None:
+        mask = _check_mask(mask, B, N, x.device)
+    if mask is not None or group is not None:
+        draw = lambda n: _random_rows_sharded(x, n, gen, mask, group)  # noqa: E731
+    else:
+        draw = lambda n: _random_rows(x, n, gen)  # noqa: E731
     if isinstance(init, torch.Tensor):
         given = init.unsqueeze(0) if init.dim() == 2 else init
         if given.dim() != 3 or given.shape[0] != B or given.shape[2] != D or given.shape[1] > k:
@@ -172,13 +235,17 @@ def initial_centroids(
         if not bool(torch.isfinite(given).all()):
             raise ValueError("init centroids contain NaN or inf")
         given = given.to(device=x.device, dtype=torch.float32)
+        if group is not None:
+            given = fdist.broadcast_from_first(given.contiguous(), group)
         if given.shape[1] == k:
             return given.clone()
-        rest = _random_rows(x, k - given.shape[1], gen)
+        rest = draw(k - given.shape[1])
         return torch.cat([given, rest], dim=1)
     if init == "random":
-        return _random_rows(x, k, gen)
+        return draw(k)
     if init == "kmeans++":
+        if mask is not None:  # padding rows get probability 0
+            weights = mask.float() if weights is None else weights * mask
         return _kmeans_plus_plus(x, k, gen, weights)
     raise ValueError(f"init must be one of {INIT_METHODS} or a tensor of centroids, got {init!r}")
 
@@ -187,6 +254,35 @@ def _random_rows(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     rows = torch.stack([torch.randperm(x.shape[1], generator=gen)[:k] for _ in range(x.shape[0])])
     rows = rows.to(x.device)
     return torch.gather(x, 1, rows.unsqueeze(-1).expand(-1, -1, x.shape[2])).float()
+
+
+def _random_rows_sharded(
+    x: torch.Tensor, k: int, gen: torch.Generator, mask: torch.Tensor | None, group
+) -> torch.Tensor:
+    """k distinct real rows per problem, drawn uniformly from the rows of all ranks.
+
+    The real rows of all ranks, concatenated in rank order, are numbered 0..M-1; every rank
+    draws the same k positions from a seeded permutation of M (as :func:`_random_rows` does for
+    one process), copies the rows it owns into a zero [B, k, D] float32 buffer and the buffer is
+    summed over the group (adding zeros is exact, so every rank holds the same rows).
+    """
+    B, N, D = x.shape
+    out = torch.zeros(B, k, D, dtype=torch.float32, device=x.device)
+    real = [
+        torch.arange(N, device=x.device) if mask is None else mask[b].nonzero().flatten()
+        for b in range(B)
+    ]
+    local = torch.tensor([len(r) for r in real], dtype=torch.int64)
+    per_rank = fdist.all_gather_sizes(local.to(x.device), group, x.device).cpu()  # [P, B]
+    me = fdist.rank(group)
+    offset, total = per_rank[:me].sum(dim=0), per_rank.sum(dim=0)
+    for b in range(B):
+        pos = torch.randperm(int(total[b]), generator=gen)[:k]
+        mine = (pos >= offset[b]) & (pos < offset[b] + local[b])
+        slots = mine.nonzero().flatten().to(x.device)
+        rows = real[b][(pos[mine] - offset[b]).to(x.device)]
+        out[b, slots] = x[b, rows].float()
+    return fdist.all_reduce_sum(out, group)
 
 
 def _kmeans_plus_plus(
@@ -248,21 +344,54 @@ def _check_k(k: int, n: int) -> None:
         )
 
 
-def _check_weights(weights, B: int, N: int, device: torch.device) -> torch.Tensor | None:
-    if weights is None:
+def _check_mask(mask, B: int, N: int, device: torch.device) -> torch.Tensor | None:
+    if mask is None:
         return None
-    w = torch.as_tensor(weights, device=device).float()
-    if w.dim() == 1:
-        w = w.unsqueeze(0)
-    if w.shape != (B, N):
-        raise ValueError(
-            f"weights must have shape [N] or [B, N] = [{B}, {N}], got {tuple(w.shape)}"
-        )
-    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-        raise ValueError("weights must be finite and non-negative")
-    if bool((w.sum(dim=1) == 0).any()):
+    m = torch.as_tensor(mask, device=device)
+    if m.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = real row), got {m.dtype}")
+    if m.dim() == 1:
+        m = m.unsqueeze(0)
+    if m.shape != (B, N):
+        raise ValueError(f"mask must have shape [N] or [B, N] = [{B}, {N}], got {tuple(m.shape)}")
+    return m.contiguous()
+
+
+def _check_weights(
+    weights, B: int, N: int, device: torch.device, *, mask=None, group=None
+) -> torch.Tensor | None:
+    """Validated [B, N] float32 weights, with padding rows (mask False) at weight 0."""
+    if weights is None and mask is None:
+        return None
+    if weights is None:
+        w = mask.float()
+    else:
+        w = torch.as_tensor(weights, device=device).float()
+        if w.dim() == 1:
+            w = w.unsqueeze(0)
+        if w.shape != (B, N):
+            raise ValueError(
+                f"weights must have shape [N] or [B, N] = [{B}, {N}], got {tuple(w.shape)}"
+            )
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError("weights must be finite and non-negative")
+        if mask is not None:
+            w = w * mask
+    totals = w.sum(dim=1, dtype=torch.float64)
+    if group is not None:
+        totals = fdist.all_reduce_sum(totals, group)
+    if bool((totals == 0).any()):
         raise ValueError("weights are all zero (in at least one problem); nothing to cluster")
     return w.contiguous()
+
+
+def _all_reduce_sums(
+    sums: torch.Tensor, counts: torch.Tensor, group
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum [B, k, D] sums and [B, k] counts over ``group`` in one packed float32 all-reduce."""
+    B, k, D = sums.shape
+    buf = fdist.all_reduce_sum(torch.cat([sums.reshape(B, k * D), counts], dim=1), group)
+    return buf[:, : k * D].reshape(B, k, D).contiguous(), buf[:, k * D :].contiguous()
 
 
 def _normalize(c: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.distributed as dist
 
 from fastdc.ops.checks import first_nonfinite_row
 
@@ -37,22 +38,33 @@ class PCA:
         self.components: torch.Tensor | None = None
         self.eigenvalues: torch.Tensor | None = None
 
-    def fit(self, x: torch.Tensor) -> PCA:
+    def fit(self, x: torch.Tensor, *, group=None) -> PCA:
         """Fit on x [N, D] float (N >= 2). Keeps min(d_out, D) components.
 
         Components whose eigenvalue is (numerically) zero are given scale 0 instead of
         infinity, with a warning: that happens when N <= d_out or the features are degenerate.
+        group: a ``torch.distributed`` process group, or None. With a group, x is this rank's
+        shard of the rows (any length, possibly 0); the row count, the float64 column sums and
+        the centred float64 covariance are all-reduced, so every rank fits the PCA of the
+        concatenated rows (equal to one process's fit up to summation order).
         """
         x = _check_features(x)
         n, d = x.shape
+        if group is not None:
+            n = int(_all_reduce(torch.tensor([n], dtype=torch.int64, device=x.device), group))
         if n < 2:
             raise ValueError(f"PCA needs at least 2 rows, got {n}")
-        mean = x.sum(dim=0, dtype=torch.float64) / n
+        col_sums = x.sum(dim=0, dtype=torch.float64)
+        if group is not None:
+            col_sums = _all_reduce(col_sums, group)
+        mean = col_sums / n
         cov = torch.zeros(d, d, dtype=torch.float64, device=x.device)
         mean32 = mean.float()
-        for start in range(0, n, _CHUNK_ROWS):
+        for start in range(0, x.shape[0], _CHUNK_ROWS):
             xc = x[start : start + _CHUNK_ROWS].float() - mean32
             cov += (xc.T @ xc).double()
+        if group is not None:
+            cov = _all_reduce(cov, group)
         cov /= n
         eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
         keep = min(self.d_out, d)
@@ -91,12 +103,21 @@ def l2_normalize_rows(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def pca_whiten(x: torch.Tensor, dim: int = 256, eigen_power: float = -0.5) -> torch.Tensor:
+def pca_whiten(
+    x: torch.Tensor, dim: int = 256, eigen_power: float = -0.5, *, group=None
+) -> torch.Tensor:
     """DeepCluster's feature preprocessing: PCA-whiten to ``dim`` dims, then L2-normalise rows.
 
     x: [N, D] float tensor (any device). Returns [N, min(dim, D)] float32 on x's device.
+    group: a ``torch.distributed`` process group (x is then this rank's shard; the PCA is fitted
+    on all shards, see :meth:`PCA.fit`), or None.
     """
-    return l2_normalize_rows(PCA(dim, eigen_power).fit(x).transform(x))
+    return l2_normalize_rows(PCA(dim, eigen_power).fit(x, group=group).transform(x))
+
+
+def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
 
 
 def _check_features(x: torch.Tensor) -> torch.Tensor:
