@@ -148,7 +148,7 @@ def kmeans(
         if m is not None:
             dist = dist.masked_fill(~m, 0.0)
         obj[it] = dist.sum(dim=1, dtype=torch.float64)
-        sums, counts = cluster_sums(x, idx, k, weights=w, backend=backend)
+        sums, counts = cluster_sums(x, idx, k, weights=w, backend=backend, check_ids=False)
         if group is not None:
             sums, counts = _all_reduce_sums(sums, counts, group)
         imbalance[it] = _imbalance(counts)
