@@ -1,0 +1,73 @@
+"""fastdc.metrics: NMI / ARI / purity against scikit-learn, the linear probe, the split."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastdc.metrics import ari, contingency, kmeans_nmi, linear_probe, nmi, purity, split_indices
+
+
+def _random_labelings(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 7, 500)
+    b = np.where(rng.random(500) < 0.6, a, rng.integers(0, 12, 500))
+    return a, b
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nmi_and_ari_match_sklearn(seed):
+    sk = pytest.importorskip("sklearn.metrics")
+    a, b = _random_labelings(seed)
+    assert nmi(a, b) == pytest.approx(sk.normalized_mutual_info_score(a, b), abs=1e-10)
+    assert ari(a, b) == pytest.approx(sk.adjusted_rand_score(a, b), abs=1e-10)
+
+
+def test_nmi_properties():
+    a = np.array([0, 0, 1, 1, 2, 2])
+    assert nmi(a, a) == pytest.approx(1.0)
+    assert nmi(a, np.array([5, 5, 9, 9, 7, 7])) == pytest.approx(1.0)  # renaming
+    assert nmi(np.zeros(6, int), np.zeros(6, int)) == 1.0
+    assert nmi(a, np.zeros(6, int)) == 0.0
+    rng = np.random.default_rng(0)
+    assert nmi(rng.integers(0, 3, 20000), rng.integers(0, 3, 20000)) < 0.01
+    assert nmi(torch.tensor(a), torch.tensor(a)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="differ in length"):
+        nmi(a, a[:3])
+
+
+def test_contingency_and_purity():
+    clusters = np.array([0, 0, 0, 1, 1, 2])
+    labels = np.array([1, 1, 0, 0, 0, 2])
+    np.testing.assert_array_equal(contingency(clusters, labels), [[1, 2, 0], [2, 0, 0],
+                                                                  [0, 0, 1]])
+    assert purity(clusters, labels) == pytest.approx(5 / 6)
+
+
+def test_linear_probe_separates_separable_classes():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=gen) * 4
+    y = torch.randint(0, 4, (400,), generator=gen)
+    x = centres[y] + torch.randn(400, 16, generator=gen)
+    acc = linear_probe(x[:300], y[:300], x[300:], y[300:])
+    assert acc > 0.95
+    noise = torch.randn(400, 16, generator=gen)
+    assert linear_probe(noise[:300], y[:300], noise[300:], y[300:]) < 0.5
+
+
+def test_kmeans_nmi_finds_well_separated_clusters():
+    gen = torch.Generator().manual_seed(1)
+    y = torch.arange(300) % 3
+    x = torch.randn(3, 8, generator=gen)[y] * 10 + torch.randn(300, 8, generator=gen)
+    score, assignments = kmeans_nmi(x, y.numpy(), 3, pca_dim=8)
+    assert score > 0.95
+    assert assignments.shape == (300,) and assignments.min() >= 0 and assignments.max() < 3
+
+
+def test_split_indices():
+    tr, te = split_indices(100, 0.2, seed=3)
+    assert len(tr) == 80 and len(te) == 20
+    assert sorted(np.concatenate([tr, te]).tolist()) == list(range(100))
+    tr2, te2 = split_indices(100, 0.2, seed=3)
+    assert np.array_equal(te, te2)
+    with pytest.raises(ValueError):
+        split_indices(1, 0.2, seed=0)

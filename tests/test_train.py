@@ -1,0 +1,184 @@
+"""fastdc.train end to end on tiny data: outputs, exact resume after a signal, the sampler,
+folders with unreadable images, and the error messages for bad input."""
+
+import json
+import signal
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastdc.data import load_mnist
+from fastdc.train import Interrupted, Trainer, main, parse_config, resolve_defaults, train
+
+# A few hundred digits, 2 epochs, tiny k: about a second per epoch on the 2-core CPU.
+TINY = ["--subset", "300", "--epochs", "2", "--k", "8", "--batch-size", "64", "--pca-dim", "16"]
+
+
+def read_log(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_tiny_end_to_end_run_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TINY, "--out", str(out)]) == 0
+    console = capsys.readouterr().out
+    assert "epoch   2/2" in console and "final evaluation" in console
+    for name in ("checkpoint.pt", "log.jsonl", "summary.json", "curves.png", "clusters.png"):
+        assert (out / name).is_file(), name
+    for epoch in (1, 2):
+        a = np.load(out / "assignments" / f"epoch_{epoch:03d}.npy")
+        assert a.dtype == np.int32 and a.shape == (300,)
+        assert a.min() >= 0 and a.max() < 8
+    log = read_log(out)
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert log[0]["nmi_prev"] is None and 0.0 <= log[1]["nmi_prev"] <= 1.0
+    assert all(0.0 <= r["nmi_labels"] <= 1.0 and np.isfinite(r["train_loss"]) for r in log)
+    summary = json.loads((out / "summary.json").read_text())
+    ev = summary["final_evaluation"]
+    assert ev["classes"] == 10 and ev["train"] + ev["test"] == 300
+    for column in ("trained", "random init", "raw pixels"):
+        assert 0.0 <= ev[column]["kmeans_nmi"] <= 1.0
+        assert 0.0 <= ev[column]["linear_probe_acc"] <= 1.0
+    assert summary["config"]["k"] == 8 and summary["wall_time_s"] > 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["partial"] is None
+    np.testing.assert_array_equal(ckpt["assignment"], np.load(out / "assignments" /
+                                                              "epoch_002.npy"))
+
+
+def _stop_at(epoch, batch, signum=signal.SIGINT):
+    """An on_batch hook that sends ``signum`` to this process after the given batch."""
+
+    def hook(e, b):
+        if (e, b) == (epoch, batch):
+            signal.raise_signal(signum)
+
+    return hook
+
+
+QUIET = [*TINY, "--no-final-eval", "--no-plots"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The folder of an uninterrupted tiny run (shared by the resume tests)."""
+    ref = tmp_path_factory.mktemp("uninterrupted")
+    train(parse_config([*QUIET, "--out", str(ref)]))
+    return ref
+
+
+@pytest.mark.parametrize("stop", [(1, 2, signal.SIGINT), (0, 4, signal.SIGTERM)])
+def test_resume_after_a_signal_equals_an_uninterrupted_run(tmp_path, uninterrupted, stop):
+    args, ref = QUIET, uninterrupted
+    out = tmp_path / "stopped"
+    with pytest.raises(Interrupted) as info:
+        train(parse_config([*args, "--out", str(out)]), on_batch=_stop_at(*stop))
+    assert info.value.signum == stop[2]
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert saved["epoch"] == stop[0] and saved["partial"]["batch"] == stop[1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+    train(parse_config(["--resume", "--out", str(out)]))
+    a = torch.load(ref / "checkpoint.pt", weights_only=False)
+    b = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    np.testing.assert_array_equal(a["assignment"], b["assignment"])
+    for ra, rb in zip(read_log(ref), read_log(out), strict=True):
+        for key in ("clustering_loss", "train_loss", "nmi_prev", "nmi_labels"):
+            assert ra[key] == rb[key], key
+    for epoch in (1, 2):
+        name = f"assignments/epoch_{epoch:03d}.npy"
+        np.testing.assert_array_equal(np.load(ref / name), np.load(out / name))
+
+
+def test_sampler_draws_uniformly_over_non_empty_clusters(tmp_path):
+    cfg = resolve_defaults(parse_config([*TINY, "--out", str(tmp_path)]), load_mnist(300))
+    cfg.reassign = 2.0
+    trainer = Trainer(cfg, load_mnist(300), tmp_path)
+    assignment = np.repeat(np.arange(8), [100, 60, 40, 40, 30, 20, 9, 1])
+    assignment[[5, 7]] = 7
+    assignment[assignment == 6] = -1  # unreadable images: never sampled, cluster 6 empty
+    order = trainer.sample_order(assignment, epoch=0)
+    valid = int((assignment >= 0).sum())
+    assert order.dtype == np.int64 and len(order) == 2 * valid
+    assert np.all(assignment[order] >= 0)
+    counts = np.bincount(assignment[order], minlength=8)
+    assert counts[6] == 0
+    nonempty = counts[counts > 0]
+    per_cluster = len(order) // 7 + 1  # drawn per cluster, then cut to len(order)
+    assert len(nonempty) == 7 and nonempty.max() <= per_cluster
+    assert nonempty.min() >= per_cluster - 7
+    np.testing.assert_array_equal(order, trainer.sample_order(assignment, epoch=0))
+    assert not np.array_equal(order, trainer.sample_order(assignment, epoch=1))
+
+
+def test_folder_with_unreadable_images_trains_and_reports_them(tmp_path, capsys):
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (data / f"class{c}").mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
+                data / f"class{c}" / f"{i}.png")
+    good = (data / "class0" / "0.png").read_bytes()
+    (data / "class1" / "truncated.png").write_bytes(good[: len(good) // 3])
+    out = tmp_path / "run"
+    code = main(["--data", str(data), "--arch", "small", "--image-size", "28", "--k", "3",
+                 "--epochs", "2", "--batch-size", "8", "--pca-dim", "8", "--out", str(out)])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert err.count("skipping unreadable image") == 1 and "truncated.png" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["path"].endswith("truncated.png") for s in summary["skipped_images"]] == [True]
+    assignment = np.load(out / "assignments" / "epoch_002.npy")
+    bad = sorted(str(p) for p in data.rglob("*.png")).index(str(data / "class1" /
+                                                                "truncated.png"))
+    assert assignment[bad] == -1 and (np.delete(assignment, bad) >= 0).all()
+
+
+def test_bad_input_gives_clear_messages(tmp_path, capsys):
+    def error(argv):
+        assert main(argv) == 2
+        return capsys.readouterr().err
+
+    assert "does not exist" in error(["--data", str(tmp_path / "missing")])
+    (tmp_path / "empty").mkdir()
+    assert "no images found" in error(["--data", str(tmp_path / "empty")])
+    msg = error(["--subset", "50", "--k", "100", "--out", str(tmp_path / "o")])
+    assert "--k 100 is larger than the number of images (50)" in msg
+    out = tmp_path / "run"
+    assert main([*TINY, "--epochs", "1", "--no-final-eval", "--no-plots", "--out",
+                 str(out)]) == 0
+    capsys.readouterr()
+    assert "already holds a run" in error([*TINY, "--out", str(out)])
+    assert "different architecture" in error(["--resume", "--arch", "alexnet", "--out",
+                                               str(out)])
+    assert "--resume needs --out" in error(["--resume"])
+    assert "no checkpoint.pt" in error(["--resume", "--out", str(tmp_path / "nothing")])
+
+
+def test_eval_linear_probes_every_conv_layer(tmp_path, capsys):
+    from fastdc import eval_linear
+
+    out = tmp_path / "run"
+    assert main([*QUIET, "--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    result = tmp_path / "probes.json"
+    assert eval_linear.main(["--checkpoint", str(out / "checkpoint.pt"), "--max-iter", "10",
+                             "--json", str(result)]) == 0
+    table = capsys.readouterr().out
+    assert "random init" in table and "conv3" in table
+    res = json.loads(result.read_text())
+    assert [r["layer"] for r in res["layers"]] == ["conv1", "conv2", "conv3"]
+    # Pooled to about 9-10k dims where the map is large enough (conv1: 16 ch × 24 × 24).
+    assert res["layers"][0]["dims"] == 16 * 24 * 24
+    assert all(0 <= r["trained"] <= 1 and 0 <= r["random_init"] <= 1 for r in res["layers"])
+    assert res["train_images"] + res["test_images"] == 300
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    assert eval_linear.main(["--checkpoint", str(bad)]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
