@@ -48,8 +48,14 @@ def check_same_device(**tensors: torch.Tensor) -> None:
 
 
 def first_nonfinite_row(x: torch.Tensor) -> int | None:
-    """Index of the first row of ``x`` ([N, D]) holding NaN or inf, or None if all are finite."""
-    bad = ~torch.isfinite(x).all(dim=-1)
-    if not bool(bad.any()):
+    """Index of the first row of ``x`` ([N, D]) holding NaN or inf, or None if all are finite.
+
+    Screens with row sums (one pass, an [N] temporary: NaN and inf always reach the sum) and
+    checks element-wise only the suspect rows, whose sum may also have overflowed; a plain
+    ``isfinite(x)`` would allocate several times x.
+    """
+    suspect = (~torch.isfinite(x.sum(dim=-1))).nonzero().flatten()
+    if suspect.numel() == 0:
         return None
-    return int(bad.nonzero()[0, 0])
+    bad = suspect[~torch.isfinite(x[suspect]).all(dim=-1)]
+    return int(bad[0]) if bad.numel() else None
