@@ -116,28 +116,29 @@ def _record_sub(name: str, seconds: float, obj: float, rows: int) -> None:
 
 def test_subclasses_batched(benchmark, super_classes):
     x, labels, packed, init = super_classes
-    out = {}
+    out = {"s": []}
 
     def run():
         t = time.perf_counter()
         out["res"] = kmeans(packed.x, SUB_K, niter=NITER, init=init, mask=packed.mask)
-        out["s"] = time.perf_counter() - t
+        out["s"].append(time.perf_counter() - t)
 
-    benchmark.pedantic(run, rounds=1, iterations=1)
-    _record_sub("batched (1 call)", out["s"], float(out["res"].obj[-1].sum()), packed.x.shape[1])
+    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)  # warm-up: first touch
+    obj = float(out["res"].obj[-1].sum())
+    _record_sub("batched (1 call)", min(out["s"][1:]), obj, packed.x.shape[1])
     assert bool((out["res"].assignments[packed.mask] >= 0).all())
 
 
 def test_subclasses_looped(benchmark, super_classes):
     x, labels, packed, init = super_classes
-    out = {}
+    out = {"s": []}
 
     def run():
         t = time.perf_counter()
         out["res"] = [kmeans(x[labels == s], SUB_K, niter=NITER, init=init[s]) for s in range(S)]
-        out["s"] = time.perf_counter() - t
+        out["s"].append(time.perf_counter() - t)
 
-    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)  # warm-up: first touch
     obj = sum(float(r.obj[-1]) for r in out["res"])
-    _record_sub("looped (16 calls)", out["s"], obj, int(torch.bincount(labels).max()))
+    _record_sub("looped (16 calls)", min(out["s"][1:]), obj, int(torch.bincount(labels).max()))
     assert len(out["res"]) == S
