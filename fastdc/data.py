@@ -130,7 +130,10 @@ class Source:
         raise NotImplementedError
 
     def eval_batches(self, batch_size: int, device: torch.device,
-                     workers: int = 0) -> Iterator[Batch]:
+                     workers: int = 0, rows: tuple[int, int] | None = None) -> Iterator[Batch]:
+        """Centre-crop batches of images ``rows`` = [start, stop) (default: all), in order;
+        ``Batch.index`` holds dataset positions (a process of a distributed run embeds its
+        shard, :func:`fastdc.distributed.shard_range`)."""
         raise NotImplementedError
 
     def train_batches(self, order: np.ndarray, batch_size: int, seed: int, epoch: int,
@@ -181,10 +184,11 @@ class TensorSource(Source):
             self._cache = (device, (x - m) / s)
         return self._cache[1]
 
-    def eval_batches(self, batch_size, device, workers=0):
+    def eval_batches(self, batch_size, device, workers=0, rows=None):
         x = self._normalised(device)
-        for start in range(0, len(self), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(self)))
+        first, last = (0, len(self)) if rows is None else rows
+        for start in range(first, last, batch_size):
+            idx = torch.arange(start, min(start + batch_size, last))
             yield Batch(x[start:start + len(idx)], idx, torch.ones(len(idx), dtype=torch.bool))
 
     def train_batches(self, order, batch_size, seed, epoch, device, workers=0, start_batch=0):
@@ -380,9 +384,11 @@ class FolderSource(Source):
             errors = {int(i): e for i, o, e in zip(idx, ok, err, strict=True) if not o}
             yield Batch(x.to(device, non_blocking=True), idx, ok, errors)
 
-    def eval_batches(self, batch_size, device, workers=0):
+    def eval_batches(self, batch_size, device, workers=0, rows=None):
         ds = _FolderDataset(self.samples, self.size, self.resize, self.mean, self.std,
                             self.in_channels)
+        if rows is not None:  # items keep their dataset positions as ``index``
+            ds = torch.utils.data.Subset(ds, range(*rows))
         yield from self._batches(self._loader(ds, batch_size, workers, device), device)
 
     def train_batches(self, order, batch_size, seed, epoch, device, workers=0, start_batch=0):

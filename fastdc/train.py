@@ -25,6 +25,27 @@ bit-identical to an uninterrupted one.
 
 Outputs in ``--out``: checkpoint.pt, assignments/epoch_XXX.npy (int32 [N], -1 = unreadable
 image), log.jsonl, summary.json, curves.png, clusters.png.
+
+``--method deepercluster`` (Caron et al., ICCV 2019): two-level targets (``--super-classes`` S,
+then ``--k`` sub-classes inside each, one batched k-means call), inputs rotated by 0/90/180/270°
+(``--no-rotation``: none), loss = CE(super-class × rotation) + CE(sub-class | super-class), a
+head rebuilt at each re-clustering; details in :mod:`fastdc.deepercluster`. The stored
+"assignment" is then the combined target super·k + sub. ``--reassign-every E`` re-clusters
+every E epochs (both methods; the epochs between keep the targets and the head).
+
+Scale-out (both methods): ``torchrun --nproc_per_node P -m fastdc.train ...`` joins the process
+group from torchrun's environment (:mod:`fastdc.ddp`: NCCL on CUDA, gloo on the CPU). Each rank
+embeds its contiguous shard of the images (:func:`fastdc.distributed.shard_range`), the PCA is
+fitted on all-reduced statistics and k-means runs over the group (each rank assigns its rows;
+sums and counts are all-reduced), so the clusters equal one process's on the same features up to
+float summation order. The labels are then gathered on every rank (``gather_rows``): every rank
+draws the same global epoch order from the shared seed and trains on its own disjoint part
+(positions r, r + P, ...; the order is cut to a multiple of P so every rank runs the same number
+of steps). ``--batch-size`` is per process. The model is wrapped in DistributedDataParallel
+(``--sync-bn``: SyncBatchNorm, CUDA only); per-batch losses and the stop flag are all-reduced,
+so every rank holds the same epoch state. Only rank 0 prints and writes outputs; ``--resume``
+makes every rank load rank 0's checkpoint. Without torchrun's environment nothing of this
+happens: one process runs exactly as before.
 """
 
 from __future__ import annotations
@@ -44,6 +65,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastdc import deepercluster as dc
+from fastdc import distributed as fdist
 from fastdc.checkpoint import (
     CheckpointError,
     check_architecture,
@@ -69,12 +92,19 @@ from fastdc.data import (
 from fastdc.metrics import kmeans_nmi, linear_probe, nmi, split_indices
 from fastdc.models import ARCHS, DeepClusterNet, build_model
 
+METHODS = ("deepcluster", "deepercluster")
+STREAM_ROTATION, STREAM_RANK = 7, 8  # further streams of fastdc.data.derive_seed
+
 # Defaults that depend on the data: the built-in MNIST subset vs an ImageFolder (DeepCluster's
 # ImageNet settings). MNIST values chosen on this 2-core CPU (see the report of issue 4).
 MNIST_DEFAULTS = {"arch": "small", "k": 100, "epochs": 12, "pca_dim": 32, "batch_size": 128,
                   "lr": 0.1}
 FOLDER_DEFAULTS = {"arch": "alexnet", "k": 10_000, "epochs": 200, "pca_dim": 256,
                    "batch_size": 256, "lr": 0.05}
+# DeeperCluster: --k is the number of sub-classes per super-class. MNIST: 4 × 25 = 100 targets
+# (DeepCluster's k there); folders: 4 × 2 500 = DeepCluster's 10 000.
+DEEPER_MNIST_DEFAULTS = {"super_classes": 4, "k": 25}
+DEEPER_FOLDER_DEFAULTS = {"super_classes": 4, "k": 2_500}
 
 
 class UsageError(ValueError):
@@ -113,6 +143,11 @@ class Config:
     plots: bool = True
     progress: bool | None = None
     in_channels: int = 0  # filled in from the data
+    method: str = "deepcluster"
+    super_classes: int | None = None  # deepercluster only
+    rotations: bool = True  # deepercluster only
+    reassign_every: int = 1
+    sync_bn: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -141,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random horizontal flips (default: on for folders, off for MNIST)")
     d.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     m = p.add_argument_group("model and clustering")
+    m.add_argument("--method", choices=METHODS, default="deepcluster",
+                   help="deepercluster: rotation × super-class and sub-class targets")
+    m.add_argument("--super-classes", type=int, metavar="S",
+                   help="deepercluster: super-classes (default 4); --k is then the number "
+                        "of sub-classes per super-class (default 25 for MNIST, 2500)")
+    m.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=True,
+                   help="deepercluster: rotate inputs by 0/90/180/270 degrees")
+    m.add_argument("--reassign-every", type=int, default=1, metavar="E",
+                   help="epochs between re-clusterings")
     m.add_argument("--arch", choices=ARCHS, help="default: small for MNIST, alexnet for --data")
     m.add_argument("--sobel", action="store_true", help="fixed Sobel filter in front")
     m.add_argument("--k", type=int, help="clusters (default 100 for MNIST, 10000 for --data)")
@@ -157,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only)")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="SyncBatchNorm across torchrun processes (CUDA only)")
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="output folder (default runs/<data>-<time>)")
     o.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -176,16 +222,29 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
 
 def resolve_defaults(cfg: Config, source: Source) -> Config:
     """Fill the data-dependent defaults and check the settings. Raises UsageError."""
-    defaults = MNIST_DEFAULTS if isinstance(source, TensorSource) else FOLDER_DEFAULTS
+    mnist = isinstance(source, TensorSource)
+    if cfg.method not in METHODS:
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
+    defaults = dict(MNIST_DEFAULTS if mnist else FOLDER_DEFAULTS)
+    if cfg.method == "deepercluster":
+        defaults.update(DEEPER_MNIST_DEFAULTS if mnist else DEEPER_FOLDER_DEFAULTS)
+    elif cfg.super_classes is not None:
+        raise UsageError("--super-classes is for --method deepercluster")
     for key, value in defaults.items():
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
     cfg.in_channels = source.in_channels
     n = len(source)
+    deeper = cfg.method == "deepercluster"
     checks = [
         (cfg.k >= 1, f"--k must be >= 1, got {cfg.k}"),
-        (cfg.k <= n, f"--k {cfg.k} is larger than the number of images ({n}); "
-                     f"k-means needs at least one image per cluster: pass a smaller --k"),
+        (deeper or cfg.k <= n, f"--k {cfg.k} is larger than the number of images ({n}); "
+                               f"k-means needs at least one image per cluster: pass a smaller --k"),
+        (not deeper or cfg.super_classes >= 1,
+         f"--super-classes must be >= 1, got {cfg.super_classes}"),
+        (not deeper or cfg.super_classes <= n,
+         f"--super-classes {cfg.super_classes} is larger than the number of images ({n})"),
+        (cfg.reassign_every >= 1, f"--reassign-every must be >= 1, got {cfg.reassign_every}"),
         (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
         (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
         (cfg.pca_dim >= 1, f"--pca-dim must be >= 1, got {cfg.pca_dim}"),
@@ -299,18 +358,40 @@ class Trainer:
     """One DeepCluster run; :meth:`run` does everything (see the module docstring)."""
 
     def __init__(self, cfg: Config, source: Source, out: Path, *,
-                 on_batch: Callable[[int, int], None] | None = None) -> None:
+                 on_batch: Callable[[int, int], None] | None = None,
+                 group: fdist.Group | None = None) -> None:
         self.cfg, self.source, self.out = cfg, source, out
+        # torch.distributed group of a torchrun run (None: one process, the default path)
+        self.group = group
+        self.rank, self.world = fdist.rank(group), fdist.world_size(group)
+        self.main = self.rank == 0
+        # per-rank stream of augmentations / dropout / rotations (the seed itself in 1 process)
+        self.rank_seed = cfg.seed if self.world == 1 else derive_seed(cfg.seed, STREAM_RANK,
+                                                                      self.rank)
+        self.deeper = cfg.method == "deepercluster"
+        self.n_rot = 4 if (self.deeper and cfg.rotations) else 1
+        # pseudo-label targets: k clusters, or S·k (super-class, sub-class) pairs
+        self.n_targets = cfg.super_classes * cfg.k if self.deeper else cfg.k
+        self.head_outputs = (dc.head_size(cfg.super_classes, cfg.k, self.n_rot) if self.deeper
+                             else cfg.k)
         self.device = pick_device(cfg.device)
         self.use_amp = cfg.amp and self.device.type == "cuda"
         if cfg.amp and not self.use_amp:
             print("note: --amp is for GPUs; training in float32 on the CPU", file=sys.stderr)
         self.channels_last = self.device.type == "cuda"
         self.on_batch = on_batch
-        self.progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+        self.progress = (sys.stderr.isatty() if cfg.progress is None else cfg.progress) \
+            and self.main
         self.stop = StopFlag()
         self.skips = SkipLog()
         self.model = self._new_model()
+        if cfg.sync_bn and self.world > 1:
+            if self.device.type == "cuda":
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            elif self.main:
+                print("note: --sync-bn needs CUDA; BatchNorm stays per process on the CPU",
+                      file=sys.stderr)
+        self.ddp: torch.nn.Module | None = None  # DDP wrapper (rebuilt with every new head)
         self.optimizer = torch.optim.SGD(self.model.body_parameters(), lr=cfg.lr,
                                          momentum=cfg.momentum, weight_decay=cfg.wd)
         self.head_optimizer = self._head_optimizer()
@@ -327,7 +408,7 @@ class Trainer:
         cfg = self.cfg
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, STREAM_INIT))
-            model = build_model(cfg.arch, cfg.k, cfg.in_channels, sobel=cfg.sobel)
+            model = build_model(cfg.arch, self.head_outputs, cfg.in_channels, sobel=cfg.sobel)
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -364,7 +445,9 @@ class Trainer:
         }
 
     def save(self) -> None:
-        save_checkpoint(self.state(), self.out / "checkpoint.pt")
+        """Write checkpoint.pt (rank 0 only; the other ranks hold the same state)."""
+        if self.main:
+            save_checkpoint(self.state(), self.out / "checkpoint.pt")
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load a checkpoint written by :meth:`state` (architecture already checked)."""
@@ -406,112 +489,222 @@ class Trainer:
             sys.stderr.write("\r" + " " * 80 + "\r")
 
     @torch.no_grad()
-    def compute_features(self, model: DeepClusterNet, label: str = "features"
-                         ) -> tuple[torch.Tensor, np.ndarray]:
-        """Features of every image (eval mode, no augmentation): (float32 [N, D] on the
-        device, bool [N] ok-mask). Checks the stop flag after each batch."""
+    def compute_features(self, model: DeepClusterNet, label: str = "features", *,
+                         shard: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+        """Features (eval mode, no augmentation) of every image, or with ``shard`` and a
+        process group of this rank's rows [start, stop) (:func:`fastdc.distributed.shard_range`).
+
+        Returns (float32 [n, D] on the device, bool [n] ok-mask), n = the rows embedded. Checks
+        the stop flag after each batch (in a distributed run: once, after the loop, agreed by
+        all ranks, since shards may differ by one batch).
+        """
         model.eval()
-        n, bs = len(self.source), self.cfg.batch_size
+        n_all, bs = len(self.source), self.cfg.batch_size
+        rows = fdist.shard_range(n_all, self.group) if shard and self.world > 1 else None
+        start, stop = rows if rows is not None else (0, n_all)
+        n = stop - start
         feats = torch.zeros(n, model.feature_dim, device=self.device)
         ok = np.zeros(n, dtype=bool)
         bar = Progress(label, math.ceil(n / bs), self.progress)
-        for batch in self.source.eval_batches(bs, self.device, self.cfg.workers):
+        for batch in self.source.eval_batches(bs, self.device, self.cfg.workers, rows=rows):
             with self._autocast():
                 f = model.features(self._to_model(batch.images))
-            idx = batch.index.to(self.device)
+            idx = batch.index.to(self.device) - start
             feats[idx] = f.float()
-            ok[batch.index.numpy()] = batch.ok.numpy()
+            ok[batch.index.numpy() - start] = batch.ok.numpy()
             self._note_skips(batch.errors)
             bar.update()
-            if self.stop:
+            if self.stop and rows is None:
                 bar.close()
                 raise Interrupted
         bar.close()
+        if rows is not None and self._agreed_stop():
+            raise Interrupted
         return feats, ok
 
-    def cluster(self, feats: torch.Tensor, ok: np.ndarray, epoch: int
-                ) -> tuple[np.ndarray, float]:
-        """PCA-whiten + L2-normalise + k-means the readable images' features.
+    def _agreed_stop(self) -> bool:
+        """True on every rank when any rank received a stop signal (one all-reduce)."""
+        flag = torch.tensor([1.0 if self.stop else 0.0], dtype=torch.float64,
+                            device=self._comm_device())
+        return bool(fdist.all_reduce_sum(flag, self.group).item() > 0)
 
-        Returns (assignment int64 [N], -1 for unreadable images; mean squared distance of the
-        points to their centroid at the last iteration).
+    def _comm_device(self) -> torch.device:
+        """Where collectives' tensors live: the GPU for NCCL, the CPU for gloo."""
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def cluster(self, feats: torch.Tensor, ok: np.ndarray, epoch: int
+                ) -> tuple[np.ndarray, float, dict[str, Any]]:
+        """PCA-whiten + L2-normalise + k-means (DeepCluster) or two-level k-means
+        (DeeperCluster) of the readable images' features.
+
+        feats: float32 [n, D], ok: bool [n] — every image, or this rank's shard in a
+        distributed run (PCA and k-means then run over the group, and the labels are gathered).
+        Returns (assignment int64 [N] of *every* image: cluster id, or target super·k + sub;
+        -1 for unreadable images; mean squared distance of the points to their (sub-)centroid
+        at the last iteration; extra metrics for the epoch record).
         """
         from fastdc.kmeans import kmeans
         from fastdc.pca import pca_whiten
 
+        cfg, group = self.cfg, self.group
         keep = torch.from_numpy(np.flatnonzero(ok)).to(self.device)
-        if len(keep) < self.cfg.k:
-            raise UsageError(f"--k {self.cfg.k} is larger than the number of readable images "
-                             f"({len(keep)} of {len(ok)})")
-        x = pca_whiten(feats[keep], dim=self.cfg.pca_dim)
-        res = kmeans(x, self.cfg.k, niter=self.cfg.kmeans_iters,
-                     seed=derive_seed(self.cfg.seed, STREAM_KMEANS, epoch) % (2**31))
-        assignment = np.full(len(ok), -1, dtype=np.int64)
-        assignment[keep.cpu().numpy()] = res.assignments.cpu().numpy()
-        return assignment, float(res.obj[-1]) / len(keep)
+        if group is None:
+            ok_all = ok
+        else:
+            ok_t = torch.from_numpy(ok.astype(np.uint8)).to(self._comm_device())
+            ok_all = fdist.gather_rows(ok_t, group).cpu().numpy().astype(bool)
+        n_keep = int(ok_all.sum())
+        need = cfg.super_classes if self.deeper else cfg.k
+        if n_keep < need:
+            what = "--super-classes" if self.deeper else "--k"
+            raise UsageError(f"{what} {need} is larger than the number of readable images "
+                             f"({n_keep} of {len(ok_all)})")
+        x = pca_whiten(feats[keep], dim=cfg.pca_dim, group=group)
+        seed = derive_seed(cfg.seed, STREAM_KMEANS, epoch) % (2**31)
+        extra: dict[str, Any] = {}
+        if self.deeper:
+            h = dc.cluster_hierarchy(x, cfg.super_classes, cfg.k, niter=cfg.kmeans_iters,
+                                     seed=seed, group=group)
+            labels, c_loss = h.targets, h.loss
+            extra["clustering_loss_super"] = h.super_loss
+        else:
+            res = kmeans(x, cfg.k, niter=cfg.kmeans_iters, seed=seed, group=group)
+            labels = fdist.gather_rows(res.assignments, group)
+            c_loss = float(res.obj[-1]) / n_keep
+        assignment = np.full(len(ok_all), -1, dtype=np.int64)
+        assignment[np.flatnonzero(ok_all)] = labels.cpu().numpy()
+        return assignment, c_loss, extra
 
     def sample_order(self, assignment: np.ndarray, epoch: int) -> np.ndarray:
         """The epoch's training order: int64 [reassign × N_readable] image indices drawn
-        uniformly over the non-empty clusters (:class:`fastdc.clustering.UnifLabelSampler`)."""
+        uniformly over the non-empty clusters (:class:`fastdc.clustering.UnifLabelSampler`).
+        For DeeperCluster the "clusters" are the S·k targets; empty ones (beyond a small
+        super-class's ``k_eff``) are never drawn. The same on every rank (shared seed)."""
         from fastdc.clustering import UnifLabelSampler
 
         valid = assignment >= 0
         order = np.argsort(assignment, kind="stable")[np.count_nonzero(~valid):]
-        bounds = np.searchsorted(assignment[order], np.arange(self.cfg.k + 1))
-        images_lists = [order[bounds[c]:bounds[c + 1]].tolist() for c in range(self.cfg.k)]
+        bounds = np.searchsorted(assignment[order], np.arange(self.n_targets + 1))
+        images_lists = [order[bounds[c]:bounds[c + 1]].tolist() for c in range(self.n_targets)]
         size = max(1, int(self.cfg.reassign * int(valid.sum())))
         sampler = UnifLabelSampler(size, images_lists,
                                    seed=derive_seed(self.cfg.seed, STREAM_SAMPLER, epoch) % 2**31)
         return np.fromiter(iter(sampler), dtype=np.int64, count=len(sampler))
 
+    def my_part(self, order: np.ndarray) -> np.ndarray:
+        """This rank's disjoint part of the epoch order: positions rank, rank + P, ... of the
+        order cut to a multiple of P (every rank gets the same length). Identity for 1 rank."""
+        if self.world == 1:
+            return order
+        usable = len(order) - len(order) % self.world
+        return order[self.rank:usable:self.world]
+
+    def _wrap_ddp(self) -> torch.nn.Module:
+        """The module the training step calls: the model, or its DDP wrapper (built lazily,
+        after every new head, since DDP registers the parameters it was built with)."""
+        if self.world == 1:
+            return self.model
+        if self.ddp is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids,
+                                               process_group=self.group)
+        return self.ddp
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor,
+              rotations: torch.Tensor | None, present: torch.Tensor | None) -> torch.Tensor:
+        """The training loss on the readable rows: CE on the cluster ids (DeepCluster) or
+        :func:`fastdc.deepercluster.deepercluster_loss`."""
+        if not self.deeper:
+            return F.cross_entropy(logits.float(), targets)
+        return dc.deepercluster_loss(logits, targets, rotations, present,
+                                     self.cfg.super_classes, self.cfg.k, self.n_rot).total
+
     def train_epoch(self, p: Partial) -> float:
-        """One pass over ``p.order`` from batch ``p.batch``; returns the mean loss."""
+        """One pass over this rank's part of ``p.order`` from batch ``p.batch``; returns the
+        mean loss (over all ranks)."""
         cfg, model = self.cfg, self.model
         model.train()
+        net = self._wrap_ddp()
         targets_all = torch.from_numpy(p.assignment)
-        nbatches = math.ceil(len(p.order) / cfg.batch_size)
+        present = None
+        if self.deeper:
+            present = torch.from_numpy(dc.present_targets(p.assignment, self.n_targets))
+            present = present.to(self.device)
+        order = self.my_part(p.order)
+        nbatches = math.ceil(len(order) / cfg.batch_size)
         bar = Progress("train", nbatches, self.progress)
         bar.update(p.batch)
-        batches = self.source.train_batches(p.order, cfg.batch_size, cfg.seed, p.epoch,
+        batches = self.source.train_batches(order, cfg.batch_size, self.rank_seed, p.epoch,
                                             self.device, cfg.workers, start_batch=p.batch)
         for batch in batches:
             self._note_skips(batch.errors)
-            if batch.ok.any():
+            # A distributed step runs on every rank even without readable images (DDP's
+            # all-reduce needs every rank): such a rank contributes a zero loss.
+            if batch.ok.any() or self.world > 1:
                 # Dropout (AlexNet/VGG) draws from the global generator: seed it per batch.
-                torch.manual_seed(derive_seed(cfg.seed, STREAM_DROPOUT, p.epoch, p.batch))
+                torch.manual_seed(derive_seed(self.rank_seed, STREAM_DROPOUT, p.epoch, p.batch))
                 keep = batch.ok.to(self.device)
                 targets = targets_all[batch.index].to(self.device)
+                images, rotations = batch.images, None
+                if self.deeper:
+                    gen = torch.Generator().manual_seed(
+                        derive_seed(self.rank_seed, STREAM_ROTATION, p.epoch, p.batch))
+                    rotations = dc.draw_rotations(len(images), self.n_rot, gen).to(self.device)
+                    if self.n_rot > 1:
+                        images = dc.rotate(images, rotations)
+                    rotations = rotations[keep]
                 with self._autocast():
-                    logits = model(self._to_model(batch.images))
-                loss = F.cross_entropy(logits.float()[keep], targets[keep])
+                    logits = net(self._to_model(images))
+                n_ok = int(keep.sum())
+                if n_ok:
+                    loss = self._loss(logits[keep], targets[keep], rotations, present)
+                else:
+                    loss = logits.float().sum() * 0.0
                 self.optimizer.zero_grad(set_to_none=True)
                 self.head_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
                 self.head_optimizer.step()
-                n_ok = int(keep.sum())
-                p.loss_sum += float(loss.detach()) * n_ok
-                p.seen += n_ok
+                batch_loss = float(loss.detach()) * n_ok
+                if self.world == 1:
+                    p.loss_sum += batch_loss
+                    p.seen += n_ok
             p.batch += 1
             bar.update()
             if self.on_batch is not None:
                 self.on_batch(p.epoch, p.batch)
-            if self.stop and p.batch < nbatches:
+            stop = bool(self.stop)
+            if self.world > 1:  # every rank keeps the global sums and the same stop flag
+                t = torch.tensor([batch_loss, n_ok, float(stop)], dtype=torch.float64,
+                                 device=self._comm_device())
+                batch_loss, n_all, stop_all = fdist.all_reduce_sum(t, self.group).tolist()
+                p.loss_sum += batch_loss
+                p.seen += int(n_all)
+                stop = stop_all > 0
+            if stop and p.batch < nbatches:
                 bar.close()
                 raise Interrupted
         bar.close()
+        if self.world > 1:
+            # BatchNorm running stats drift apart per rank: keep rank 0's everywhere, so
+            # every rank embeds with the model that rank 0 checkpoints.
+            for buf in self.model.buffers():
+                fdist.broadcast_from_first(buf.data, self.group)
         return p.loss_sum / max(p.seen, 1)
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         """Cluster, then train for one epoch (or finish a resumed one); returns its record."""
         cfg = self.cfg
         t_start = time.perf_counter()
+        recluster = self.assignment is None or epoch % cfg.reassign_every == 0
         if self.partial is not None and self.partial.epoch == epoch:
             p = self.partial
-        else:
-            feats, ok = self.compute_features(self.model)
+        elif recluster:
+            feats, ok = self.compute_features(self.model, shard=True)
             t_feat = time.perf_counter()
-            assignment, c_loss = self.cluster(feats, ok, epoch)
+            assignment, c_loss, extra = self.cluster(feats, ok, epoch)
             del feats
             t_clust = time.perf_counter()
             record: dict[str, Any] = {
@@ -524,14 +717,29 @@ class Trainer:
                 "time_features": t_feat - t_start,
                 "time_clustering": t_clust - t_feat,
             }
+            record.update(self._method_metrics(assignment, extra))
             order = self.sample_order(assignment, epoch)
             head_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_HEAD, epoch))
-            self.model.reset_head(cfg.k, head_gen)
+            self.model.reset_head(self.head_outputs, head_gen)
             self.head_optimizer = self._head_optimizer()
+            self.ddp = None  # a new head: DDP must be rebuilt around it
             p = Partial(epoch, 0, assignment, order, 0.0, 0, record)
             self.partial = p
             if self.stop:
                 raise Interrupted
+        else:  # between re-clusterings: same targets and head, a fresh draw of the order
+            assignment = self.assignment
+            record = {
+                "epoch": epoch + 1, "clustering_loss": None,
+                "nmi_prev": None, "nmi_labels": self._nmi(assignment, self.source.labels),
+                "nonempty_clusters": int(len(np.unique(assignment[assignment >= 0]))),
+                "skipped_images": len(self.skips), "time_features": 0.0,
+                "time_clustering": 0.0,
+            }
+            record.update(self._method_metrics(assignment, {}, reclustered=False))
+            p = Partial(epoch, 0, assignment, self.sample_order(assignment, epoch), 0.0, 0,
+                        record)
+            self.partial = p
         t_train = time.perf_counter()
         p.record["train_loss"] = self.train_epoch(p)
         p.record["time_train"] = p.record.get("time_train", 0.0) + time.perf_counter() - t_train
@@ -540,6 +748,19 @@ class Trainer:
         self.assignment, self.partial = p.assignment, None
         self.epoch = epoch + 1
         return p.record
+
+    def _method_metrics(self, assignment: np.ndarray, extra: dict[str, Any], *,
+                        reclustered: bool = True) -> dict[str, Any]:
+        """Record entries beyond DeepCluster's: whether the epoch re-clustered (only with
+        --reassign-every > 1), DeeperCluster's super-class NMI and level-1 loss."""
+        out = dict(extra)
+        if self.cfg.reassign_every > 1:
+            out["reclustered"] = reclustered
+        if self.deeper:
+            sup = np.where(assignment >= 0, assignment // self.cfg.k, -1)
+            out["nmi_labels_super"] = self._nmi(sup, self.source.labels)
+            out["nonempty_super_classes"] = int(len(np.unique(sup[sup >= 0])))
+        return out
 
     @staticmethod
     def _nmi(a: np.ndarray, b: np.ndarray | None) -> float | None:
@@ -551,6 +772,8 @@ class Trainer:
     # ---- outputs
 
     def write_epoch_outputs(self, record: dict[str, Any]) -> None:
+        if not self.main:
+            return
         adir = self.out / "assignments"
         adir.mkdir(exist_ok=True)
         np.save(adir / f"epoch_{record['epoch']:03d}.npy", self.assignment.astype(np.int32))
@@ -566,10 +789,16 @@ class Trainer:
         def fmt(v: float | None) -> str:
             return "  -  " if v is None else f"{v:.3f}"
 
+        if not self.main:
+            return
         self._clear_line()
-        print(f"epoch {r['epoch']:>3}/{self.cfg.epochs}  clust-loss {r['clustering_loss']:.4f}"
+        c_loss = r["clustering_loss"]
+        c_loss = "  -   " if c_loss is None else f"{c_loss:.4f}"
+        deeper = (f"  NMI(super, labels) {fmt(r['nmi_labels_super'])}"
+                  if "nmi_labels_super" in r else "")
+        print(f"epoch {r['epoch']:>3}/{self.cfg.epochs}  clust-loss {c_loss}"
               f"  train-loss {r['train_loss']:.4f}  NMI(prev) {fmt(r['nmi_prev'])}"
-              f"  NMI(labels) {fmt(r['nmi_labels'])}  time {r['time']:.1f}s"
+              f"  NMI(labels) {fmt(r['nmi_labels'])}{deeper}  time {r['time']:.1f}s"
               f" (feat {r['time_features']:.1f} + k-means {r['time_clustering']:.1f}"
               f" + train {r['time_train']:.1f})", flush=True)
 
@@ -648,7 +877,7 @@ class Trainer:
                 self.write_epoch_outputs(record)
                 self.save()
                 self.print_epoch(record)
-            ev = self.final_evaluation() if cfg.final_eval else None
+            ev = self.final_evaluation() if cfg.final_eval and self.main else None
         except Interrupted:
             self._clear_line()
             self.save()
@@ -658,13 +887,14 @@ class Trainer:
         wall = self.elapsed + time.perf_counter() - self.t0
         if ev is not None:
             self.print_table(ev)
-        if cfg.plots:
+        if cfg.plots and self.main:
             self.plots()
         summary = {
             "config": asdict(cfg),
             "data": {"name": self.source.name, "images": len(self.source),
                      "classes": len(self.source.classes)},
             "device": str(self.device),
+            "world_size": self.world,
             "versions": {"torch": torch.__version__, "numpy": np.__version__},
             "epochs": self.records,
             "final_evaluation": ev,
@@ -672,6 +902,8 @@ class Trainer:
                                for i, (p, r) in sorted(self.skips.skipped.items())],
             "wall_time_s": wall,
         }
+        if not self.main:
+            return summary
         with open(self.out / "summary.json", "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
         if self.skips:
@@ -686,12 +918,16 @@ def default_out(cfg: Config) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def train(cfg: Config, *, on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Run DeepCluster with ``cfg``; returns the summary (also written to summary.json).
+def train(cfg: Config, *, on_batch: Callable[[int, int], None] | None = None,
+          group: fdist.Group | None = None) -> dict[str, Any]:
+    """Run DeepCluster (or DeeperCluster) with ``cfg``; returns the summary (also written to
+    summary.json by rank 0).
 
     ``on_batch(epoch, batches_done)`` is called after every training step (tests use it to
-    send a signal at a chosen point). Raises DataError, UsageError, CheckpointError for bad
-    input and Interrupted after a signal (checkpoint saved).
+    send a signal at a chosen point). ``group``: the torch.distributed group of a multi-process
+    run (every rank calls ``train`` with the same ``cfg``), None for one process. Raises
+    DataError, UsageError, CheckpointError for bad input and Interrupted after a signal
+    (checkpoint saved).
     """
     crop = None if cfg.crop_scale is None else (cfg.crop_scale, 1.0)
     if crop is not None and not 0 < crop[0] <= 1:
@@ -727,27 +963,41 @@ def train(cfg: Config, *, on_batch: Callable[[int, int], None] | None = None) ->
     cfg = resolve_defaults(cfg, source)
     out.mkdir(parents=True, exist_ok=True)
     cfg.out = str(out)
-    trainer = Trainer(cfg, source, out, on_batch=on_batch)
+    trainer = Trainer(cfg, source, out, on_batch=on_batch, group=group)
     arch = cfg.arch + (" + sobel" if cfg.sobel else "")
-    print(f"fastdc DeepCluster: {source.name} ({len(source)} images, "
-          f"{len(source.classes) or 'no'} classes), arch {arch}"
-          f", k {cfg.k}, {cfg.epochs} epochs, batch {cfg.batch_size}, device {trainer.device}"
-          f", out {out}", flush=True)
+    if trainer.deeper:
+        rot = f"{trainer.n_rot} rotation" + ("s" if trainer.n_rot > 1 else "")
+        what = (f"fastdc DeeperCluster: {source.name}", f", {cfg.super_classes} super-classes × "
+                f"k {cfg.k} sub-classes, {rot}")
+    else:
+        what = (f"fastdc DeepCluster: {source.name}", f", k {cfg.k}")
+    procs = f" × {trainer.world} processes" if trainer.world > 1 else ""
+    if trainer.main:
+        print(f"{what[0]} ({len(source)} images, "
+              f"{len(source.classes) or 'no'} classes), arch {arch}"
+              f"{what[1]}, {cfg.epochs} epochs, batch {cfg.batch_size}, device {trainer.device}"
+              f"{procs}, out {out}", flush=True)
     if state is not None:
         trainer.restore(state)
         trainer.rewrite_log()
         where = f"epoch {trainer.epoch + 1}"
         if trainer.partial is not None:
             where += f", batch {trainer.partial.batch + 1}"
-        print(f"resuming at {where}", flush=True)
+        if trainer.main:
+            print(f"resuming at {where}", flush=True)
     return trainer.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad input, 130/143 stop)."""
+    from fastdc.ddp import process_group_from_env
+
     cfg = parse_config(argv)
     try:
-        train(cfg)
+        with process_group_from_env(cfg.device) as env:
+            if env.group is not None:
+                cfg.device = env.device
+            train(cfg, group=env.group)
     except (DataError, UsageError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

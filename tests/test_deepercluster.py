@@ -1,0 +1,140 @@
+"""DeeperCluster's pieces (fastdc.deepercluster) and ``python -m fastdc.train --method
+deepercluster`` on tiny data: rotations, target decoding, the masked sub-class loss, the
+hierarchy targets the trainer builds, and a short end-to-end run."""
+
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastdc import deepercluster as dc
+from fastdc.data import load_mnist
+from fastdc.hierarchy import two_level_kmeans
+from fastdc.pca import pca_whiten
+from fastdc.train import Trainer, main, parse_config, resolve_defaults
+
+TINY = ["--method", "deepercluster", "--subset", "300", "--k", "5", "--super-classes", "3",
+        "--batch-size", "64", "--pca-dim", "16"]
+
+
+def blobs(n=300, d=32, centres=12, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    c = 6.0 * torch.randn(centres, d, generator=g)
+    return c[torch.randint(centres, (n,), generator=g)] + torch.randn(n, d, generator=g)
+
+
+def test_rotate_turns_each_image_by_its_own_quarter_turns():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(9, 2, 7, 7, generator=g)
+    rot = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0, 1])
+    out = dc.rotate(images, rot)
+    for i in range(9):
+        torch.testing.assert_close(out[i], torch.rot90(images[i], int(rot[i]), dims=(-2, -1)),
+                                   rtol=0, atol=0)
+    # four quarter turns give the image back; the input is not modified
+    back = images
+    for _ in range(4):
+        back = dc.rotate(back, torch.ones(9, dtype=torch.int64))
+    assert torch.equal(back, images)
+    assert not torch.equal(out, images)
+    draws = dc.draw_rotations(4000, 4, torch.Generator().manual_seed(1))
+    assert draws.min() == 0 and draws.max() == 3
+    assert np.all(np.abs(np.bincount(draws.numpy()) / 4000 - 0.25) < 0.03)
+    assert torch.equal(dc.draw_rotations(5, 1, g), torch.zeros(5, dtype=torch.int64))
+
+
+def test_loss_is_super_rotation_ce_plus_ce_inside_own_super_class():
+    s, k, r, b = 3, 4, 4, 10
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(b, dc.head_size(s, k, r), generator=g)
+    sup = torch.randint(s, (b,), generator=g)
+    sub = torch.randint(2, (b,), generator=g)  # sub-classes 2, 3 of super-class 0 are empty
+    rot = torch.randint(r, (b,), generator=g)
+    present = torch.ones(s * k, dtype=torch.bool)
+    present[[2, 3]] = False
+    parts = dc.deepercluster_loss(logits, sup * k + sub, rot, present, s, k, r)
+    want_super = F.cross_entropy(logits[:, : s * r], sup * r + rot)
+    want_sub = []
+    for i in range(b):
+        row = logits[i, s * r + sup[i] * k: s * r + (sup[i] + 1) * k]
+        if sup[i] == 0:
+            row = row[:2]  # the empty sub-classes take no probability mass
+        want_sub.append(F.cross_entropy(row[None], sub[i][None]))
+    torch.testing.assert_close(parts.super_rot, want_super)
+    torch.testing.assert_close(parts.sub, torch.stack(want_sub).mean())
+    torch.testing.assert_close(parts.total, want_super + torch.stack(want_sub).mean())
+    s_dec, k_dec = dc.split_targets(sup * k + sub, k)
+    assert torch.equal(s_dec, sup) and torch.equal(k_dec, sub)
+
+
+def test_trainer_targets_decode_to_a_super_class_and_a_sub_class_inside_it(tmp_path):
+    src = load_mnist(300)
+    cfg = resolve_defaults(parse_config([*TINY, "--out", str(tmp_path)]), src)
+    trainer = Trainer(cfg, src, tmp_path)
+    assert trainer.n_targets == 15 and trainer.head_outputs == 3 * 4 + 3 * 5
+    assert trainer.model.top_layer.out_features == 27
+    feats = blobs()
+    ok = np.ones(300, dtype=bool)
+    ok[[4, 77]] = False  # unreadable images get no target
+    targets, loss, extra = trainer.cluster(feats, ok, epoch=0)
+    assert targets.shape == (300,) and np.all(targets[[4, 77]] == -1)
+    assert loss >= 0 and extra["clustering_loss_super"] >= loss
+    valid = targets >= 0
+    sup, sub = targets[valid] // 5, targets[valid] % 5
+    # the same hierarchy as two_level_kmeans on the same whitened rows
+    x = pca_whiten(feats[torch.from_numpy(ok)], dim=16)
+    from fastdc.data import STREAM_KMEANS, derive_seed
+
+    h = two_level_kmeans(x, 3, 5, niter=cfg.kmeans_iters,
+                         seed=derive_seed(cfg.seed, STREAM_KMEANS, 0) % 2**31)
+    np.testing.assert_array_equal(sup, h.super_labels.numpy())
+    np.testing.assert_array_equal(sub, h.sub_labels.numpy())
+    for s in range(3):
+        inside = sub[sup == s]
+        assert len(inside) and inside.min() >= 0 and inside.max() < int(h.k_eff[s])
+    # sampling: uniform over the non-empty targets only, never an unreadable image
+    order = trainer.sample_order(targets, epoch=0)
+    counts = np.bincount(targets[order], minlength=15)
+    present = dc.present_targets(targets, 15)
+    assert np.all(counts[~present] == 0) and np.all(counts[present] > 0)
+    assert counts[present].max() - counts[present].min() <= len(order) // present.sum() + 1
+    assert np.all(ok[order])
+
+
+def test_small_super_classes_leave_empty_sub_classes_that_are_never_drawn(tmp_path):
+    src = load_mnist(300)
+    cfg = resolve_defaults(parse_config([*TINY, "--k", "150", "--out", str(tmp_path)]), src)
+    trainer = Trainer(cfg, src, tmp_path)
+    targets, _, _ = trainer.cluster(blobs(), np.ones(300, dtype=bool), epoch=0)
+    sizes = np.bincount(targets // 150, minlength=3)
+    present = dc.present_targets(targets, 450).reshape(3, 150)
+    for s in range(3):  # k_eff = min(k, size): exactly that many usable sub-classes
+        assert present[s].sum() == min(150, sizes[s])
+    order = trainer.sample_order(targets, epoch=0)
+    assert np.all(present.reshape(-1)[targets[order]])
+
+
+def test_deepercluster_end_to_end_with_reclustering_every_two_epochs(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TINY, "--epochs", "3", "--reassign-every", "2", "--no-final-eval",
+                 "--no-plots", "--out", str(out)]) == 0
+    console = capsys.readouterr().out
+    assert "DeeperCluster" in console and "4 rotations" in console and "epoch   3/3" in console
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["reclustered"] for r in log] == [True, False, True]
+    assert log[1]["clustering_loss"] is None and log[2]["clustering_loss"] is not None
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["nmi_labels"] <= 1 for r in log)
+    assert all(0 <= r["nmi_labels_super"] <= 1 for r in log)
+    a = [np.load(out / "assignments" / f"epoch_{e:03d}.npy") for e in (1, 2, 3)]
+    np.testing.assert_array_equal(a[0], a[1])  # no re-clustering in epoch 2
+    assert all(x.min() >= 0 and x.max() < 15 for x in a)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["config"]["method"] == "deepercluster"
+    assert ckpt["model"]["top_layer.weight"].shape[0] == 27
+    # --no-rotation: a head of S + S·k outputs
+    out2 = tmp_path / "norot"
+    assert main([*TINY, "--epochs", "1", "--no-rotation", "--no-final-eval", "--no-plots",
+                 "--out", str(out2)]) == 0
+    ckpt = torch.load(out2 / "checkpoint.pt", weights_only=False)
+    assert ckpt["model"]["top_layer.weight"].shape[0] == 3 + 15
