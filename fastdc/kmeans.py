@@ -94,7 +94,9 @@ class Kmeans:
     """k-means with the interface of ``faiss.Kmeans``.
 
     ``Kmeans(d, k, **params)``: params are :class:`ClusteringParameters` fields, plus ``gpu``
-    (True/int: cluster NumPy input on a CUDA GPU) and ``backend`` (force a fastdc backend).
+    (True or a GPU count: cluster NumPy input on the current CUDA device — one GPU per process;
+    for several GPUs run one process each with ``fastdc.kmeans.kmeans(..., group=...)``) and
+    ``backend`` (force a fastdc backend).
     An unknown keyword raises TypeError. After :meth:`train`: ``centroids`` (k, d) float32,
     ``obj`` (niter·nredo,) float64, ``iteration_stats`` (list of dicts with obj, time,
     time_search, imbalance_factor, nsplit), ``index`` holding the centroids.
