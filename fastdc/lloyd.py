@@ -151,18 +151,10 @@ def kmeans(
         sums, counts = cluster_sums(x, idx, k, weights=w, backend=backend, check_ids=False)
         if group is not None:
             sums, counts = _all_reduce_sums(sums, counts, group)
-        imbalance[it] = _imbalance(counts)
-        new = means_from_sums(sums, counts)
-        if n_frozen:
-            new[:, :n_frozen] = centroids[:, :n_frozen]
-        new, _, nsplit[it] = resplit_empty(
-            new, counts, generator=split_gen, n_frozen=n_frozen, backend=backend
+        centroids, imbalance[it], nsplit[it] = finish_iteration(
+            centroids, sums, counts, split_gen=split_gen, n_frozen=n_frozen,
+            spherical=spherical, int_centroids=int_centroids, backend=backend,
         )
-        if spherical:
-            new = _normalize(new)
-        if int_centroids:
-            new = new.round()
-        centroids = new
         if timed:
             _sync(x.device)
             times.append(time.perf_counter() - t0)
@@ -187,6 +179,40 @@ def kmeans(
         result.centroids, result.assignments, result.dist = centroids[0], idx[0], dist[0]
         result.obj, result.nsplit, result.imbalance = obj[:, 0], nsplit[:, 0], imbalance[:, 0]
     return result
+
+
+def finish_iteration(
+    centroids: torch.Tensor,
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+    *,
+    split_gen: torch.Generator,
+    n_frozen: int = 0,
+    spherical: bool = False,
+    int_centroids: bool = False,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The end of one Lloyd iteration, once the (reduced) per-cluster sums are known.
+
+    centroids: [B, k, D] float32, the iteration's current centroids (only the n_frozen first
+    are read). sums: [B, k, D] float32, counts: [B, k] float32 — already summed over all rows
+    (and all ranks). split_gen: the re-split generator on the centroids' device (advanced).
+    Returns (new centroids [B, k, D] float32: means, frozen ones kept, empty clusters re-split,
+    normalised when spherical, rounded when int_centroids; imbalance [B] float64; nsplit [B]
+    int64). Shared by :func:`kmeans` and :func:`fastdc.streaming.kmeans_streaming`.
+    """
+    imbalance = _imbalance(counts)
+    new = means_from_sums(sums, counts)
+    if n_frozen:
+        new[:, :n_frozen] = centroids[:, :n_frozen]
+    new, _, nsplit = resplit_empty(
+        new, counts, generator=split_gen, n_frozen=n_frozen, backend=backend
+    )
+    if spherical:
+        new = _normalize(new)
+    if int_centroids:
+        new = new.round()
+    return new, imbalance, nsplit
 
 
 def initial_centroids(

@@ -66,6 +66,17 @@ class PCA:
         if group is not None:
             cov = _all_reduce(cov, group)
         cov /= n
+        return self.fit_covariance(mean, cov, n)
+
+    def fit_covariance(self, mean: torch.Tensor, cov: torch.Tensor, n: int) -> PCA:
+        """The eigen step of :meth:`fit`, from already accumulated (and reduced) statistics.
+
+        mean: [D] float64 column means; cov: [D, D] float64 centred covariance (divided by n);
+        n: the total row count (for the warning). Sets ``mean``, ``components`` and
+        ``eigenvalues`` as :meth:`fit` does. Used by :func:`fastdc.streaming.pca_whiten_streaming`.
+        """
+        d = cov.shape[0]
+        mean32 = mean.float()
         eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
         keep = min(self.d_out, d)
         eigenvalues = eigenvalues.flip(0)[:keep]
@@ -77,7 +88,7 @@ class PCA:
                 warnings.warn(
                     f"PCA: {int(tiny.sum())} of {keep} components have ~zero variance "
                     f"(N={n}, D={d}); they are zeroed instead of whitened",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
             powered = eigenvalues.clamp_min(1e-300) ** self.eigen_power
             scale = torch.where(tiny, torch.zeros_like(eigenvalues), powered)

@@ -91,6 +91,8 @@ from fastdc.data import (
 )
 from fastdc.metrics import kmeans_nmi, linear_probe, nmi, split_indices
 from fastdc.models import ARCHS, DeepClusterNet, build_model
+from fastdc.streaming import DTYPES as STORE_DTYPES
+from fastdc.streaming import FeatureStore, kmeans_streaming, pca_whiten_streaming
 
 METHODS = ("deepcluster", "deepercluster")
 STREAM_ROTATION, STREAM_RANK = 7, 8  # further streams of fastdc.data.derive_seed
@@ -148,6 +150,9 @@ class Config:
     rotations: bool = True  # deepercluster only
     reassign_every: int = 1
     sync_bn: bool = False
+    feature_dtype: str = "float32"  # float16: features kept in fp16 on the host, streamed
+    feature_cache: str | None = None  # a directory: features in an on-disk memmap, streamed
+    kmeans_chunk: int = 65536  # rows per chunk of the streamed PCA / k-means
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -190,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--k", type=int, help="clusters (default 100 for MNIST, 10000 for --data)")
     m.add_argument("--pca-dim", type=int, help="PCA whitening dims (default 32 for MNIST, 256)")
     m.add_argument("--kmeans-iters", type=int, default=20, help="Lloyd iterations per epoch")
+    m.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32",
+                   help="float16: keep the epoch's features in fp16 on the host and stream "
+                        "PCA + k-means through the device in chunks")
+    m.add_argument("--feature-cache", metavar="DIR",
+                   help="keep the epoch's features in a memmap under DIR (data beyond RAM); "
+                        "implies the streamed PCA + k-means")
+    m.add_argument("--kmeans-chunk", type=int, default=65536, metavar="ROWS",
+                   help="rows per chunk of the streamed PCA + k-means")
     m.add_argument("--reassign", type=float, default=1.0,
                    help="images per epoch, as a multiple of the data set size")
     t = p.add_argument_group("training")
@@ -249,6 +262,7 @@ def resolve_defaults(cfg: Config, source: Source) -> Config:
         (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
         (cfg.pca_dim >= 1, f"--pca-dim must be >= 1, got {cfg.pca_dim}"),
         (cfg.kmeans_iters >= 1, f"--kmeans-iters must be >= 1, got {cfg.kmeans_iters}"),
+        (cfg.kmeans_chunk >= 1, f"--kmeans-chunk must be >= 1, got {cfg.kmeans_chunk}"),
         (cfg.reassign > 0, f"--reassign must be > 0, got {cfg.reassign}"),
         (cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}"),
         (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
@@ -490,7 +504,8 @@ class Trainer:
 
     @torch.no_grad()
     def compute_features(self, model: DeepClusterNet, label: str = "features", *,
-                         shard: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+                         shard: bool = False, store: bool = False
+                         ) -> tuple[torch.Tensor | FeatureStore, np.ndarray]:
         """Features (eval mode, no augmentation) of every image, or with ``shard`` and a
         process group of this rank's rows [start, stop) (:func:`fastdc.distributed.shard_range`).
 
@@ -503,14 +518,18 @@ class Trainer:
         rows = fdist.shard_range(n_all, self.group) if shard and self.world > 1 else None
         start, stop = rows if rows is not None else (0, n_all)
         n = stop - start
-        feats = torch.zeros(n, model.feature_dim, device=self.device)
+        feats = (self._feature_store(n, model.feature_dim) if store
+                 else torch.zeros(n, model.feature_dim, device=self.device))
         ok = np.zeros(n, dtype=bool)
         bar = Progress(label, math.ceil(n / bs), self.progress)
         for batch in self.source.eval_batches(bs, self.device, self.cfg.workers, rows=rows):
             with self._autocast():
                 f = model.features(self._to_model(batch.images))
             idx = batch.index.to(self.device) - start
-            feats[idx] = f.float()
+            if store:
+                feats.write(batch.index - start, f)
+            else:
+                feats[idx] = f.float()
             ok[batch.index.numpy() - start] = batch.ok.numpy()
             self._note_skips(batch.errors)
             bar.update()
@@ -520,7 +539,21 @@ class Trainer:
         bar.close()
         if rows is not None and self._agreed_stop():
             raise Interrupted
-        return feats, ok
+        return (feats.finalize() if store else feats), ok
+
+    @property
+    def streaming(self) -> bool:
+        """--feature-dtype float16 or --feature-cache: features on the host, streamed."""
+        return self.cfg.feature_dtype != "float32" or self.cfg.feature_cache is not None
+
+    def _feature_store(self, n: int, d: int) -> FeatureStore:
+        """Where this epoch's features [n, d] go in the streamed mode: RAM, or a memmap named
+        ``features`` (``features.rank<r>`` in a distributed run) under --feature-cache."""
+        dtype = STORE_DTYPES[self.cfg.feature_dtype]
+        if self.cfg.feature_cache is None or n == 0:
+            return FeatureStore.in_memory(n, d, dtype)
+        name = "features" if self.world == 1 else f"features.rank{self.rank}"
+        return FeatureStore.create(self.cfg.feature_cache, n, d, dtype, name)
 
     def _agreed_stop(self) -> bool:
         """True on every rank when any rank received a stop signal (one all-reduce)."""
@@ -559,9 +592,14 @@ class Trainer:
             what = "--super-classes" if self.deeper else "--k"
             raise UsageError(f"{what} {need} is larger than the number of readable images "
                              f"({n_keep} of {len(ok_all)})")
-        x = pca_whiten(feats[keep], dim=cfg.pca_dim, group=group)
         seed = derive_seed(cfg.seed, STREAM_KMEANS, epoch) % (2**31)
         extra: dict[str, Any] = {}
+        if isinstance(feats, FeatureStore):
+            labels, c_loss, extra = self._cluster_streaming(feats, ok, seed, n_keep)
+            assignment = np.full(len(ok_all), -1, dtype=np.int64)
+            assignment[np.flatnonzero(ok_all)] = labels.cpu().numpy()
+            return assignment, c_loss, extra
+        x = pca_whiten(feats[keep], dim=cfg.pca_dim, group=group)
         if self.deeper:
             h = dc.cluster_hierarchy(x, cfg.super_classes, cfg.k, niter=cfg.kmeans_iters,
                                      seed=seed, group=group)
@@ -574,6 +612,30 @@ class Trainer:
         assignment = np.full(len(ok_all), -1, dtype=np.int64)
         assignment[np.flatnonzero(ok_all)] = labels.cpu().numpy()
         return assignment, c_loss, extra
+
+    def _cluster_streaming(self, feats: FeatureStore, ok: np.ndarray, seed: int, n_keep: int
+                           ) -> tuple[torch.Tensor, float, dict[str, Any]]:
+        """:meth:`cluster` for the streamed mode: the readable rows of the store are
+        PCA-whitened and clustered ``--kmeans-chunk`` rows at a time on the device
+        (:mod:`fastdc.streaming`); the whitened rows go to RAM or next to the feature cache.
+        DeeperCluster's batched sub-class k-means needs the whitened (--pca-dim wide) rows in
+        device memory, so only its raw features and PCA are streamed.
+        Returns (labels of the readable rows of all ranks, clustering loss, extra metrics).
+        """
+        cfg, group, chunk = self.cfg, self.group, self.cfg.kmeans_chunk
+        if not ok.all():
+            feats = feats.subset(np.flatnonzero(ok), chunk_rows=chunk)
+        name = "whitened" if self.world == 1 else f"whitened.rank{self.rank}"
+        x = pca_whiten_streaming(feats, cfg.pca_dim, device=self.device, chunk_rows=chunk,
+                                 group=group, out_dir=cfg.feature_cache, out_name=name)
+        if self.deeper:
+            h = dc.cluster_hierarchy(x.data.to(self.device, torch.float32), cfg.super_classes,
+                                     cfg.k, niter=cfg.kmeans_iters, seed=seed, group=group)
+            return h.targets, h.loss, {"clustering_loss_super": h.super_loss}
+        res = kmeans_streaming(x, cfg.k, niter=cfg.kmeans_iters, seed=seed, device=self.device,
+                               chunk_rows=chunk, group=group)
+        labels = fdist.gather_rows(res.assignments.to(self.device), group)
+        return labels, float(res.obj[-1]) / n_keep, {}
 
     def sample_order(self, assignment: np.ndarray, epoch: int) -> np.ndarray:
         """The epoch's training order: int64 [reassign × N_readable] image indices drawn
@@ -702,7 +764,7 @@ class Trainer:
         if self.partial is not None and self.partial.epoch == epoch:
             p = self.partial
         elif recluster:
-            feats, ok = self.compute_features(self.model, shard=True)
+            feats, ok = self.compute_features(self.model, shard=True, store=self.streaming)
             t_feat = time.perf_counter()
             assignment, c_loss, extra = self.cluster(feats, ok, epoch)
             del feats
