@@ -137,7 +137,8 @@ def kmeans(
         where = "" if group is None else f" on rank 0 of {fdist.world_size(group)}"
         print(
             f"Clustering {N} points{where} in {D}D to {k} clusters ({B} problem(s)), "
-            f"{niter} iterations"
+            f"{niter} iterations",
+            file=sys.stderr,
         )
     for it in range(niter):
         ts = time.perf_counter()
