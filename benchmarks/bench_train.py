@@ -120,18 +120,24 @@ def test_train_fastdc(benchmark, mnist):
     targets = torch.randint(0, 100, (N_TRAIN,)).to(DEVICE)
 
     def epoch():
-        for batch in mnist.train_batches(order, BATCH, seed=0, epoch=0, device=DEVICE):
-            loss = F.cross_entropy(model(batch.images), targets[batch.index.to(DEVICE)])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
+        batches = mnist.train_batches(order, BATCH, seed=0, epoch=0, device=DEVICE)
+        _sgd_steps(model, opt, ((b.images, targets[b.index.to(DEVICE)]) for b in batches))
 
     epoch()  # warm-up
     benchmark.pedantic(epoch, rounds=3, iterations=1)
     _train_row("fastdc (batched crops + grey Sobel)", benchmark.stats.stats.min / STEPS)
     assert torch.isfinite(next(model.parameters())).all()
+
+
+def _sgd_steps(model, opt, batches) -> None:
+    """One cross-entropy SGD step per (images, targets) batch, then a device sync."""
+    for x, y in batches:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 class _TwoConvSobelNet(torch.nn.Module):
@@ -174,14 +180,9 @@ def test_train_torchvision_reference(benchmark, mnist):
     loader = DataLoader(Reassigned(), batch_size=BATCH, num_workers=0)
 
     def epoch():
-        for x, y in loader:
-            x = x.to(DEVICE).expand(-1, 3, -1, -1)  # grey -> RGB, as ImageFolder gives
-            loss = F.cross_entropy(model(x), y.to(DEVICE))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
+        # grey -> RGB, as ImageFolder gives
+        _sgd_steps(model, opt, ((x.to(DEVICE).expand(-1, 3, -1, -1), y.to(DEVICE))
+                                for x, y in loader))
 
     epoch()  # warm-up
     benchmark.pedantic(epoch, rounds=3, iterations=1)
