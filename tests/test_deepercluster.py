@@ -12,7 +12,8 @@ from fastdc import deepercluster as dc
 from fastdc.data import load_mnist
 from fastdc.hierarchy import two_level_kmeans
 from fastdc.pca import pca_whiten
-from fastdc.train import Trainer, main, parse_config, resolve_defaults
+from fastdc.train import Trainer, main
+from fastdc.train_config import parse_config, resolve_defaults
 
 TINY = ["--method", "deepercluster", "--subset", "300", "--k", "5", "--super-classes", "3",
         "--batch-size", "64", "--pca-dim", "16"]

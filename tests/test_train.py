@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from fastdc.data import load_mnist
-from fastdc.train import Interrupted, Trainer, main, parse_config, resolve_defaults, train
+from fastdc.run_control import Interrupted
+from fastdc.train import Trainer, main, train
+from fastdc.train_config import parse_config, resolve_defaults
 
 # A few hundred digits, 2 epochs, tiny k: about a second per epoch on the 2-core CPU.
 TINY = ["--subset", "300", "--epochs", "2", "--k", "8", "--batch-size", "64", "--pca-dim", "16"]

@@ -17,7 +17,8 @@ import torch
 
 from fastdc import distributed as fdist
 from fastdc.data import load_mnist
-from fastdc.train import Trainer, main, parse_config, resolve_defaults
+from fastdc.train import Trainer, main
+from fastdc.train_config import parse_config, resolve_defaults
 
 TINY = ["--subset", "300", "--epochs", "2", "--batch-size", "64", "--pca-dim", "16",
         "--no-final-eval"]
