@@ -253,17 +253,7 @@ def initial_centroids(
     else:
         draw = lambda n: _random_rows(x, n, gen)  # noqa: E731
     if isinstance(init, torch.Tensor):
-        given = init.unsqueeze(0) if init.dim() == 2 else init
-        if given.dim() != 3 or given.shape[0] != B or given.shape[2] != D or given.shape[1] > k:
-            raise ValueError(
-                f"init centroids must be [k0, {D}] or [{B}, k0, {D}] with k0 <= k={k}, "
-                f"got {tuple(init.shape)}"
-            )
-        if not bool(torch.isfinite(given).all()):
-            raise ValueError("init centroids contain NaN or inf")
-        given = given.to(device=x.device, dtype=torch.float32)
-        if group is not None:
-            given = fdist.broadcast_from_first(given.contiguous(), group)
+        given = given_centroids(init, B, k, D, x.device, group)
         if given.shape[1] == k:
             return given.clone()
         rest = draw(k - given.shape[1])
@@ -275,6 +265,25 @@ def initial_centroids(
             weights = mask.float() if weights is None else weights * mask
         return _kmeans_plus_plus(x, k, gen, weights)
     raise ValueError(f"init must be one of {INIT_METHODS} or a tensor of centroids, got {init!r}")
+
+
+def given_centroids(
+    init: torch.Tensor, B: int, k: int, D: int, device: torch.device, group=None
+) -> torch.Tensor:
+    """Validate user-given initial centroids [k0, D] / [B, k0, D] (k0 <= k, finite) and return
+    them as [B, k0, D] float32 on ``device`` (rank 0's copy when a group is given)."""
+    given = init.unsqueeze(0) if init.dim() == 2 else init
+    if given.dim() != 3 or given.shape[0] != B or given.shape[2] != D or given.shape[1] > k:
+        raise ValueError(
+            f"init centroids must be [k0, {D}] or [{B}, k0, {D}] with k0 <= k={k}, "
+            f"got {tuple(init.shape)}"
+        )
+    if not bool(torch.isfinite(given).all()):
+        raise ValueError("init centroids contain NaN or inf")
+    given = given.to(device=device, dtype=torch.float32)
+    if group is not None:
+        given = fdist.broadcast_from_first(given.contiguous(), group)
+    return given
 
 
 def _random_rows(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:

@@ -33,7 +33,14 @@ import numpy as np
 import torch
 
 from fastdc import distributed as fdist
-from fastdc.lloyd import KMeansResult, _all_reduce_sums, _check_k, _normalize, finish_iteration
+from fastdc.lloyd import (
+    KMeansResult,
+    _all_reduce_sums,
+    _check_k,
+    _normalize,
+    finish_iteration,
+    given_centroids,
+)
 from fastdc.ops.assign import assign
 from fastdc.ops.checks import first_nonfinite_row
 from fastdc.ops.update import cluster_sums
@@ -427,14 +434,7 @@ def _initial_centroids(store: FeatureStore, k: int, init: str | torch.Tensor, se
     gen.manual_seed(int(seed))
     given = None
     if isinstance(init, torch.Tensor):
-        given = init.unsqueeze(0) if init.dim() == 2 else init
-        if given.dim() != 3 or given.shape[0] != 1 or given.shape[2] != d or given.shape[1] > k:
-            raise ValueError(f"init centroids must be [k0, {d}] with k0 <= k={k}, "
-                             f"got {tuple(init.shape)}")
-        if not bool(torch.isfinite(given).all()):
-            raise ValueError("init centroids contain NaN or inf")
-        given = fdist.broadcast_from_first(
-            given.to(device=device, dtype=torch.float32).contiguous(), group)
+        given = given_centroids(init, 1, k, d, device, group)
         if given.shape[1] == k:
             return given.clone()
     elif init != "random":
