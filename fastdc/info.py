@@ -38,12 +38,10 @@ def report() -> str:
                  "CPU tensors cpu > torch):")
     for op in OPS:
         lines.append(f"  {op:14s} {', '.join(backends.available(op)) or '-'}")
-    try:
-        from fastdc import _C
+    if "cpu" in backends.available("assign"):  # loaded; otherwise load_errors says why
+        from fastdc.cpu_backend import simd
 
-        lines.append(f"cpu backend SIMD path: {_C.simd()}")
-    except Exception:
-        pass
+        lines.append(f"cpu backend SIMD path: {simd()}")
     errors = backends.load_errors()
     for name, why in sorted(errors.items()):
         lines.append(f"backend {name} not loaded: {why}")
