@@ -49,7 +49,7 @@ def ensure_fastdc_importable() -> None:
     """Put the repo on sys.path and alias ``fastdc.kernels`` to kernels/ in a source checkout."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from fastdc import backends
+    from fastdc.ops import registry as backends
 
     backends.available("assign")  # loads every backend (kernels/ too, in a source checkout)
 
@@ -109,13 +109,13 @@ def time_cuda(fn: Callable[[], object], warmup: int = 2, reps: int = 5) -> float
 
 
 def _impl(op: str, backend: str, **inputs):
-    from fastdc.backends import select
+    from fastdc.ops.registry import select
 
     return select(op, backend, **inputs).fn
 
 
 def _backends(op: str) -> list[str]:
-    from fastdc.backends import available
+    from fastdc.ops.registry import available
 
     return [b for b in ("triton", "cuda") if b in available(op)]
 
@@ -123,7 +123,7 @@ def _backends(op: str) -> list[str]:
 def kmeans_iteration(x, c, backend: str, gen: torch.Generator, precision: str = "default"):
     """One Lloyd iteration on [B, N, D] / [B, K, D] without host syncs: assign, sums, means,
     re-split. Returns the new centroids."""
-    from fastdc.ops.update import means_from_sums
+    from fastdc.ops.cluster_sums import means_from_sums
 
     K = c.shape[1]
     f_assign = _impl("assign", backend, x=x, centroids=c, metric="l2", precision=precision)
@@ -220,7 +220,7 @@ def run(quick: bool = False) -> dict:
     flops = assign_flops(N, K, D)
 
     # assign
-    from fastdc.backends import available
+    from fastdc.ops.registry import available
 
     impls = [(b, p) for b in _backends("assign") for p in
              (("default", "tf32", "bf16") if b == "triton" else ("default",))]
@@ -269,7 +269,7 @@ def run(quick: bool = False) -> dict:
             x=x, centroids=c, metric="l2", precision="default")
 
         def update_resplit(b=b, idx=idx, gen=gen):
-            from fastdc.ops.update import means_from_sums
+            from fastdc.ops.cluster_sums import means_from_sums
 
             sums, counts = _impl("cluster_sums", b, x=x, idx=idx, k=K, weights=None)(
                 x=x, idx=idx, k=K, weights=None)

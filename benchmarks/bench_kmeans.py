@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from benchmarks.report import record
-from fastdc import backends
 from fastdc.kmeans import assign, kmeans
+from fastdc.ops import registry as backends
 
 N, D, K, NITER = 100_000, 256, 1_000, 10
 TABLE = "kmeans_cpu_100k_256_1k"

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.report import record
-from fastdc.data import load_mnist, random_resized_crop
-from fastdc.models import small
+from fastdc.deepcluster.data import load_mnist, random_resized_crop
+from fastdc.deepcluster.models import small
 from fastdc.ops.sobel import sobel_weights
 
 N_FEAT, D_FEAT, K, NITER, PCA_DIM = 10_000, 256, 100, 20, 256
@@ -53,8 +53,8 @@ def _cluster_row(name: str, seconds: float, labels: np.ndarray) -> None:
 
 
 def test_cluster_step_fastdc(benchmark, features):
+    from fastdc.engine.pca import pca_whiten
     from fastdc.kmeans import kmeans
-    from fastdc.pca import pca_whiten
 
     x = torch.from_numpy(features).to(DEVICE)
     out = {}

@@ -5,7 +5,7 @@ Public entry points:
 - :mod:`fastdc.kmeans` — ``Kmeans`` (a drop-in for ``faiss.Kmeans``) and the functional API
   ``kmeans``, ``assign``, ``update_centroids``, ``resplit_empty`` on torch tensors;
 - :mod:`fastdc.clustering` — DeepCluster's ``clustering.py`` API;
-- :mod:`fastdc.pca` — PCA whitening on torch tensors;
+- :mod:`fastdc.engine.pca` — PCA whitening on torch tensors;
 - :func:`fastdc.sobel` / :class:`fastdc.Sobel` — the fused Sobel front end.
 """
 

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from fastdc.index import to_tensor
-from fastdc.lloyd import kmeans
-from fastdc.pca import pca_whiten
+from fastdc.engine.index import to_tensor
+from fastdc.engine.lloyd import kmeans
+from fastdc.engine.pca import pca_whiten
 
 __all__ = [
     "Kmeans",

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastdc.checkpoint import CheckpointError, load_checkpoint
-from fastdc.data import STREAM_INIT, DataError, Source, derive_seed, load_source
-from fastdc.metrics import linear_probe, split_indices
-from fastdc.models import DeepClusterNet, build_model
+from fastdc.deepcluster.checkpoint import CheckpointError, load_checkpoint
+from fastdc.deepcluster.data import STREAM_INIT, DataError, Source, derive_seed, load_source
+from fastdc.deepcluster.models import DeepClusterNet, build_model
+from fastdc.evaluation.metrics import linear_probe, split_indices
 
 TARGET_DIMS = 9600
 # DeepCluster eval_linear.py: (kernel, stride, padding) of the AvgPool2d after each AlexNet conv.

@@ -8,7 +8,8 @@ import platform
 import numpy as np
 import torch
 
-from fastdc import __version__, backends
+from fastdc import __version__
+from fastdc.ops import registry
 
 OPS = ("assign", "cluster_sums", "resplit_empty", "sobel")
 
@@ -37,12 +38,12 @@ def report() -> str:
     lines.append("backends per op (automatic order: GPU tensors triton > cuda > torch, "
                  "CPU tensors cpu > torch):")
     for op in OPS:
-        lines.append(f"  {op:14s} {', '.join(backends.available(op)) or '-'}")
-    if "cpu" in backends.available("assign"):  # loaded; otherwise load_errors says why
-        from fastdc.cpu_backend import simd
+        lines.append(f"  {op:14s} {', '.join(registry.available(op)) or '-'}")
+    if "cpu" in registry.available("assign"):  # loaded; otherwise load_errors says why
+        from fastdc.ops.cpu import simd
 
         lines.append(f"cpu backend SIMD path: {simd()}")
-    errors = backends.load_errors()
+    errors = registry.load_errors()
     for name, why in sorted(errors.items()):
         lines.append(f"backend {name} not loaded: {why}")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastdc.backends import register
+from fastdc.ops.registry import register
 from fastdc.ops.sobel import OUT_DTYPES, sobel_ref  # noqa: F401  (the ground truth)
 
 from ._common import device_reasons

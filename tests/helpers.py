@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from fastdc import backends
+from fastdc.ops import registry as backends
 
 GPU_ONLY = ("cuda",)
 

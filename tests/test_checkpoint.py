@@ -1,4 +1,4 @@
-"""fastdc.checkpoint: atomic writes, the architecture check, RNG states."""
+"""fastdc.deepcluster.checkpoint: atomic writes, the architecture check, RNG states."""
 
 import random
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastdc import checkpoint as ck
+from fastdc.deepcluster import checkpoint as ck
 
 
 def _state(arch="small", k=10):

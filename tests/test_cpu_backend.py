@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from fastdc import backends
+from fastdc.ops import registry as backends
 from fastdc.ops.assign import assign_ref
-from fastdc.ops.resplit import resplit_empty_ref
+from fastdc.ops.cluster_sums import cluster_sums_ref
+from fastdc.ops.resplit_empty import resplit_empty_ref
 from fastdc.ops.sobel import IMAGENET_MEAN, IMAGENET_STD, sobel_ref
-from fastdc.ops.update import cluster_sums_ref
 
 _C = pytest.importorskip("fastdc._C", reason="the C++ extension is not built")
-cpu = pytest.importorskip("fastdc.cpu_backend")
+cpu = pytest.importorskip("fastdc.ops.cpu")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -312,7 +312,7 @@ def test_simd_name():
 GENERIC_SCRIPT = """
 import torch
 from fastdc import _C
-from fastdc import cpu_backend as cpu
+from fastdc.ops import cpu as cpu
 from fastdc.ops.assign import assign_ref
 assert _C.simd() == "generic", _C.simd()
 g = torch.Generator().manual_seed(0)

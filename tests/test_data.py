@@ -1,11 +1,12 @@
-"""fastdc.data: the MNIST subset, batched augmentation, folders with unreadable images."""
+"""fastdc.deepcluster.data: the MNIST subset, batched augmentation, folders with unreadable
+images."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from fastdc.data import (
+from fastdc.deepcluster.data import (
     DataError,
     FolderSource,
     derive_seed,

@@ -1,4 +1,4 @@
-"""DeeperCluster's pieces (fastdc.deepercluster) and ``python -m fastdc.train --method
+"""DeeperCluster's pieces (fastdc.deepcluster.deepercluster) and ``python -m fastdc.train --method
 deepercluster`` on tiny data: rotations, target decoding, the masked sub-class loss, the
 hierarchy targets the trainer builds, and a short end-to-end run."""
 
@@ -8,12 +8,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastdc import deepercluster as dc
-from fastdc.data import load_mnist
-from fastdc.hierarchy import two_level_kmeans
-from fastdc.pca import pca_whiten
-from fastdc.train import Trainer, main
-from fastdc.train_config import parse_config, resolve_defaults
+from fastdc.deepcluster import deepercluster as dc
+from fastdc.deepcluster.config import parse_config, resolve_defaults
+from fastdc.deepcluster.data import load_mnist
+from fastdc.deepcluster.trainer import Trainer, main
+from fastdc.engine.hierarchy import two_level_kmeans
+from fastdc.engine.pca import pca_whiten
 
 TINY = ["--method", "deepercluster", "--subset", "300", "--k", "5", "--super-classes", "3",
         "--batch-size", "64", "--pca-dim", "16"]
@@ -85,7 +85,7 @@ def test_trainer_targets_decode_to_a_super_class_and_a_sub_class_inside_it(tmp_p
     sup, sub = targets[valid] // 5, targets[valid] % 5
     # the same hierarchy as two_level_kmeans on the same whitened rows
     x = pca_whiten(feats[torch.from_numpy(ok)], dim=16)
-    from fastdc.data import STREAM_KMEANS, derive_seed
+    from fastdc.deepcluster.data import STREAM_KMEANS, derive_seed
 
     h = two_level_kmeans(x, 3, 5, niter=cfg.kmeans_iters,
                          seed=derive_seed(cfg.seed, STREAM_KMEANS, 0) % 2**31)

@@ -1,4 +1,5 @@
-"""fastdc.distributed + ``kmeans(..., group=...)``: 2 gloo processes on CPU against one process
+"""fastdc.engine.collectives + ``kmeans(..., group=...)``: 2 gloo processes on CPU against one
+process
 on the concatenated data (k-means, re-splits, masked batches, PCA, the hierarchy, label gather).
 
 All distributed work runs in one 2-process session (spawning costs seconds); each test checks
@@ -10,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastdc import distributed as fdist
-from fastdc.hierarchy import two_level_kmeans
-from fastdc.lloyd import kmeans
-from fastdc.pca import pca_whiten
+from fastdc.engine import collectives as fdist
+from fastdc.engine.hierarchy import two_level_kmeans
+from fastdc.engine.lloyd import kmeans
+from fastdc.engine.pca import pca_whiten
 
 SPLIT = 0.4  # rank 0 holds the first 40 % of the rows, rank 1 the rest (uneven on purpose)
 

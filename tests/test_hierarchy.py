@@ -1,4 +1,5 @@
-"""fastdc.hierarchy and masked (padded) batched k-means: consistency of the two-level targets,
+"""fastdc.engine.hierarchy and masked (padded) batched k-means: consistency of the two-level
+targets,
 batched sub-class clustering == separate runs, padding rows never influence anything."""
 
 from __future__ import annotations
@@ -6,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastdc.hierarchy import pack_groups, two_level_kmeans
-from fastdc.lloyd import initial_centroids, kmeans
+from fastdc.engine.hierarchy import pack_groups, two_level_kmeans
+from fastdc.engine.lloyd import initial_centroids, kmeans
 
 
 def nested_blobs(sizes=(300, 450, 200), n_sub=5, d=12, seed=0):

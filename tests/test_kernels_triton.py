@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastdc.backends import import_kernels
+from fastdc.ops.registry import import_kernels
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -30,16 +30,16 @@ import_kernels()  # fastdc.kernels, from kernels/ when this checkout is not inst
 
 from fastdc.kernels import assign as kassign  # noqa: E402
 from fastdc.kernels.assign import assign_triton  # noqa: E402
-from fastdc.kernels.resplit import resplit_empty_triton  # noqa: E402
+from fastdc.kernels.cluster_sums import cluster_sums_triton  # noqa: E402
+from fastdc.kernels.resplit_empty import resplit_empty_triton  # noqa: E402
 from fastdc.kernels.sobel import sobel_triton  # noqa: E402
-from fastdc.kernels.update import cluster_sums_triton  # noqa: E402
 
 from fastdc import ops  # noqa: E402
-from fastdc.backends import BackendError  # noqa: E402
 from fastdc.ops.assign import assign_ref  # noqa: E402
-from fastdc.ops.resplit import resplit_empty_ref  # noqa: E402
+from fastdc.ops.cluster_sums import cluster_sums_ref  # noqa: E402
+from fastdc.ops.registry import BackendError  # noqa: E402
+from fastdc.ops.resplit_empty import resplit_empty_ref  # noqa: E402
 from fastdc.ops.sobel import IMAGENET_MEAN, IMAGENET_STD, sobel_ref  # noqa: E402
-from fastdc.ops.update import cluster_sums_ref  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -330,11 +330,11 @@ def test_sobel_public_op_and_module():
 _COMPILE_SCRIPT = r"""
 import sys
 sys.path.insert(0, {root!r})
-from fastdc.backends import import_kernels
+from fastdc.ops.registry import import_kernels
 import_kernels()
 import triton
 from triton.backends.compiler import GPUTarget
-from fastdc.kernels import assign as A, resplit as R, sobel as S, update as U
+from fastdc.kernels import assign as A, cluster_sums as U, resplit_empty as R, sobel as S
 
 TARGET = GPUTarget("cuda", 90, 32)
 SMEM_LIMIT = 232448  # bytes of shared memory one H100 block may use

@@ -1,10 +1,19 @@
-"""fastdc.metrics: NMI / ARI / purity against scikit-learn, the linear probe, the split."""
+"""fastdc.evaluation.metrics: NMI / ARI / purity against scikit-learn, the linear probe, the
+split."""
 
 import numpy as np
 import pytest
 import torch
 
-from fastdc.metrics import ari, contingency, kmeans_nmi, linear_probe, nmi, purity, split_indices
+from fastdc.evaluation.metrics import (
+    ari,
+    contingency,
+    kmeans_nmi,
+    linear_probe,
+    nmi,
+    purity,
+    split_indices,
+)
 
 
 def _random_labelings(seed):

@@ -1,4 +1,4 @@
-"""fastdc.models: output shapes, DeepCluster's inits, the Sobel front end, the head."""
+"""fastdc.deepcluster.models: output shapes, DeepCluster's inits, the Sobel front end, the head."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastdc.models import GreySobel, alexnet, build_model, small, vgg16
+from fastdc.deepcluster.models import GreySobel, alexnet, build_model, small, vgg16
 from fastdc.ops import Sobel
 from fastdc.ops.sobel import sobel_ref
 

@@ -1,10 +1,10 @@
-"""fastdc.pca: PCA whitening against NumPy float64 and faiss's PCAMatrix."""
+"""fastdc.engine.pca: PCA whitening against NumPy float64 and faiss's PCAMatrix."""
 
 import numpy as np
 import pytest
 import torch
 
-from fastdc.pca import PCA, pca_whiten
+from fastdc.engine.pca import PCA, pca_whiten
 
 
 def correlated(n=3000, d=40, seed=0):

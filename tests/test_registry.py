@@ -5,8 +5,8 @@ import logging
 import pytest
 import torch
 
-from fastdc import backends
 from fastdc.ops import assign
+from fastdc.ops import registry as backends
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
-"""fastdc.streaming: feature stores (RAM / memmap, atomic creation), streamed PCA-whitening and
-streamed k-means equal to the in-memory fastdc.pca / fastdc.lloyd, and a tiny trainer run."""
+"""fastdc.engine.streaming: feature stores (RAM / memmap, atomic creation), streamed PCA-whitening
+and
+streamed k-means equal to the in-memory fastdc.engine.pca / fastdc.engine.lloyd, and a tiny trainer
+run."""
 
 import json
 
@@ -7,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from fastdc.lloyd import kmeans
-from fastdc.pca import pca_whiten
-from fastdc.streaming import FeatureStore, kmeans_streaming, pca_whiten_streaming
-from fastdc.train import main
+from fastdc.deepcluster.trainer import main
+from fastdc.engine.lloyd import kmeans
+from fastdc.engine.pca import pca_whiten
+from fastdc.engine.streaming import FeatureStore, kmeans_streaming, pca_whiten_streaming
 
 
 def blobs(n: int, d: int, centres: int, seed: int = 0) -> torch.Tensor:
@@ -182,7 +184,7 @@ def test_tiny_train_run_with_fp16_feature_cache(tmp_path):
 
 
 def _two_rank_worker(group) -> dict:
-    from fastdc import distributed as fdist
+    from fastdc.engine import collectives as fdist
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(601, 8, generator=g) @ torch.randn(8, 8, generator=g)
@@ -195,7 +197,7 @@ def _two_rank_worker(group) -> dict:
 
 
 def test_two_gloo_ranks_match_one_process():
-    from fastdc import distributed as fdist
+    from fastdc.engine import collectives as fdist
 
     r0, r1 = fdist.spawn(_two_rank_worker, 2, timeout_s=120)
     g = torch.Generator().manual_seed(0)

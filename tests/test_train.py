@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fastdc.data import load_mnist
-from fastdc.run_control import Interrupted
-from fastdc.train import Trainer, main, train
-from fastdc.train_config import parse_config, resolve_defaults
+from fastdc.deepcluster.config import parse_config, resolve_defaults
+from fastdc.deepcluster.data import load_mnist
+from fastdc.deepcluster.run_control import Interrupted
+from fastdc.deepcluster.trainer import Trainer, main, train
 
 # A few hundred digits, 2 epochs, tiny k: about a second per epoch on the 2-core CPU.
 TINY = ["--subset", "300", "--epochs", "2", "--k", "8", "--batch-size", "64", "--pca-dim", "16"]

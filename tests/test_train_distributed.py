@@ -1,4 +1,4 @@
-"""``python -m fastdc.train`` over 2 gloo processes (torchrun and fastdc.distributed.spawn):
+"""``python -m fastdc.train`` over 2 gloo processes (torchrun and fastdc.engine.collectives.spawn):
 both methods run and finish with rank 0's outputs, the first epoch's clusters match one process,
 and the trainer's sharded clustering equals the single-process clustering of the same features.
 """
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from fastdc import distributed as fdist
-from fastdc.data import load_mnist
-from fastdc.train import Trainer, main
-from fastdc.train_config import parse_config, resolve_defaults
+from fastdc.deepcluster.config import parse_config, resolve_defaults
+from fastdc.deepcluster.data import load_mnist
+from fastdc.deepcluster.trainer import Trainer, main
+from fastdc.engine import collectives as fdist
 
 TINY = ["--subset", "300", "--epochs", "2", "--batch-size", "64", "--pca-dim", "16",
         "--no-final-eval"]

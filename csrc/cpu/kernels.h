@@ -29,7 +29,7 @@ void assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip,
 void cluster_sums(const float* x, const i64* idx, const float* weights, i64 B, i64 N, i64 D,
                   i64 k, float* sums, float* counts, int n_threads);
 
-// faiss's empty-cluster re-split, in place (see fastdc/ops/resplit.py for the rule).
+// faiss's empty-cluster re-split, in place (see fastdc/ops/resplit_empty.py for the rule).
 //   centroids: float32 [B, K, D] in/out
 //   counts:    float32 [B, K]    in/out
 //   uniforms:  float64 [B, K]    one uniform in [0, 1) per cluster slot

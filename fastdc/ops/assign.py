@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from fastdc.backends import register, select
 from fastdc.ops.checks import as_batched, check_float, check_metric, check_same_device
+from fastdc.ops.registry import register, select
 
 _CHUNK_ELEMS = 1 << 22  # scores per chunk: 16 MB of fp32, small next to any real x
 

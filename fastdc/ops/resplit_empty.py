@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from fastdc.backends import register, select
 from fastdc.ops.checks import as_batched, check_same_device
+from fastdc.ops.registry import register, select
 
 EPS = 1.0 / 1024.0  # faiss's perturbation: copies differ by a relative 2/1024 on each dim
 

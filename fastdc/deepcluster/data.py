@@ -133,7 +133,7 @@ class Source:
                      workers: int = 0, rows: tuple[int, int] | None = None) -> Iterator[Batch]:
         """Centre-crop batches of images ``rows`` = [start, stop) (default: all), in order;
         ``Batch.index`` holds dataset positions (a process of a distributed run embeds its
-        shard, :func:`fastdc.distributed.shard_range`)."""
+        shard, :func:`fastdc.engine.collectives.shard_range`)."""
         raise NotImplementedError
 
     def train_batches(self, order: np.ndarray, batch_size: int, seed: int, epoch: int,

@@ -4,7 +4,7 @@ Level 1 clusters all rows into ``n_super`` super-classes. Level 2 clusters the r
 super-class into ``n_sub`` sub-classes — all super-classes in **one batched k-means call**: the
 rows of each super-class are packed into one problem of a [B, M, D] tensor (M = the largest
 super-class on this rank), and the padding slots are masked out (``kmeans(..., mask=...)``:
-weight 0, no objective, never drawn as a seed, never re-split; see :mod:`fastdc.lloyd`).
+weight 0, no objective, never drawn as a seed, never re-split; see :mod:`fastdc.engine.lloyd`).
 
 Small super-classes: a super-class with size <= n_sub rows (counted over all ranks) is not
 clustered; each of its rows becomes its own sub-class, numbered in row order (what k-means with
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fastdc import distributed as fdist
-from fastdc.lloyd import KMeansResult, kmeans
+from fastdc.engine import collectives as fdist
+from fastdc.engine.lloyd import KMeansResult, kmeans
 
 
 @dataclass

@@ -5,7 +5,7 @@ computes the donor weights' float64 cumulative sums block by block (``tl.cumsum`
 carry), counts the prefix sums <= u·total to find the donor (= ``searchsorted(..., right=True)``),
 and splits the donor's centroid and count. No host synchronisation, any number of empties.
 
-Bit-identical to :func:`fastdc.ops.resplit.resplit_empty_ref` given the same uniforms whenever
+Bit-identical to :func:`fastdc.ops.resplit_empty.resplit_empty_ref` given the same uniforms whenever
 the float64 prefix sums are exact — always the case for k-means counts (integers < 2^53). With
 fractional weights the blocked prefix sums may round differently from a sequential cumsum (as
 torch's own CPU and CUDA cumsums do).
@@ -17,8 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastdc.backends import register
-from fastdc.ops.resplit import EPS, resplit_empty_ref  # noqa: F401  (the ground truth)
+from fastdc.ops.registry import register
+from fastdc.ops.resplit_empty import EPS, resplit_empty_ref  # noqa: F401  (the ground truth)
 
 from ._common import device_reasons, next_pow2
 

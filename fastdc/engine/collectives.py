@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from fastdc.pca import pca_whiten as _pca_whiten
+from fastdc.engine.pca import pca_whiten as _pca_whiten
 
 Group = Any  # a torch.distributed ProcessGroup; typed loosely (its class moved across versions)
 

@@ -19,8 +19,8 @@ import cupy
 import numpy as np
 import torch
 
-from fastdc.backends import register
-from fastdc.ops.resplit import EPS
+from fastdc.ops.registry import register
+from fastdc.ops.resplit_empty import EPS
 
 _MODULES: dict[tuple[str, int], cupy.RawModule] = {}  # (source name, device index) -> module
 
@@ -30,7 +30,7 @@ def _source(name: str) -> str:
     try:
         return importlib.resources.files("fastdc.cuda_src").joinpath(f"{name}.cu").read_text()
     except (ModuleNotFoundError, FileNotFoundError):
-        path = Path(__file__).resolve().parents[1] / "csrc" / "cuda" / f"{name}.cu"
+        path = Path(__file__).resolve().parents[2] / "csrc" / "cuda" / f"{name}.cu"
         return path.read_text()
 
 
@@ -120,10 +120,11 @@ def cluster_sums_cuda(x: torch.Tensor, idx: torch.Tensor, k: int, weights: torch
     B, N, D = x.shape
     sums = torch.zeros(B, k, D, dtype=torch.float32, device=x.device)
     counts = torch.zeros(B, k, dtype=torch.float32, device=x.device)
-    rows = 16  # ROWS in update.cu
+    rows = 16  # ROWS in cluster_sums.cu
     if N:
         _launch(
-            _kernel("update", "cluster_sums_f32", x.device), ((N + rows - 1) // rows, B), (128,),
+            _kernel("cluster_sums", "cluster_sums_f32", x.device), ((N + rows - 1) // rows, B),
+            (128,),
             (_ptr(x), _ptr(idx), _ptr(w), _ptr(sums), _ptr(counts), _i64(N), _i64(k), _i64(D)),
             x.device,
         )
@@ -146,7 +147,7 @@ def resplit_empty_cuda(centroids: torch.Tensor, counts: torch.Tensor, uniforms: 
     u = uniforms.contiguous()
     nsplit = torch.empty(B, dtype=torch.int64, device=centroids.device)
     _launch(
-        _kernel("resplit", "resplit_empty_f32", centroids.device), (B,), (256,),
+        _kernel("resplit_empty", "resplit_empty_f32", centroids.device), (B,), (256,),
         (_ptr(centroids), _ptr(counts), _ptr(u), _ptr(nsplit), _i64(K), _i64(D),
          _i64(n_frozen), np.float32(EPS)),
         centroids.device,

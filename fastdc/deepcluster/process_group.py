@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from fastdc.distributed import Group
+from fastdc.engine.collectives import Group
 
 
 @dataclass

@@ -158,9 +158,9 @@ def _format(skipped: list[tuple[str, list[str]]]) -> str:
 _LOADED = False
 _BACKEND_MODULES = {
     "fastdc.ops": "torch",
-    "fastdc.cpu_backend": "cpu",
+    "fastdc.ops.cpu": "cpu",
     "fastdc.kernels": "triton",
-    "fastdc.cuda_backend": "cuda",
+    "fastdc.ops.cuda": "cuda",
 }
 
 
@@ -189,7 +189,7 @@ def import_kernels():
     try:
         return importlib.import_module("fastdc.kernels")
     except ModuleNotFoundError as exc:
-        source = Path(__file__).resolve().parent.parent / "kernels"
+        source = Path(__file__).resolve().parents[2] / "kernels"
         if exc.name != "fastdc.kernels" or not (source / "__init__.py").exists():
             raise
     spec = importlib.util.spec_from_file_location(

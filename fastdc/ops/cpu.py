@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fastdc import _C
-from fastdc.backends import register
+from fastdc.ops.registry import register
 
 _SOBEL_OUT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 """Output dtypes of the fused Sobel kernel and their codes in ``_C.sobel``."""

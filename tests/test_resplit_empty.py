@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastdc.ops import resplit_empty
-from fastdc.ops.resplit import EPS
+from fastdc.ops.resplit_empty import EPS
 from tests.helpers import backend_params
 
 

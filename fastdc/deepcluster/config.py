@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from fastdc.data import Source, TensorSource
-from fastdc.models import ARCHS
+from fastdc.deepcluster.data import Source, TensorSource
+from fastdc.deepcluster.models import ARCHS
 
 METHODS = ("deepcluster", "deepercluster")
 

@@ -2,7 +2,8 @@
 of Image Features on Non-Curated Data"): rotations, two-level targets, the head and the loss.
 
 Targets. The features are clustered into S super-classes, then the rows of every super-class
-into k sub-classes (:func:`fastdc.hierarchy.two_level_kmeans`: one batched, masked k-means call
+into k sub-classes (:func:`fastdc.engine.hierarchy.two_level_kmeans`: one batched, masked k-means
+call
 for all super-classes). A row's *target* is ``super * k + sub`` in [0, S·k), stored exactly like
 DeepCluster's cluster id (int64 [N], -1 for unreadable images), so the trainer's sampler,
 checkpoints and NMI metrics treat both methods alike. A super-class with fewer than k rows has
@@ -38,8 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastdc import distributed as fdist
-from fastdc.hierarchy import two_level_kmeans
+from fastdc.engine import collectives as fdist
+from fastdc.engine.hierarchy import two_level_kmeans
 
 
 def head_size(n_super: int, n_sub: int, n_rot: int) -> int:

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fastdc import distributed as fdist
+from fastdc.engine import collectives as fdist
 from fastdc.ops.assign import assign
 from fastdc.ops.checks import first_nonfinite_row
-from fastdc.ops.resplit import resplit_empty
-from fastdc.ops.update import cluster_sums, means_from_sums
+from fastdc.ops.cluster_sums import cluster_sums, means_from_sums
+from fastdc.ops.resplit_empty import resplit_empty
 
 INIT_METHODS = ("random", "kmeans++")
 
@@ -200,7 +200,7 @@ def finish_iteration(
     (and all ranks). split_gen: the re-split generator on the centroids' device (advanced).
     Returns (new centroids [B, k, D] float32: means, frozen ones kept, empty clusters re-split,
     normalised when spherical, rounded when int_centroids; imbalance [B] float64; nsplit [B]
-    int64). Shared by :func:`kmeans` and :func:`fastdc.streaming.kmeans_streaming`.
+    int64). Shared by :func:`kmeans` and :func:`fastdc.engine.streaming.kmeans_streaming`.
     """
     imbalance = _imbalance(counts)
     new = means_from_sums(sums, counts)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from fastdc.backends import register, select
 from fastdc.ops.checks import as_batched, check_float, check_same_device
+from fastdc.ops.registry import register, select
 
 
 @register("cluster_sums", "torch")

@@ -6,16 +6,18 @@ or an ``np.memmap`` file on disk — in fp16 or fp32, and the PCA-whitening and 
 stream them through the device ``chunk_rows`` rows at a time:
 
 - :func:`pca_whiten_streaming`: two passes for the mean and the covariance (fp32 products,
-  float64 sums, the eigen step of :class:`fastdc.pca.PCA`), one pass applying the transform
+  float64 sums, the eigen step of :class:`fastdc.engine.pca.PCA`), one pass applying the transform
   and the row L2 norm into a new store.
 - :func:`kmeans_streaming`: each Lloyd iteration streams the store once: ``assign`` and
   ``cluster_sums`` per chunk, sums/counts/objective accumulated on the device, then the same
-  end of iteration as :func:`fastdc.lloyd.kmeans` (:func:`fastdc.lloyd.finish_iteration`).
+  end of iteration as :func:`fastdc.engine.lloyd.kmeans`
+  (:func:`fastdc.engine.lloyd.finish_iteration`).
   Device memory is O(chunk_rows·D + k·D). On the same fp32 rows it gives lloyd's result up to
   the float summation order (the chunks are summed in float64).
 
 With a process group every rank streams its own shard; statistics are all-reduced exactly as
-:mod:`fastdc.pca` and :mod:`fastdc.lloyd` do, so P ranks match one process on the concatenated
+:mod:`fastdc.engine.pca` and :mod:`fastdc.engine.lloyd` do, so P ranks match one process on the
+concatenated
 rows. On CUDA the host→device copies use pinned buffers on a side stream, so the next chunk's
 copy overlaps the current chunk's compute.
 """
@@ -32,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastdc import distributed as fdist
-from fastdc.lloyd import (
+from fastdc.engine import collectives as fdist
+from fastdc.engine.lloyd import (
     KMeansResult,
     _all_reduce_sums,
     _check_k,
@@ -41,10 +43,10 @@ from fastdc.lloyd import (
     finish_iteration,
     given_centroids,
 )
+from fastdc.engine.pca import PCA, l2_normalize_rows
 from fastdc.ops.assign import assign
 from fastdc.ops.checks import first_nonfinite_row
-from fastdc.ops.update import cluster_sums
-from fastdc.pca import PCA, l2_normalize_rows
+from fastdc.ops.cluster_sums import cluster_sums
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 _NP = {torch.float16: np.float16, torch.float32: np.float32}
@@ -299,12 +301,13 @@ def pca_whiten_streaming(
     out_dir: str | os.PathLike | None = None,
     out_name: str = "whitened",
 ) -> FeatureStore:
-    """:func:`fastdc.pca.pca_whiten` of a store, streamed: PCA-whiten to ``dim`` dims + row L2.
+    """:func:`fastdc.engine.pca.pca_whiten` of a store, streamed: PCA-whiten to ``dim`` dims + row
+    L2.
 
     store: [N, D] fp16/fp32 (with ``group``: this rank's shard, any N >= 0; all ranks fit the
     PCA of the concatenated rows). Pass 1: float64 column sums; pass 2: centred covariance
     (fp32 products per chunk, float64 sums); both all-reduced with a group; the eigen step is
-    :meth:`fastdc.pca.PCA.fit_covariance`. Pass 3 writes the whitened, normalised rows
+    :meth:`fastdc.engine.pca.PCA.fit_covariance`. Pass 3 writes the whitened, normalised rows
     [N, min(dim, D)] into a new store of ``out_dtype`` (default: the input's), on disk under
     ``out_dir`` as ``out_name`` when given, else in RAM. Raises ValueError for NaN/inf rows
     (with the row index) or fewer than 2 rows in total.
@@ -355,7 +358,7 @@ def kmeans_streaming(
     backend: str | None = None,
     group: fdist.Group | None = None,
 ) -> KMeansResult:
-    """:func:`fastdc.lloyd.kmeans` of the rows of a store, streamed through ``device``.
+    """:func:`fastdc.engine.lloyd.kmeans` of the rows of a store, streamed through ``device``.
 
     store: [N, D] fp16/fp32 rows (with ``group``: this rank's shard, N >= 1 on every rank; the
     result equals one process on the concatenated shards, as for lloyd). Each chunk is
@@ -364,7 +367,7 @@ def kmeans_streaming(
     initial centroids (k0 <= k; with a group rank 0's is used); "kmeans++" raises ValueError
     (D² sampling needs k passes over the data). Each iteration: per chunk ``assign`` +
     ``cluster_sums`` (accumulated in float64 on the device), all-reduce with a group, then
-    :func:`fastdc.lloyd.finish_iteration`. Returns a :class:`KMeansResult` for one problem:
+    :func:`fastdc.engine.lloyd.finish_iteration`. Returns a :class:`KMeansResult` for one problem:
     centroids [k, D] float32 on ``device``; assignments [N] int64 and dist [N] float32 on the
     CPU (this rank's rows); obj [niter] float64 (summed over ranks), nsplit [niter] int64,
     imbalance [niter] float64 on ``device``.
@@ -423,7 +426,8 @@ def kmeans_streaming(
 
 def _initial_centroids(store: FeatureStore, k: int, init: str | torch.Tensor, seed: int,
                        sizes: torch.Tensor, device: torch.device, group) -> torch.Tensor:
-    """[1, k, D] float32 on ``device``: the rows :func:`fastdc.lloyd.initial_centroids` draws.
+    """[1, k, D] float32 on ``device``: the rows :func:`fastdc.engine.lloyd.initial_centroids`
+    draws.
 
     A seeded CPU generator permutes the M rows of all ranks (rank order) and takes the first
     k positions, as lloyd does with and without a group (M = N for one process); each rank

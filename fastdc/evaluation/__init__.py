@@ -1,0 +1,1 @@
+"""Evaluation of learned features: clustering metrics and linear probes."""
