@@ -51,14 +51,16 @@ setup(
         "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
         "mlxtend>=0.23",
         "matplotlib>=3.7",
+        "tqdm>=4.60",
+        "scikit-learn>=1.3",
     ],
     extras_require={
         "test": [
             "pytest>=7",
             "pytest-benchmark>=4",
             "faiss-cpu>=1.8",
-            "scikit-learn>=1.3",
             "ruff>=0.5",
+            "import-linter>=2.0",
         ],
         "cuda": ["cupy-cuda13x>=13"],
     },

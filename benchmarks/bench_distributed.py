@@ -20,8 +20,7 @@ import torch
 
 from benchmarks.report import record
 from fastdc.engine import collectives as fdist
-from fastdc.engine.hierarchy import pack_groups
-from fastdc.engine.lloyd import initial_centroids, kmeans
+from fastdc.engine import initial_centroids, kmeans, pack_groups
 
 N, D, K, NITER = 200_000, 64, 256, 10
 TABLE = "kmeans_distributed_cpu_200k_64_256"

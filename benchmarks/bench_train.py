@@ -53,7 +53,7 @@ def _cluster_row(name: str, seconds: float, labels: np.ndarray) -> None:
 
 
 def test_cluster_step_fastdc(benchmark, features):
-    from fastdc.engine.pca import pca_whiten
+    from fastdc.engine import pca_whiten
     from fastdc.kmeans import kmeans
 
     x = torch.from_numpy(features).to(DEVICE)

@@ -17,9 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from fastdc.engine.index import to_tensor
-from fastdc.engine.lloyd import kmeans
-from fastdc.engine.pca import pca_whiten
+from fastdc.engine import kmeans, pca_whiten, to_tensor
 
 __all__ = [
     "Kmeans",

@@ -20,8 +20,7 @@ import warnings
 import numpy as np
 import torch
 
-from fastdc.engine.index import FlatIndex, to_tensor
-from fastdc.engine.lloyd import KMeansResult, initial_centroids, kmeans
+from fastdc.engine import FlatIndex, KMeansResult, initial_centroids, kmeans, to_tensor
 from fastdc.ops import assign, cluster_sums, resplit_empty, update_centroids
 
 __all__ = [

@@ -1,5 +1,5 @@
 """PCA whitening on torch tensors (public face of :mod:`fastdc.engine.pca`)."""
 
-from fastdc.engine.pca import PCA, l2_normalize_rows, pca_whiten
+from fastdc.engine import PCA, l2_normalize_rows, pca_whiten
 
 __all__ = ["PCA", "l2_normalize_rows", "pca_whiten"]

@@ -12,8 +12,7 @@ from fastdc.deepcluster import deepercluster as dc
 from fastdc.deepcluster.config import parse_config, resolve_defaults
 from fastdc.deepcluster.data import load_mnist
 from fastdc.deepcluster.trainer import Trainer, main
-from fastdc.engine.hierarchy import two_level_kmeans
-from fastdc.engine.pca import pca_whiten
+from fastdc.engine import pca_whiten, two_level_kmeans
 
 TINY = ["--method", "deepercluster", "--subset", "300", "--k", "5", "--super-classes", "3",
         "--batch-size", "64", "--pca-dim", "16"]

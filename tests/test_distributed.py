@@ -12,9 +12,7 @@ import pytest
 import torch
 
 from fastdc.engine import collectives as fdist
-from fastdc.engine.hierarchy import two_level_kmeans
-from fastdc.engine.lloyd import kmeans
-from fastdc.engine.pca import pca_whiten
+from fastdc.engine import kmeans, pca_whiten, two_level_kmeans
 
 SPLIT = 0.4  # rank 0 holds the first 40 % of the rows, rank 1 the rest (uneven on purpose)
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastdc.engine.hierarchy import pack_groups, two_level_kmeans
-from fastdc.engine.lloyd import initial_centroids, kmeans
+from fastdc.engine import initial_centroids, kmeans, pack_groups, two_level_kmeans
 
 
 def nested_blobs(sizes=(300, 450, 200), n_sub=5, d=12, seed=0):

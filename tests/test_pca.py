@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastdc.engine.pca import PCA, pca_whiten
+from fastdc.engine import PCA, pca_whiten
 
 
 def correlated(n=3000, d=40, seed=0):

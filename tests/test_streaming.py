@@ -10,9 +10,7 @@ import pytest
 import torch
 
 from fastdc.deepcluster.trainer import main
-from fastdc.engine.lloyd import kmeans
-from fastdc.engine.pca import pca_whiten
-from fastdc.engine.streaming import FeatureStore, kmeans_streaming, pca_whiten_streaming
+from fastdc.engine import FeatureStore, kmeans, kmeans_streaming, pca_whiten, pca_whiten_streaming
 
 
 def blobs(n: int, d: int, centres: int, seed: int = 0) -> torch.Tensor:

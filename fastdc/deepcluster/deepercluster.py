@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from fastdc.engine import collectives as fdist
-from fastdc.engine.hierarchy import two_level_kmeans
+from fastdc.engine import two_level_kmeans
 
 
 def head_size(n_super: int, n_sub: int, n_rot: int) -> int:

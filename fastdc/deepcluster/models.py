@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastdc.ops import Sobel
-from fastdc.ops.sobel import sobel_weights
+from fastdc.ops import Sobel, sobel_weights
 
 ARCHS = ("small", "alexnet", "vgg16")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from fastdc.engine.collectives import Group
+from fastdc.engine import Group
 
 
 @dataclass

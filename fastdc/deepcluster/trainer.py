@@ -99,9 +99,9 @@ from fastdc.deepcluster.data import (
 )
 from fastdc.deepcluster.models import DeepClusterNet, build_model
 from fastdc.deepcluster.run_control import Interrupted, Progress, StopFlag
+from fastdc.engine import DTYPES as STORE_DTYPES
+from fastdc.engine import FeatureStore, kmeans_streaming, pca_whiten_streaming
 from fastdc.engine import collectives as fdist
-from fastdc.engine.streaming import DTYPES as STORE_DTYPES
-from fastdc.engine.streaming import FeatureStore, kmeans_streaming, pca_whiten_streaming
 from fastdc.evaluation.metrics import kmeans_nmi, linear_probe, nmi, split_indices
 
 STREAM_ROTATION, STREAM_RANK = 7, 8  # further streams of fastdc.deepcluster.data.derive_seed
@@ -328,7 +328,7 @@ class Trainer:
         -1 for unreadable images; mean squared distance of the points to their (sub-)centroid
         at the last iteration; extra metrics for the epoch record).
         """
-        from fastdc.engine.pca import pca_whiten
+        from fastdc.engine import pca_whiten
         from fastdc.kmeans import kmeans
 
         cfg, group = self.cfg, self.group

@@ -91,7 +91,7 @@ def kmeans_nmi(features: torch.Tensor, labels: np.ndarray, k: int, *, pca_dim: i
     restarts the NMI of k=10 k-means on digits varies by ±0.05 from seed to seed). Returns
     ``(nmi, assignments int64 [N])``.
     """
-    from fastdc.engine.pca import pca_whiten
+    from fastdc.engine import pca_whiten
     from fastdc.kmeans import kmeans
 
     x = pca_whiten(features.float(), dim=pca_dim)

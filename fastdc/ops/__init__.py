@@ -1,13 +1,29 @@
-"""The k-means ops with their pure-PyTorch references (backend ``torch``).
+"""The ops with their pure-PyTorch references (backend ``torch``).
 
 Each public op validates its inputs, brings them to the batched layout ``[B, ...]`` and hands
 them to the backend picked by :mod:`fastdc.ops.registry`. Backends only ever see batched,
-contiguous tensors of the documented dtypes.
+contiguous tensors of the documented dtypes. Code above the ops imports these names from
+``fastdc.ops`` itself.
 """
 
+from fastdc.ops import registry
 from fastdc.ops.assign import assign
-from fastdc.ops.cluster_sums import cluster_sums, update_centroids
+from fastdc.ops.checks import first_nonfinite_row
+from fastdc.ops.cluster_sums import cluster_sums, means_from_sums, update_centroids
 from fastdc.ops.resplit_empty import resplit_empty
-from fastdc.ops.sobel import Sobel, sobel
+from fastdc.ops.sobel import IMAGENET_MEAN, IMAGENET_STD, Sobel, sobel, sobel_weights
 
-__all__ = ["assign", "cluster_sums", "update_centroids", "resplit_empty", "sobel", "Sobel"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Sobel",
+    "assign",
+    "cluster_sums",
+    "first_nonfinite_row",
+    "means_from_sums",
+    "registry",
+    "resplit_empty",
+    "sobel",
+    "sobel_weights",
+    "update_centroids",
+]
