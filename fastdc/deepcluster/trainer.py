@@ -99,8 +99,7 @@ from fastdc.deepcluster.data import (
 )
 from fastdc.deepcluster.models import DeepClusterNet, build_model
 from fastdc.deepcluster.run_control import Interrupted, Progress, StopFlag
-from fastdc.engine import DTYPES as STORE_DTYPES
-from fastdc.engine import FeatureStore, kmeans_streaming, pca_whiten_streaming
+from fastdc.engine import STORE_DTYPES, FeatureStore, kmeans_streaming, pca_whiten_streaming
 from fastdc.engine import collectives as fdist
 from fastdc.evaluation.metrics import kmeans_nmi, linear_probe, nmi, split_indices
 
