@@ -4,7 +4,7 @@ Level 1 clusters all rows into ``n_super`` super-classes. Level 2 clusters the r
 super-class into ``n_sub`` sub-classes — all super-classes in **one batched k-means call**: the
 rows of each super-class are packed into one problem of a [B, M, D] tensor (M = the largest
 super-class on this rank), and the padding slots are masked out (``kmeans(..., mask=...)``:
-weight 0, no objective, never drawn as a seed, never re-split; see :mod:`fastdc.engine.lloyd`).
+weight 0, no objective, never drawn as a seed, never re-split; see :mod:`fastdc.engine.rows`).
 
 Small super-classes: a super-class with size <= n_sub rows (counted over all ranks) is not
 clustered; each of its rows becomes its own sub-class, numbered in row order (what k-means with
@@ -108,7 +108,8 @@ def two_level_kmeans(
     backend: str | None = None,
     group: fdist.Group | None = None,
 ) -> Hierarchy:
-    """DeeperCluster's hierarchical k-means on x [N, D] float (this rank's rows with a group).
+    """DeeperCluster's hierarchical k-means on x [N, D] float (this rank's rows with a group;
+    detached if it requires grad). Returns a :class:`Hierarchy`.
 
     Level 1: ``kmeans(x, n_super, seed=seed)``. Level 2: one batched, masked
     ``kmeans(packed, n_sub, seed=seed + 1)`` over every super-class with more than n_sub rows;
@@ -117,6 +118,7 @@ def two_level_kmeans(
     """
     if n_sub < 1:
         raise ValueError(f"n_sub must be >= 1, got {n_sub}")
+    x = x.detach()
     x = x if x.dtype.is_floating_point else x.float()
     common = dict(niter=niter, spherical=spherical, backend=backend, group=group)
     top = kmeans(x, n_super, seed=seed, **common)
