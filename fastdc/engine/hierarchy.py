@@ -140,22 +140,7 @@ def two_level_kmeans(
         sub[rows] = sub_result.assignments[packed.problem[rows], packed.slot[rows]]
         sub_centroids[big] = sub_result.centroids
     if bool(small.any()):
-        # each row of a small super-class is its own sub-class, numbered over all ranks in order
-        before = fdist.all_gather_sizes(local_sizes, group, x.device)[: fdist.rank(group)]
-        offset = before.sum(dim=0)  # rows of each super-class on lower ranks
-        rows = small[sup].nonzero().flatten()
-        order = torch.argsort(sup[rows], stable=True)
-        rows = rows[order]
-        labs = sup[rows]
-        # position of each row among its super-class's rows on this rank (rows are sorted by
-        # super-class, so subtract where its block starts), then after the lower ranks' rows
-        small_sizes = local_sizes * small
-        block_start = torch.cumsum(small_sizes, 0) - small_sizes
-        within = torch.arange(len(rows), device=x.device) - block_start[labs]
-        sub[rows] = within + offset[labs]
-        seeds = torch.zeros_like(sub_centroids)
-        seeds[labs, sub[rows]] = x[rows].float()
-        sub_centroids += fdist.all_reduce_sum(seeds, group)
+        _one_sub_class_per_row(x, sup, small, local_sizes, group, sub, sub_centroids)
     return Hierarchy(
         super_labels=sup,
         sub_labels=sub,
@@ -168,3 +153,27 @@ def two_level_kmeans(
         super_result=top,
         sub_result=sub_result,
     )
+
+
+def _one_sub_class_per_row(x: torch.Tensor, sup: torch.Tensor, small: torch.Tensor,
+                           local_sizes: torch.Tensor, group: fdist.Group | None,
+                           sub: torch.Tensor, sub_centroids: torch.Tensor) -> None:
+    """Give each row of a small super-class its own sub-class, numbered over all ranks in row
+    order, and make the row its centroid. x: [N, D]; sup: [N] int64 super-class labels; small:
+    [S] bool; local_sizes: [S] int64 rows per super-class on this rank. Fills sub [N] int64 and
+    sub_centroids [S, n_sub, D] float32 in place."""
+    before = fdist.all_gather_sizes(local_sizes, group, x.device)[: fdist.rank(group)]
+    offset = before.sum(dim=0)  # rows of each super-class on lower ranks
+    rows = small[sup].nonzero().flatten()
+    order = torch.argsort(sup[rows], stable=True)
+    rows = rows[order]
+    labs = sup[rows]
+    # position of each row among its super-class's rows on this rank (rows are sorted by
+    # super-class, so subtract where its block starts), then after the lower ranks' rows
+    small_sizes = local_sizes * small
+    block_start = torch.cumsum(small_sizes, 0) - small_sizes
+    within = torch.arange(len(rows), device=x.device) - block_start[labs]
+    sub[rows] = within + offset[labs]
+    seeds = torch.zeros_like(sub_centroids)
+    seeds[labs, sub[rows]] = x[rows].float()
+    sub_centroids += fdist.all_reduce_sum(seeds, group)
