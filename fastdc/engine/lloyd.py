@@ -107,8 +107,10 @@ def kmeans(
     ranks, each needs >= 1 row, masked or not) and the result equals one process on the
     concatenation of the shards in rank order. ``init`` must then be "random" or a tensor
     (rank 0's is used); "kmeans++" raises ValueError. With a group, verbose prints on rank 0.
-    chunk_rows: None reads x as one block; an int reads it in blocks of that many rows (views),
-    which makes the result bit-identical to :func:`kmeans_streaming` with the same chunk_rows.
+    chunk_rows: None reads x as one block; an int reads it in blocks of that many rows (views
+    of x; with B > 1 the ops copy each block to make it contiguous). The result depends on the
+    blocks, not on where the rows come from: on [N, D] float32 it is bit-identical to
+    :func:`kmeans_streaming` of the same rows on x's device with the same chunk_rows.
     Raises ValueError (shapes, k, NaN/inf or too large rows with the row index, bad weights)
     or TypeError.
     """
@@ -120,8 +122,9 @@ def kmeans(
         rows: Rows = TensorRows(x, w, chunk_rows=chunk_rows, group=group)
     else:
         rows = MaskedRows(x, m, w, chunk_rows=chunk_rows, group=group)
-    opts = LloydOptions(niter, seed, init, spherical, n_frozen, int_centroids, backend, verbose,
-                        record_times, check_finite)
+    opts = LloydOptions(niter=niter, seed=seed, init=init, spherical=spherical,
+                        n_frozen=n_frozen, int_centroids=int_centroids, backend=backend,
+                        verbose=verbose, record_times=record_times, check_finite=check_finite)
     res = lloyd(rows, k, opts)
     return _first_problem(res) if squeezed else res
 
