@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from fastdc.engine import kmeans, pca_whiten, to_tensor
+from fastdc.ops import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "Kmeans",
@@ -28,10 +29,6 @@ __all__ = [
     "ReassignedDataset",
     "UnifLabelSampler",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def _features(data) -> tuple[torch.Tensor, Callable]:
     if isinstance(data, torch.Tensor):

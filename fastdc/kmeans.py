@@ -134,7 +134,8 @@ class Kmeans:
 
         x: NumPy array or torch tensor convertible to float32; weights: (n,) non-negative;
         init_centroids: (k0, d) with k0 <= k, used for the first redo (and kept fixed when
-        frozen_centroids is set). Raises ValueError on wrong shapes, n < k, NaN/inf rows.
+        frozen_centroids is set); tensors are detached. Raises ValueError on wrong shapes,
+        n < k, NaN/inf rows or rows of norm > 6.5e18 (float32 distances overflow).
         """
         cp = self.cp
         xt, like = to_tensor(x, "x", self.d, device=self._device_for(x))

@@ -1,6 +1,6 @@
 """fastdc.engine.hierarchy and masked (padded) batched k-means: consistency of the two-level
-targets,
-batched sub-class clustering == separate runs, padding rows never influence anything."""
+targets, batched sub-class clustering == separate runs, padding rows never influence anything,
+in one block or several."""
 
 from __future__ import annotations
 
@@ -103,6 +103,20 @@ def test_padding_rows_never_influence_results():
     d2 = ((garbage[:, :, None, :].double() - seeds[:, None].double()) ** 2).sum(-1).amin(-1)
     expected = (d2 * packed.mask).sum(dim=1)
     torch.testing.assert_close(dirty.obj[0], expected, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 37, 260])
+def test_masked_batch_read_in_blocks_matches_one_block(chunk):
+    x, labels = nested_blobs(sizes=(150, 260), n_sub=4, seed=6)
+    packed = pack_groups(x, labels, torch.tensor([0, 1]))
+    w = torch.rand(packed.mask.shape, generator=torch.Generator().manual_seed(0)) + 0.5
+    one = kmeans(packed.x, 4, niter=5, seed=2, weights=w, mask=packed.mask)
+    blocks = kmeans(packed.x, 4, niter=5, seed=2, weights=w, mask=packed.mask, chunk_rows=chunk)
+    torch.testing.assert_close(blocks.centroids, one.centroids, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(blocks.obj, one.obj, rtol=1e-5, atol=0)  # fp32 distances
+    assert torch.equal(blocks.assignments, one.assignments)
+    assert bool((blocks.assignments[~packed.mask] == -1).all())
+    assert bool((blocks.dist[~packed.mask] == 0).all())
 
 
 def test_mask_all_true_is_the_plain_loop():

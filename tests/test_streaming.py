@@ -1,7 +1,6 @@
-"""fastdc.engine.streaming: feature stores (RAM / memmap, atomic creation), streamed PCA-whitening
-and
-streamed k-means equal to the in-memory fastdc.engine.pca / fastdc.engine.lloyd, and a tiny trainer
-run."""
+"""Streaming: feature stores (RAM / memmap, atomic creation), streamed PCA-whitening and streamed
+k-means against the in-memory ones (k-means bit for bit when both read the same chunks), and a
+tiny trainer run."""
 
 import json
 
@@ -20,6 +19,15 @@ def blobs(n: int, d: int, centres: int, seed: int = 0) -> torch.Tensor:
     return c[torch.randint(centres, (n,), generator=g)] + torch.randn(n, d, generator=g)
 
 
+def assert_identical(res, ref):
+    """Bit-identical k-means results (assignments and dist compared on the CPU)."""
+    assert torch.equal(res.centroids, ref.centroids)
+    assert torch.equal(res.assignments.cpu(), ref.assignments.cpu())
+    assert torch.equal(res.dist.cpu(), ref.dist.cpu())
+    for name in ("obj", "nsplit", "imbalance"):
+        assert torch.equal(getattr(res, name), getattr(ref, name)), name
+
+
 def assert_same_kmeans(res, ref):
     assert res.assignments.dtype == torch.int64 and res.assignments.device.type == "cpu"
     torch.testing.assert_close(res.centroids, ref.centroids, atol=1e-5, rtol=0)
@@ -31,7 +39,7 @@ def assert_same_kmeans(res, ref):
 
 @pytest.mark.parametrize("chunk", [1000, 333, 64, 7])  # 1000 = N: one chunk; the rest uneven
 @pytest.mark.parametrize("spherical", [False, True])
-def test_kmeans_streaming_matches_lloyd_on_fp32(chunk, spherical):
+def test_kmeans_streaming_matches_kmeans_bit_for_bit_in_the_same_chunks(chunk, spherical):
     x = blobs(1000, 12, 10)
     if spherical:
         x = x / x.norm(dim=1, keepdim=True)
@@ -39,6 +47,11 @@ def test_kmeans_streaming_matches_lloyd_on_fp32(chunk, spherical):
     res = kmeans_streaming(FeatureStore.from_tensor(x), 16, niter=8, seed=5,
                            spherical=spherical, device="cpu", chunk_rows=chunk)
     assert_same_kmeans(res, ref)
+    # read in the same chunks, the in-memory loop gives the same bits
+    exact = kmeans(x, 16, niter=8, seed=5, spherical=spherical, chunk_rows=chunk)
+    assert_identical(res, exact)
+    if chunk >= len(x):  # one chunk: the in-memory default (one block) is that same run
+        assert_identical(res, ref)
 
 
 def test_kmeans_streaming_one_row_chunks_and_empty_cluster_resplits():
@@ -48,6 +61,7 @@ def test_kmeans_streaming_one_row_chunks_and_empty_cluster_resplits():
                            chunk_rows=1)
     assert_same_kmeans(res, ref)
     assert int(ref.nsplit.sum()) > 0  # the re-split path was exercised
+    assert_identical(res, kmeans(x, 12, niter=5, seed=2, chunk_rows=1))
 
 
 def test_kmeans_streaming_tensor_init_matches_lloyd():
@@ -57,6 +71,7 @@ def test_kmeans_streaming_tensor_init_matches_lloyd():
     res = kmeans_streaming(FeatureStore.from_tensor(x), 6, niter=4, seed=9, init=init,
                            device="cpu", chunk_rows=77)
     assert_same_kmeans(res, ref)
+    assert_identical(res, kmeans(x, 6, niter=4, seed=9, init=init, chunk_rows=77))
     with pytest.raises(ValueError, match="kmeans\\+\\+"):
         kmeans_streaming(FeatureStore.from_tensor(x), 6, init="kmeans++", device="cpu")
 
@@ -68,6 +83,7 @@ def test_kmeans_streaming_on_fp16_store_matches_lloyd_on_rounded_data():
     ref = kmeans(x.half().float(), 8, niter=6, seed=1)
     res = kmeans_streaming(store, 8, niter=6, seed=1, device="cpu", chunk_rows=128)
     assert_same_kmeans(res, ref)
+    assert_identical(res, kmeans(x.half().float(), 8, niter=6, seed=1, chunk_rows=128))
 
 
 def test_kmeans_streaming_rejects_bad_input():
@@ -97,6 +113,7 @@ def test_memmap_store_round_trip(tmp_path):
     a = kmeans_streaming(opened, 5, niter=3, seed=0, device="cpu", chunk_rows=50)
     b = kmeans_streaming(FeatureStore.from_tensor(x.half()), 5, niter=3, seed=0, device="cpu")
     assert torch.equal(a.assignments, b.assignments)
+    assert_identical(a, kmeans(x.half().float(), 5, niter=3, seed=0, chunk_rows=50))
     # fp32 on disk is exact
     s32 = FeatureStore.create(tmp_path, 301, 9, torch.float32, name="f32")
     s32.write(0, x)

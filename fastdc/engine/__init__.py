@@ -1,6 +1,19 @@
-"""The k-means engine: Lloyd iterations, seeding, PCA, the two-level hierarchy, the flat index
-and the collectives that shard them over a process group. Built on :mod:`fastdc.ops`; never
-imports the DeepCluster application.
+"""The k-means engine: one Lloyd loop over a "rows" source, seeding, PCA, the two-level
+hierarchy, the flat index and the collectives that shard them over a process group. Built on
+:mod:`fastdc.ops`; never imports the DeepCluster application.
+
+Modules, from the bottom up:
+
+- ``collectives``: thin ``torch.distributed`` helpers; ``group=None`` is a world of one;
+- ``checks``: validation of user input and the one scan of the rows (NaN/inf, overflow);
+- ``store``: :class:`FeatureStore` (rows on the host, in RAM or on disk) and its chunked,
+  double-buffered trip to the device;
+- ``rows``: the sources the loop reads: a tensor, a masked (padded) batch, a streamed store,
+  each optionally a shard of a process group;
+- ``seeding``: initial centroids ("random" incl. the sharded draw, k-means++, given);
+- ``lloyd``: the loop, :func:`kmeans` (in memory) and :func:`kmeans_streaming` (a store);
+- ``pca``: PCA-whitening of a tensor or of a streamed store;
+- ``hierarchy``: DeeperCluster's two-level k-means; ``index``: a flat nearest-neighbour index.
 
 Code outside the engine imports these names from ``fastdc.engine`` itself, never from its
 modules, so the engine can be reorganised behind them.
@@ -10,10 +23,11 @@ from fastdc.engine import collectives
 from fastdc.engine.collectives import Group
 from fastdc.engine.hierarchy import pack_groups, two_level_kmeans
 from fastdc.engine.index import FlatIndex, to_tensor
-from fastdc.engine.lloyd import KMeansResult, initial_centroids, kmeans
-from fastdc.engine.pca import PCA, l2_normalize_rows, pca_whiten
-from fastdc.engine.streaming import DTYPES as STORE_DTYPES
-from fastdc.engine.streaming import FeatureStore, kmeans_streaming, pca_whiten_streaming
+from fastdc.engine.lloyd import KMeansResult, kmeans, kmeans_streaming
+from fastdc.engine.pca import PCA, l2_normalize_rows, pca_whiten, pca_whiten_streaming
+from fastdc.engine.seeding import initial_centroids
+from fastdc.engine.store import DTYPES as STORE_DTYPES
+from fastdc.engine.store import FeatureStore
 
 __all__ = [
     "PCA",

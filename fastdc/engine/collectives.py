@@ -7,11 +7,11 @@ process and many. Collectives run on the tensors' own device: CPU tensors need a
 CUDA tensors an NCCL group (or gloo, slowly). No pickles, no files: only tensor collectives.
 
 - :func:`rank`, :func:`world_size`, :func:`is_main`: where this process stands in ``group``;
-- :func:`all_reduce_sum`: in-place sum over the group;
+- :func:`all_reduce_sum`: in-place sum over the group; :func:`all_reduce_sum_packed`: several
+  tensors summed in one collective;
 - :func:`all_gather_sizes`, :func:`gather_rows`: variable-length row shards (e.g. labels)
   concatenated in rank order on every rank;
 - :func:`shard_range`: the contiguous rows [start, stop) of N that a rank owns;
-- :func:`pca_whiten`: DeepCluster's PCA-whitening from all-reduced mean and covariance;
 - :func:`free_port`, :func:`spawn`: run a function in P local gloo processes (tests, benchmarks).
 """
 
@@ -22,13 +22,11 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
-
-from fastdc.engine.pca import pca_whiten as _pca_whiten
 
 Group = Any  # a torch.distributed ProcessGroup; typed loosely (its class moved across versions)
 
@@ -57,6 +55,21 @@ def all_reduce_sum(t: torch.Tensor, group: Group | None) -> torch.Tensor:
     if group is not None:
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return t
+
+
+def all_reduce_sum_packed(tensors: Sequence[torch.Tensor], group: Group | None
+                          ) -> list[torch.Tensor]:
+    """Sum several tensors (one dtype, one device, any shapes) over ``group`` in one collective.
+
+    Returns new tensors of the input shapes (the inputs themselves with a world of one, where
+    there is nothing to add). One packed buffer costs one collective's latency instead of one
+    per tensor.
+    """
+    if world_size(group) == 1:
+        return list(tensors)
+    flat = all_reduce_sum(torch.cat([t.reshape(-1) for t in tensors]), group)
+    sizes = [t.numel() for t in tensors]
+    return [part.view(t.shape) for part, t in zip(flat.split(sizes), tensors, strict=True)]
 
 
 def broadcast_from_first(t: torch.Tensor, group: Group | None) -> torch.Tensor:
@@ -109,18 +122,6 @@ def shard_range(n: int, group: Group | None) -> tuple[int, int]:
     base, extra = divmod(n, p)
     start = r * base + min(r, extra)
     return start, start + base + (1 if r < extra else 0)
-
-
-def pca_whiten(x_shard: torch.Tensor, dim: int = 256, eigen_power: float = -0.5, *,
-               group: Group | None = None) -> torch.Tensor:
-    """DeepCluster's PCA-whitening + row L2-normalisation of a row shard, fitted on all shards.
-
-    x_shard: [n_r, D] float, this rank's rows. The mean and covariance are all-reduced over
-    ``group`` (float64), so every rank fits the same PCA as one process on the concatenated
-    rows (up to summation order) and transforms its own rows. Returns [n_r, min(dim, D)]
-    float32. Pass ``group=torch.distributed.group.WORLD`` for the default group.
-    """
-    return _pca_whiten(x_shard, dim, eigen_power, group=group)
 
 
 # --------------------------------------------------------------------------- local launching

@@ -4,7 +4,7 @@ Level 1 clusters all rows into ``n_super`` super-classes. Level 2 clusters the r
 super-class into ``n_sub`` sub-classes — all super-classes in **one batched k-means call**: the
 rows of each super-class are packed into one problem of a [B, M, D] tensor (M = the largest
 super-class on this rank), and the padding slots are masked out (``kmeans(..., mask=...)``:
-weight 0, no objective, never drawn as a seed, never re-split; see :mod:`fastdc.engine.lloyd`).
+weight 0, no objective, never drawn as a seed, never re-split; see :mod:`fastdc.engine.rows`).
 
 Small super-classes: a super-class with size <= n_sub rows (counted over all ranks) is not
 clustered; each of its rows becomes its own sub-class, numbered in row order (what k-means with
@@ -108,7 +108,8 @@ def two_level_kmeans(
     backend: str | None = None,
     group: fdist.Group | None = None,
 ) -> Hierarchy:
-    """DeeperCluster's hierarchical k-means on x [N, D] float (this rank's rows with a group).
+    """DeeperCluster's hierarchical k-means on x [N, D] float (this rank's rows with a group;
+    detached if it requires grad). Returns a :class:`Hierarchy`.
 
     Level 1: ``kmeans(x, n_super, seed=seed)``. Level 2: one batched, masked
     ``kmeans(packed, n_sub, seed=seed + 1)`` over every super-class with more than n_sub rows;
@@ -117,6 +118,7 @@ def two_level_kmeans(
     """
     if n_sub < 1:
         raise ValueError(f"n_sub must be >= 1, got {n_sub}")
+    x = x.detach()
     x = x if x.dtype.is_floating_point else x.float()
     common = dict(niter=niter, spherical=spherical, backend=backend, group=group)
     top = kmeans(x, n_super, seed=seed, **common)
@@ -138,22 +140,7 @@ def two_level_kmeans(
         sub[rows] = sub_result.assignments[packed.problem[rows], packed.slot[rows]]
         sub_centroids[big] = sub_result.centroids
     if bool(small.any()):
-        # each row of a small super-class is its own sub-class, numbered over all ranks in order
-        before = fdist.all_gather_sizes(local_sizes, group, x.device)[: fdist.rank(group)]
-        offset = before.sum(dim=0)  # rows of each super-class on lower ranks
-        rows = small[sup].nonzero().flatten()
-        order = torch.argsort(sup[rows], stable=True)
-        rows = rows[order]
-        labs = sup[rows]
-        # position of each row among its super-class's rows on this rank (rows are sorted by
-        # super-class, so subtract where its block starts), then after the lower ranks' rows
-        small_sizes = local_sizes * small
-        block_start = torch.cumsum(small_sizes, 0) - small_sizes
-        within = torch.arange(len(rows), device=x.device) - block_start[labs]
-        sub[rows] = within + offset[labs]
-        seeds = torch.zeros_like(sub_centroids)
-        seeds[labs, sub[rows]] = x[rows].float()
-        sub_centroids += fdist.all_reduce_sum(seeds, group)
+        _one_sub_class_per_row(x, sup, small, local_sizes, group, sub, sub_centroids)
     return Hierarchy(
         super_labels=sup,
         sub_labels=sub,
@@ -166,3 +153,27 @@ def two_level_kmeans(
         super_result=top,
         sub_result=sub_result,
     )
+
+
+def _one_sub_class_per_row(x: torch.Tensor, sup: torch.Tensor, small: torch.Tensor,
+                           local_sizes: torch.Tensor, group: fdist.Group | None,
+                           sub: torch.Tensor, sub_centroids: torch.Tensor) -> None:
+    """Give each row of a small super-class its own sub-class, numbered over all ranks in row
+    order, and make the row its centroid. x: [N, D]; sup: [N] int64 super-class labels; small:
+    [S] bool; local_sizes: [S] int64 rows per super-class on this rank. Fills sub [N] int64 and
+    sub_centroids [S, n_sub, D] float32 in place."""
+    before = fdist.all_gather_sizes(local_sizes, group, x.device)[: fdist.rank(group)]
+    offset = before.sum(dim=0)  # rows of each super-class on lower ranks
+    rows = small[sup].nonzero().flatten()
+    order = torch.argsort(sup[rows], stable=True)
+    rows = rows[order]
+    labs = sup[rows]
+    # position of each row among its super-class's rows on this rank (rows are sorted by
+    # super-class, so subtract where its block starts), then after the lower ranks' rows
+    small_sizes = local_sizes * small
+    block_start = torch.cumsum(small_sizes, 0) - small_sizes
+    within = torch.arange(len(rows), device=x.device) - block_start[labs]
+    sub[rows] = within + offset[labs]
+    seeds = torch.zeros_like(sub_centroids)
+    seeds[labs, sub[rows]] = x[rows].float()
+    sub_centroids += fdist.all_reduce_sum(seeds, group)

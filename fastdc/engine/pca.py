@@ -7,18 +7,30 @@ does not divide the covariance by n, so its whitened output is ours / sqrt(n) (o
 variance per component); after the row normalisation the two are identical. Everything stays on
 the input's device: the covariance is accumulated chunk by chunk (fp32 products, float64 sums)
 and decomposed with ``torch.linalg.eigh`` in float64.
+
+The fit reads its rows as a sequence of blocks, so one code fits both a tensor in memory
+(:meth:`PCA.fit`, :func:`pca_whiten`: blocks are views of x) and a
+:class:`fastdc.engine.store.FeatureStore` streamed through a device
+(:func:`pca_whiten_streaming`: two passes for the statistics, a third writing the whitened rows
+into a new store). With a process group each rank reads its own shard and the row count, column
+sums and covariance are all-reduced with :mod:`fastdc.engine.collectives` (a world of one
+without a group), so every rank fits the PCA of the concatenated rows.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Callable, Iterator
 
 import torch
-import torch.distributed as dist
 
-from fastdc.ops.checks import first_nonfinite_row
+from fastdc.engine import collectives as fdist
+from fastdc.engine.store import DEFAULT_CHUNK_ROWS, FeatureStore, device_chunks
+from fastdc.ops import first_nonfinite_row
 
-_CHUNK_ROWS = 65536  # rows per covariance product: 64 MB of fp32 at D = 256
+Blocks = Callable[[], Iterator[tuple[int, torch.Tensor]]]
+"""A pass over rows: yields (first row, block [m, D] float) in row order; callable repeatedly."""
 _RANK_TOL = 1e-10  # eigenvalues below this fraction of the largest count as zero
 
 
@@ -38,8 +50,8 @@ class PCA:
         self.components: torch.Tensor | None = None
         self.eigenvalues: torch.Tensor | None = None
 
-    def fit(self, x: torch.Tensor, *, group=None) -> PCA:
-        """Fit on x [N, D] float (N >= 2). Keeps min(d_out, D) components.
+    def fit(self, x: torch.Tensor, *, group: fdist.Group | None = None) -> PCA:
+        """Fit on x [N, D] float (N >= 2 over all ranks). Keeps min(d_out, D) components.
 
         Components whose eigenvalue is (numerically) zero are given scale 0 instead of
         infinity, with a warning: that happens when N <= d_out or the features are degenerate.
@@ -47,25 +59,35 @@ class PCA:
         shard of the rows (any length, possibly 0); the row count, the float64 column sums and
         the centred float64 covariance are all-reduced, so every rank fits the PCA of the
         concatenated rows (equal to one process's fit up to summation order).
+        Raises ValueError for NaN/inf rows (with the row index) or fewer than 2 rows.
         """
-        x = _check_features(x)
+        x = _as_features(x)
         n, d = x.shape
-        if group is not None:
-            n = int(_all_reduce(torch.tensor([n], dtype=torch.int64, device=x.device), group))
+        return self.fit_blocks(lambda: _tensor_blocks(x), (n, d), x.device, group=group)
+
+    def fit_blocks(self, blocks: Blocks, shape: tuple[int, int], device: torch.device, *,
+                   group: fdist.Group | None = None) -> PCA:
+        """Fit on the rows ``blocks()`` yields (it is read twice): shape (N, D) on this rank,
+        blocks on ``device``. Pass 1: float64 column sums (refusing NaN/inf rows); pass 2:
+        centred covariance (fp32 products, float64 sums); both all-reduced over ``group``."""
+        n, d = shape
+        n = int(fdist.all_reduce_sum(torch.tensor([n], dtype=torch.int64, device=device), group))
         if n < 2:
             raise ValueError(f"PCA needs at least 2 rows, got {n}")
-        col_sums = x.sum(dim=0, dtype=torch.float64)
-        if group is not None:
-            col_sums = _all_reduce(col_sums, group)
-        mean = col_sums / n
-        cov = torch.zeros(d, d, dtype=torch.float64, device=x.device)
+        col_sums = torch.zeros(d, dtype=torch.float64, device=device)
+        for start, x in blocks():
+            row = first_nonfinite_row(x)
+            if row is not None:
+                raise ValueError(f"features contain NaN or inf (first bad row: {start + row}); "
+                                 "fix them first")
+            col_sums += x.sum(dim=0, dtype=torch.float64)
+        mean = fdist.all_reduce_sum(col_sums, group) / n
         mean32 = mean.float()
-        for start in range(0, x.shape[0], _CHUNK_ROWS):
-            xc = x[start : start + _CHUNK_ROWS].float() - mean32
+        cov = torch.zeros(d, d, dtype=torch.float64, device=device)
+        for _, x in blocks():
+            xc = x.float() - mean32
             cov += (xc.T @ xc).double()
-        if group is not None:
-            cov = _all_reduce(cov, group)
-        cov /= n
+        cov = fdist.all_reduce_sum(cov, group) / n
         return self.fit_covariance(mean, cov, n)
 
     def fit_covariance(self, mean: torch.Tensor, cov: torch.Tensor, n: int) -> PCA:
@@ -73,8 +95,7 @@ class PCA:
 
         mean: [D] float64 column means; cov: [D, D] float64 centred covariance (divided by n);
         n: the total row count (for the warning). Sets ``mean``, ``components`` and
-        ``eigenvalues`` as :meth:`fit` does. Used by
-        :func:`fastdc.engine.streaming.pca_whiten_streaming`.
+        ``eigenvalues`` as :meth:`fit` does (the last step of :meth:`fit_blocks`).
         """
         d = cov.shape[0]
         mean32 = mean.float()
@@ -102,7 +123,10 @@ class PCA:
         """Project x [N, D] -> [N, d_out] float32 on x's device."""
         if self.components is None:
             raise RuntimeError("PCA.transform called before fit")
-        x = _check_features(x)
+        x = _as_features(x)
+        row = first_nonfinite_row(x)
+        if row is not None:
+            raise ValueError(f"features contain NaN or inf (first bad row: {row}); fix them first")
         if x.shape[1] != self.components.shape[0]:
             raise ValueError(
                 f"x has {x.shape[1]} columns but the PCA was fitted on {self.components.shape[0]}"
@@ -127,19 +151,53 @@ def pca_whiten(
     return l2_normalize_rows(PCA(dim, eigen_power).fit(x, group=group).transform(x))
 
 
-def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
-    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-    return t
+def pca_whiten_streaming(
+    store: FeatureStore,
+    dim: int = 256,
+    *,
+    device: torch.device | str = "cpu",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    group: fdist.Group | None = None,
+    eigen_power: float = -0.5,
+    out_dtype: torch.dtype | None = None,
+    out_dir: str | os.PathLike | None = None,
+    out_name: str = "whitened",
+) -> FeatureStore:
+    """:func:`pca_whiten` of a store, streamed through ``device`` ``chunk_rows`` rows at a time.
+
+    store: [N, D] fp16/fp32 (with ``group``: this rank's shard, any N >= 0; all ranks fit the
+    PCA of the concatenated rows). Two passes fit the PCA (:meth:`PCA.fit_blocks`); a third
+    writes the whitened, normalised rows [N, min(dim, D)] into a new store of ``out_dtype``
+    (default: the input's), on disk under ``out_dir`` as ``out_name`` when given, else in RAM.
+    Raises ValueError for NaN/inf rows (with the row index) or fewer than 2 rows in total.
+    """
+    device = torch.device(device)
+    n_local = len(store)
+    pca = PCA(dim, eigen_power).fit_blocks(
+        lambda: device_chunks(store, chunk_rows, device), store.shape, device, group=group
+    )
+    out_dtype = out_dtype or store.dtype
+    d_out = pca.components.shape[1]
+    if out_dir is None or n_local == 0:  # (an empty shard needs no file)
+        out = FeatureStore.in_memory(n_local, d_out, out_dtype)
+    else:
+        out = FeatureStore.create(out_dir, n_local, d_out, out_dtype, out_name)
+    for start, x in device_chunks(store, chunk_rows, device):
+        out.write(start, l2_normalize_rows(pca.transform(x)))
+    return out.finalize()
 
 
-def _check_features(x: torch.Tensor) -> torch.Tensor:
+def _tensor_blocks(x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """x [N, D] in views of DEFAULT_CHUNK_ROWS rows (what a store streams by default)."""
+    for start in range(0, x.shape[0], DEFAULT_CHUNK_ROWS):
+        yield start, x[start : start + DEFAULT_CHUNK_ROWS]
+
+
+def _as_features(x: torch.Tensor) -> torch.Tensor:
+    """x [N, D] as a detached float tensor; raises TypeError/ValueError otherwise."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
         raise ValueError(f"features must be 2-D [N, D], got shape {tuple(x.shape)}")
-    if not x.dtype.is_floating_point:
-        x = x.float()
-    row = first_nonfinite_row(x)
-    if row is not None:
-        raise ValueError(f"features contain NaN or inf (first bad row: {row}); fix them first")
-    return x
+    x = x.detach()
+    return x if x.dtype.is_floating_point else x.float()

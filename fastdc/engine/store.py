@@ -1,25 +1,12 @@
-"""Features bigger than device memory (or RAM): a host/disk feature store streamed in chunks.
+"""The feature store: N rows of D features on the host, and their trip to the device in chunks.
 
 DeepCluster's clustering step needs every image's feature each epoch. When N·D does not fit on
-the GPU (or in RAM), the features live in a :class:`FeatureStore` on the host — a CPU tensor,
-or an ``np.memmap`` file on disk — in fp16 or fp32, and the PCA-whitening and the k-means
-stream them through the device ``chunk_rows`` rows at a time:
-
-- :func:`pca_whiten_streaming`: two passes for the mean and the covariance (fp32 products,
-  float64 sums, the eigen step of :class:`fastdc.engine.pca.PCA`), one pass applying the transform
-  and the row L2 norm into a new store.
-- :func:`kmeans_streaming`: each Lloyd iteration streams the store once: ``assign`` and
-  ``cluster_sums`` per chunk, sums/counts/objective accumulated on the device, then the same
-  end of iteration as :func:`fastdc.engine.lloyd.kmeans`
-  (:func:`fastdc.engine.lloyd.finish_iteration`).
-  Device memory is O(chunk_rows·D + k·D). On the same fp32 rows it gives lloyd's result up to
-  the float summation order (the chunks are summed in float64).
-
-With a process group every rank streams its own shard; statistics are all-reduced exactly as
-:mod:`fastdc.engine.pca` and :mod:`fastdc.engine.lloyd` do, so P ranks match one process on the
-concatenated
-rows. On CUDA the host→device copies use pinned buffers on a side stream, so the next chunk's
-copy overlaps the current chunk's compute.
+the GPU (or in RAM), the features live in a :class:`FeatureStore` on the host (a CPU tensor, or
+an ``np.memmap`` file on disk) in fp16 or fp32. :func:`device_chunks` streams a store through a
+device ``chunk_rows`` rows at a time; on CUDA the host→device copies use pinned buffers on a
+side stream, so the next chunk's copy overlaps the current chunk's compute. The streamed k-means
+(:class:`fastdc.engine.rows.StoreRows`) and the streamed PCA
+(:func:`fastdc.engine.pca.pca_whiten_streaming`) read stores through it.
 """
 
 from __future__ import annotations
@@ -34,23 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastdc.engine import collectives as fdist
-from fastdc.engine.lloyd import (
-    KMeansResult,
-    _all_reduce_sums,
-    _check_k,
-    _normalize,
-    finish_iteration,
-    given_centroids,
-)
-from fastdc.engine.pca import PCA, l2_normalize_rows
-from fastdc.ops.assign import assign
-from fastdc.ops.checks import first_nonfinite_row
-from fastdc.ops.cluster_sums import cluster_sums
-
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
+"""The dtypes a store holds its rows in, by the name its metadata file gives them."""
 _NP = {torch.float16: np.float16, torch.float32: np.float32}
-DEFAULT_CHUNK_ROWS = 65536
+DEFAULT_CHUNK_ROWS = 65536  # rows per chunk on the device: 64 MB of fp32 at D = 256
 
 
 class FeatureStore:
@@ -177,14 +151,17 @@ class FeatureStore:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(N, D): rows and features."""
         return (int(self.data.shape[0]), int(self.data.shape[1]))
 
     @property
     def dtype(self) -> torch.dtype:
+        """torch.float16 or torch.float32: how the rows are stored."""
         return self.data.dtype
 
     @property
     def on_disk(self) -> bool:
+        """True for a memmap store on disk, False for a store in RAM."""
         return self.directory is not None
 
     def __len__(self) -> int:
@@ -223,7 +200,7 @@ def _check_dtype(dtype: torch.dtype) -> None:
                          f"got {dtype}")
 
 
-# --------------------------------------------------------------------------- streaming
+# --------------------------------------------------------------------------- to the device
 
 
 def device_chunks(store: FeatureStore, chunk_rows: int, device: torch.device | str
@@ -287,170 +264,3 @@ def _cuda_chunks(store: FeatureStore, chunk_rows: int, device: torch.device
         stage(j + 1, nxt)  # overlaps the GPU work enqueued for chunk j
         j += 1
     compute.wait_stream(side)
-
-
-def pca_whiten_streaming(
-    store: FeatureStore,
-    dim: int = 256,
-    *,
-    device: torch.device | str = "cpu",
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    group: fdist.Group | None = None,
-    eigen_power: float = -0.5,
-    out_dtype: torch.dtype | None = None,
-    out_dir: str | os.PathLike | None = None,
-    out_name: str = "whitened",
-) -> FeatureStore:
-    """:func:`fastdc.engine.pca.pca_whiten` of a store, streamed: PCA-whiten to ``dim`` dims + row
-    L2.
-
-    store: [N, D] fp16/fp32 (with ``group``: this rank's shard, any N >= 0; all ranks fit the
-    PCA of the concatenated rows). Pass 1: float64 column sums; pass 2: centred covariance
-    (fp32 products per chunk, float64 sums); both all-reduced with a group; the eigen step is
-    :meth:`fastdc.engine.pca.PCA.fit_covariance`. Pass 3 writes the whitened, normalised rows
-    [N, min(dim, D)] into a new store of ``out_dtype`` (default: the input's), on disk under
-    ``out_dir`` as ``out_name`` when given, else in RAM. Raises ValueError for NaN/inf rows
-    (with the row index) or fewer than 2 rows in total.
-    """
-    device = torch.device(device)
-    n_local, d = store.shape
-    n = n_local
-    if group is not None:
-        n = int(fdist.all_reduce_sum(torch.tensor([n], dtype=torch.int64, device=device), group))
-    if n < 2:
-        raise ValueError(f"PCA needs at least 2 rows, got {n}")
-    col_sums = torch.zeros(d, dtype=torch.float64, device=device)
-    for start, x in device_chunks(store, chunk_rows, device):
-        row = first_nonfinite_row(x)
-        if row is not None:
-            raise ValueError(f"features contain NaN or inf (first bad row: {start + row}); "
-                             "fix them first")
-        col_sums += x.sum(dim=0, dtype=torch.float64)
-    mean = fdist.all_reduce_sum(col_sums, group) / n
-    mean32 = mean.float()
-    cov = torch.zeros(d, d, dtype=torch.float64, device=device)
-    for _, x in device_chunks(store, chunk_rows, device):
-        xc = x - mean32
-        cov += (xc.T @ xc).double()
-    cov = fdist.all_reduce_sum(cov, group) / n
-    pca = PCA(dim, eigen_power).fit_covariance(mean, cov, n)
-    out_dtype = out_dtype or store.dtype
-    d_out = pca.components.shape[1]
-    if out_dir is None or n_local == 0:  # (an empty shard needs no file)
-        out = FeatureStore.in_memory(n_local, d_out, out_dtype)
-    else:
-        out = FeatureStore.create(out_dir, n_local, d_out, out_dtype, out_name)
-    for start, x in device_chunks(store, chunk_rows, device):
-        out.write(start, l2_normalize_rows(pca.transform(x)))
-    return out.finalize()
-
-
-def kmeans_streaming(
-    store: FeatureStore,
-    k: int,
-    *,
-    niter: int = 20,
-    seed: int = 0,
-    init: str | torch.Tensor = "random",
-    spherical: bool = False,
-    device: torch.device | str = "cpu",
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    backend: str | None = None,
-    group: fdist.Group | None = None,
-) -> KMeansResult:
-    """:func:`fastdc.engine.lloyd.kmeans` of the rows of a store, streamed through ``device``.
-
-    store: [N, D] fp16/fp32 rows (with ``group``: this rank's shard, N >= 1 on every rank; the
-    result equals one process on the concatenated shards, as for lloyd). Each chunk is
-    converted to fp32 on the device, so an fp16 store gives lloyd's result on the fp16-rounded
-    rows. init: "random" (the same rows lloyd draws for this seed) or a tensor [k0, D] of
-    initial centroids (k0 <= k; with a group rank 0's is used); "kmeans++" raises ValueError
-    (D² sampling needs k passes over the data). Each iteration: per chunk ``assign`` +
-    ``cluster_sums`` (accumulated in float64 on the device), all-reduce with a group, then
-    :func:`fastdc.engine.lloyd.finish_iteration`. Returns a :class:`KMeansResult` for one problem:
-    centroids [k, D] float32 on ``device``; assignments [N] int64 and dist [N] float32 on the
-    CPU (this rank's rows); obj [niter] float64 (summed over ranks), nsplit [niter] int64,
-    imbalance [niter] float64 on ``device``.
-    """
-    device = torch.device(device)
-    n_local, d = store.shape
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    if niter < 0:
-        raise ValueError(f"niter must be >= 0, got {niter}")
-    sizes = fdist.all_gather_sizes(n_local, group, device).cpu().flatten()  # [P]
-    _check_k(k, int(sizes.sum()))
-    if group is not None and int(sizes.min()) < 1:
-        raise ValueError("every rank needs at least one row")
-    metric = "ip" if spherical else "l2"
-    centroids = _initial_centroids(store, k, init, seed, sizes, device, group)
-    if spherical:
-        centroids = _normalize(centroids)
-    split_gen = torch.Generator(device=device)
-    split_gen.manual_seed(int(seed) + 1)
-    obj = torch.zeros(niter, 1, dtype=torch.float64, device=device)
-    nsplit = torch.zeros(niter, 1, dtype=torch.int64, device=device)
-    imbalance = torch.zeros(niter, 1, dtype=torch.float64, device=device)
-    for it in range(niter):
-        sums = torch.zeros(1, k, d, dtype=torch.float64, device=device)
-        counts = torch.zeros(1, k, dtype=torch.float64, device=device)
-        for start, x in device_chunks(store, chunk_rows, device):
-            if it == 0:
-                row = first_nonfinite_row(x)
-                if row is not None:
-                    raise ValueError(f"x contains NaN or inf at row {start + row}; remove or "
-                                     "impute it first")
-            xb = x.unsqueeze(0)
-            dist, idx = assign(xb, centroids, metric=metric, backend=backend)
-            obj[it] += dist.sum(dim=1, dtype=torch.float64)
-            s, c = cluster_sums(xb, idx, k, backend=backend, check_ids=False)
-            sums += s
-            counts += c
-        sums, counts = sums.float(), counts.float()
-        if group is not None:
-            sums, counts = _all_reduce_sums(sums, counts, group)
-        centroids, imbalance[it], nsplit[it] = finish_iteration(
-            centroids, sums, counts, split_gen=split_gen, spherical=spherical, backend=backend
-        )
-    assignments = torch.empty(n_local, dtype=torch.int64)
-    dists = torch.empty(n_local, dtype=torch.float32)
-    for start, x in device_chunks(store, chunk_rows, device):
-        dist, idx = assign(x.unsqueeze(0), centroids, metric=metric, backend=backend)
-        assignments[start : start + x.shape[0]] = idx[0].cpu()
-        dists[start : start + x.shape[0]] = dist[0].float().cpu()
-    if group is not None:
-        fdist.all_reduce_sum(obj, group)
-    return KMeansResult(centroids[0], assignments, dists, obj[:, 0], nsplit[:, 0],
-                        imbalance[:, 0])
-
-
-def _initial_centroids(store: FeatureStore, k: int, init: str | torch.Tensor, seed: int,
-                       sizes: torch.Tensor, device: torch.device, group) -> torch.Tensor:
-    """[1, k, D] float32 on ``device``: the rows :func:`fastdc.engine.lloyd.initial_centroids`
-    draws.
-
-    A seeded CPU generator permutes the M rows of all ranks (rank order) and takes the first
-    k positions, as lloyd does with and without a group (M = N for one process); each rank
-    copies the rows it owns into a zero buffer that is summed over the group.
-    """
-    d = store.shape[1]
-    gen = torch.Generator()
-    gen.manual_seed(int(seed))
-    given = None
-    if isinstance(init, torch.Tensor):
-        given = given_centroids(init, 1, k, d, device, group)
-        if given.shape[1] == k:
-            return given.clone()
-    elif init != "random":
-        raise ValueError(f"kmeans_streaming supports init='random' or a tensor of centroids, "
-                         f"got {init!r}")
-    n_draw = k - (0 if given is None else given.shape[1])
-    me = fdist.rank(group)
-    offset, local = int(sizes[:me].sum()), int(sizes[me])
-    pos = torch.randperm(int(sizes.sum()), generator=gen)[:n_draw]
-    mine = (pos >= offset) & (pos < offset + local)
-    out = torch.zeros(1, n_draw, d, dtype=torch.float32)
-    if bool(mine.any()):
-        out[0, mine] = store.take(pos[mine] - offset).float()
-    drawn = fdist.all_reduce_sum(out.to(device), group)
-    return drawn if given is None else torch.cat([given, drawn], dim=1)
