@@ -161,6 +161,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def print_table(res: dict) -> None:
+    """Print the result of :func:`evaluate`: one row per conv layer, trained vs random init."""
     print(f"linear probes: {res['arch']} after {res['epoch']} epochs "
           f"({res['train_images']} train / {res['test_images']} held-out images)")
     print(f"{'layer':<8}{'dims':>8}{'trained':>10}{'random init':>13}")
@@ -169,6 +170,7 @@ def print_table(res: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m fastdc.eval_linear`` argument parser."""
     p = argparse.ArgumentParser(prog="python -m fastdc.eval_linear",
                                 description=__doc__.split("\n\n")[1])
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt of a fastdc.train run")

@@ -56,6 +56,7 @@ class GreySobel(nn.Module):
         self.register_buffer("weight", filt, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float [B, 1, H, W] -> the two Sobel responses [B, 2, H, W] (x's dtype)."""
         return F.conv2d(x, self.weight.to(x.dtype), padding=1)
 
 
