@@ -128,9 +128,9 @@ class Outputs:
             thumbs[picks < 0] = 0
             plot_clusters(thumbs, ids, sizes, self.out / "clusters.png", per_row=12)
 
-    def summary(self, source: Source, device: torch.device, world: int,
-                records: list[dict[str, Any]], ev: dict[str, Any] | None, skips: SkipLog,
-                wall: float) -> dict[str, Any]:
+    def write_summary(self, source: Source, device: torch.device, world: int,
+                      records: list[dict[str, Any]], ev: dict[str, Any] | None,
+                      skips: SkipLog, wall: float) -> dict[str, Any]:
         """The run's summary; written to summary.json, with the closing lines printed."""
         summary = {
             "config": asdict(self.cfg),

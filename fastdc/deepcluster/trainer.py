@@ -244,5 +244,5 @@ class Trainer:
             self.outputs.print_table(ev)
         if self.cfg.plots:
             self.outputs.plots(self.records, self.assignment, self.source)
-        return self.outputs.summary(self.source, self.place.device, self.dist.world,
-                                    self.records, ev, self.skips, wall)
+        return self.outputs.write_summary(self.source, self.place.device, self.dist.world,
+                                          self.records, ev, self.skips, wall)
