@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,10 +26,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastdc.deepcluster.checkpoint import CheckpointError, load_checkpoint
-from fastdc.deepcluster.data import STREAM_INIT, DataError, Source, derive_seed, load_source
-from fastdc.deepcluster.models import DeepClusterNet, build_model
-from fastdc.evaluation.metrics import linear_probe, split_indices
+from fastdc.deepcluster import (
+    STREAM_INIT,
+    CheckpointError,
+    DataError,
+    DeepClusterNet,
+    Source,
+    build_model,
+    derive_seed,
+    initial_model,
+    load_checkpoint,
+    load_source,
+)
+from fastdc.evaluation import linear_probe, split_indices
 
 TARGET_DIMS = 9600
 # DeepCluster eval_linear.py: (kernel, stride, padding) of the AvgPool2d after each AlexNet conv.
@@ -82,8 +90,53 @@ def _splits(args: argparse.Namespace, cfg: dict) -> tuple[Source, Source | None]
                        image_size=cfg.get("image_size", 224), grey=cfg.get("grey", False)), None
 
 
+def _models(state: dict, cfg: dict) -> dict[str, DeepClusterNet]:
+    """{"trained": the checkpoint's net, "random_init": the same net at the run's random init}.
+    The head is as wide as the checkpoint's (k for DeepCluster, S·R + S·k for DeeperCluster).
+    Raises CheckpointError when the weights do not fit the architecture."""
+    weights = state["model"]
+    head = weights["top_layer.weight"].shape[0] if "top_layer.weight" in weights else cfg["k"]
+    trained = build_model(cfg["arch"], head, cfg["in_channels"], sobel=cfg["sobel"])
+    try:
+        trained.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint weights do not fit arch {cfg['arch']!r}: {err}") \
+            from err
+    init = initial_model(cfg["arch"], head, cfg["in_channels"], cfg["sobel"],
+                         derive_seed(cfg["seed"], STREAM_INIT))
+    return {"trained": trained, "random_init": init}
+
+
+def _probe_layers(name: str, model: DeepClusterNet, train_src: Source, val_src: Source | None,
+                  args: argparse.Namespace, device: torch.device
+                  ) -> tuple[list[tuple[float, int]], int, int]:
+    """Linear probes of every conv layer of ``model``: ([(accuracy, dims)] per layer, train
+    images, test images); each accuracy is also printed on stderr."""
+    tr_feats, tr_ok = layer_features(model, train_src, device, args.batch_size, args.workers)
+    if val_src is None:
+        keep = np.flatnonzero(tr_ok)
+        tr, te = split_indices(len(keep), args.test_fraction, args.seed)
+        tr_idx, te_idx = keep[tr], keep[te]
+        te_feats, te_labels = tr_feats, train_src.labels
+    else:
+        te_feats, te_ok = layer_features(model, val_src, device, args.batch_size, args.workers)
+        tr_idx, te_idx = np.flatnonzero(tr_ok), np.flatnonzero(te_ok)
+        te_labels = val_src.labels
+    ytr = torch.from_numpy(train_src.labels[tr_idx]).to(device)
+    yte = torch.from_numpy(te_labels[te_idx]).to(device)
+    accs = []
+    for layer, (ftr, fte) in enumerate(zip(tr_feats, te_feats, strict=True)):
+        acc = linear_probe(ftr[tr_idx].to(device), ytr, fte[te_idx].to(device), yte,
+                           max_iter=args.max_iter, seed=args.seed)
+        accs.append((acc, ftr.shape[1]))
+        print(f"  {name:<12} conv{layer + 1}: {acc:.3f}", file=sys.stderr, flush=True)
+    return accs, len(tr_idx), len(te_idx)
+
+
 def evaluate(args: argparse.Namespace) -> dict:
-    """Run the probes; returns {"layers": [{"layer", "dims", "trained", "random_init"}], ...}."""
+    """Run the probes; returns {"layers": [{"layer", "dims", "trained", "random_init"}], ...}.
+    Raises DataError for unlabelled data and CheckpointError for a checkpoint that does not
+    fit the data."""
     state = load_checkpoint(args.checkpoint)
     cfg = state["config"]
     device = torch.device(args.device if args.device != "auto" else
@@ -94,51 +147,21 @@ def evaluate(args: argparse.Namespace) -> dict:
     if train_src.in_channels != cfg["in_channels"]:
         raise CheckpointError(f"the checkpoint expects {cfg['in_channels']}-channel images, "
                               f"the data has {train_src.in_channels}")
-    trained = build_model(cfg["arch"], cfg["k"], cfg["in_channels"], sobel=cfg["sobel"])
-    try:
-        trained.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint weights do not fit arch {cfg['arch']!r}: {err}") \
-            from err
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg["seed"], STREAM_INIT))
-        init = build_model(cfg["arch"], cfg["k"], cfg["in_channels"], sobel=cfg["sobel"])
-    results = []
     columns = {}
-    for name, model in (("trained", trained), ("random_init", init)):
+    for name, model in _models(state, cfg).items():
         model.to(device)
-        tr_feats, tr_ok = layer_features(model, train_src, device, args.batch_size, args.workers)
-        if val_src is None:
-            keep = np.flatnonzero(tr_ok)
-            tr, te = split_indices(len(keep), args.test_fraction, args.seed)
-            tr_idx, te_idx = keep[tr], keep[te]
-            te_feats, te_labels = tr_feats, train_src.labels
-        else:
-            te_feats, te_ok = layer_features(model, val_src, device, args.batch_size,
-                                             args.workers)
-            tr_idx, te_idx = np.flatnonzero(tr_ok), np.flatnonzero(te_ok)
-            te_labels = val_src.labels
-        ytr = torch.from_numpy(train_src.labels[tr_idx])
-        yte = torch.from_numpy(te_labels[te_idx])
-        accs = []
-        for layer, (ftr, fte) in enumerate(zip(tr_feats, te_feats, strict=True)):
-            t = time.perf_counter()
-            acc = linear_probe(ftr[tr_idx].to(device), ytr.to(device), fte[te_idx].to(device),
-                               yte.to(device), max_iter=args.max_iter, seed=args.seed)
-            accs.append((acc, ftr.shape[1], time.perf_counter() - t))
-            print(f"  {name:<12} conv{layer + 1}: {acc:.3f}", file=sys.stderr, flush=True)
-        columns[name] = accs
+        columns[name], n_train, n_test = _probe_layers(name, model, train_src, val_src, args,
+                                                       device)
         model.cpu()
-    for layer in range(len(columns["trained"])):
-        results.append({"layer": f"conv{layer + 1}", "dims": columns["trained"][layer][1],
-                        "trained": columns["trained"][layer][0],
-                        "random_init": columns["random_init"][layer][0]})
+    results = [{"layer": f"conv{layer + 1}", "dims": dims, "trained": acc,
+                "random_init": columns["random_init"][layer][0]}
+               for layer, (acc, dims) in enumerate(columns["trained"])]
     return {"checkpoint": str(args.checkpoint), "arch": cfg["arch"], "epoch": state["epoch"],
-            "train_images": int(len(tr_idx)), "test_images": int(len(te_idx)),
-            "layers": results}
+            "train_images": n_train, "test_images": n_test, "layers": results}
 
 
 def print_table(res: dict) -> None:
+    """Print the result of :func:`evaluate`: one row per conv layer, trained vs random init."""
     print(f"linear probes: {res['arch']} after {res['epoch']} epochs "
           f"({res['train_images']} train / {res['test_images']} held-out images)")
     print(f"{'layer':<8}{'dims':>8}{'trained':>10}{'random init':>13}")
@@ -147,6 +170,7 @@ def print_table(res: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m fastdc.eval_linear`` argument parser."""
     p = argparse.ArgumentParser(prog="python -m fastdc.eval_linear",
                                 description=__doc__.split("\n\n")[1])
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt of a fastdc.train run")

@@ -1,11 +1,11 @@
 """``python -m fastdc.train``: DeepCluster and DeeperCluster end to end.
 
-See :mod:`fastdc.deepcluster.trainer` for what a run does and ``--help`` for the flags.
+See :mod:`fastdc.deepcluster` for what a run does and ``--help`` for the flags.
 """
 
 import sys
 
-from fastdc.deepcluster.trainer import main, train
+from fastdc.deepcluster import main, train
 
 __all__ = ["main", "train"]
 

@@ -9,12 +9,12 @@ from PIL import Image
 from fastdc.deepcluster.data import (
     DataError,
     FolderSource,
-    derive_seed,
     load_mnist,
     load_source,
     random_resized_crop,
     scan_folder,
 )
+from fastdc.deepcluster.seeds import derive_seed
 
 CPU = torch.device("cpu")
 
@@ -46,6 +46,10 @@ def test_mnist_subset():
     batch = next(src.eval_batches(64, CPU))
     assert batch.images.shape == (64, 1, 28, 28) and batch.images.dtype == torch.float32
     assert abs(float(batch.images.mean())) < 1.0 and bool(batch.ok.all())
+    # the raw-pixel rows of the final evaluation: the eval batches' images, flattened
+    pixels = src.pixels(CPU)
+    assert pixels.shape == (300, 784) and pixels.dtype == torch.float32
+    torch.testing.assert_close(pixels[:64], batch.images.flatten(1), rtol=0, atol=0)
 
 
 def test_derive_seed_is_deterministic_and_distinct():
@@ -94,6 +98,7 @@ def test_flat_folder_has_no_labels(tmp_path):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"{i}.jpg")
     src = FolderSource(tmp_path, image_size=8)
     assert len(src) == 3 and src.labels is None and src.classes == []
+    assert src.pixels(CPU) is None  # folders are read batch by batch, never held whole
 
 
 @pytest.mark.parametrize("workers", [0, 2])

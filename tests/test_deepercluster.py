@@ -8,10 +8,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastdc import eval_linear
+from fastdc.deepcluster import Trainer, load_mnist, main, parse_config, resolve_defaults
 from fastdc.deepcluster import deepercluster as dc
-from fastdc.deepcluster.config import parse_config, resolve_defaults
-from fastdc.deepcluster.data import load_mnist
-from fastdc.deepcluster.trainer import Trainer, main
+from fastdc.deepcluster.distribution import Distribution
+from fastdc.deepcluster.methods import DeepCluster, DeeperCluster, make_method
+from fastdc.deepcluster.seeds import STREAM_KMEANS, derive_seed
 from fastdc.engine import pca_whiten, two_level_kmeans
 
 TINY = ["--method", "deepercluster", "--subset", "300", "--k", "5", "--super-classes", "3",
@@ -72,20 +74,19 @@ def test_trainer_targets_decode_to_a_super_class_and_a_sub_class_inside_it(tmp_p
     src = load_mnist(300)
     cfg = resolve_defaults(parse_config([*TINY, "--out", str(tmp_path)]), src)
     trainer = Trainer(cfg, src, tmp_path)
-    assert trainer.n_targets == 15 and trainer.head_outputs == 3 * 4 + 3 * 5
+    assert trainer.method.n_targets == 15 and trainer.method.head_outputs == 3 * 4 + 3 * 5
     assert trainer.model.top_layer.out_features == 27
     feats = blobs()
     ok = np.ones(300, dtype=bool)
     ok[[4, 77]] = False  # unreadable images get no target
-    targets, loss, extra = trainer.cluster(feats, ok, epoch=0)
+    targets, clusters = trainer.pseudo_labels.assign(feats, ok, epoch=0)
+    loss, extra = clusters.loss, clusters.extra
     assert targets.shape == (300,) and np.all(targets[[4, 77]] == -1)
     assert loss >= 0 and extra["clustering_loss_super"] >= loss
     valid = targets >= 0
     sup, sub = targets[valid] // 5, targets[valid] % 5
     # the same hierarchy as two_level_kmeans on the same whitened rows
     x = pca_whiten(feats[torch.from_numpy(ok)], dim=16)
-    from fastdc.deepcluster.data import STREAM_KMEANS, derive_seed
-
     h = two_level_kmeans(x, 3, 5, niter=cfg.kmeans_iters,
                          seed=derive_seed(cfg.seed, STREAM_KMEANS, 0) % 2**31)
     np.testing.assert_array_equal(sup, h.super_labels.numpy())
@@ -94,7 +95,7 @@ def test_trainer_targets_decode_to_a_super_class_and_a_sub_class_inside_it(tmp_p
         inside = sub[sup == s]
         assert len(inside) and inside.min() >= 0 and inside.max() < int(h.k_eff[s])
     # sampling: uniform over the non-empty targets only, never an unreadable image
-    order = trainer.sample_order(targets, epoch=0)
+    order = trainer.pseudo_labels.sample_order(targets, epoch=0)
     counts = np.bincount(targets[order], minlength=15)
     present = dc.present_targets(targets, 15)
     assert np.all(counts[~present] == 0) and np.all(counts[present] > 0)
@@ -106,12 +107,12 @@ def test_small_super_classes_leave_empty_sub_classes_that_are_never_drawn(tmp_pa
     src = load_mnist(300)
     cfg = resolve_defaults(parse_config([*TINY, "--k", "150", "--out", str(tmp_path)]), src)
     trainer = Trainer(cfg, src, tmp_path)
-    targets, _, _ = trainer.cluster(blobs(), np.ones(300, dtype=bool), epoch=0)
+    targets, _ = trainer.pseudo_labels.assign(blobs(), np.ones(300, dtype=bool), epoch=0)
     sizes = np.bincount(targets // 150, minlength=3)
     present = dc.present_targets(targets, 450).reshape(3, 150)
     for s in range(3):  # k_eff = min(k, size): exactly that many usable sub-classes
         assert present[s].sum() == min(150, sizes[s])
-    order = trainer.sample_order(targets, epoch=0)
+    order = trainer.pseudo_labels.sample_order(targets, epoch=0)
     assert np.all(present.reshape(-1)[targets[order]])
 
 
@@ -132,9 +133,52 @@ def test_deepercluster_end_to_end_with_reclustering_every_two_epochs(tmp_path, c
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["config"]["method"] == "deepercluster"
     assert ckpt["model"]["top_layer.weight"].shape[0] == 27
+    # the linear probes read a DeeperCluster checkpoint (its head is S·R + S·k wide)
+    result = tmp_path / "probes.json"
+    assert eval_linear.main(["--checkpoint", str(out / "checkpoint.pt"), "--max-iter", "5",
+                             "--json", str(result)]) == 0
+    probes = json.loads(result.read_text())
+    assert [r["layer"] for r in probes["layers"]] == ["conv1", "conv2", "conv3"]
+    assert all(0 <= r["trained"] <= 1 for r in probes["layers"])
     # --no-rotation: a head of S + S·k outputs
     out2 = tmp_path / "norot"
     assert main([*TINY, "--epochs", "1", "--no-rotation", "--no-final-eval", "--no-plots",
                  "--out", str(out2)]) == 0
     ckpt = torch.load(out2 / "checkpoint.pt", weights_only=False)
     assert ckpt["model"]["top_layer.weight"].shape[0] == 3 + 15
+
+
+def test_method_objects_give_each_method_its_targets_head_inputs_and_loss():
+    src, dist = load_mnist(300), Distribution(None, torch.device("cpu"))
+    deep = make_method(resolve_defaults(parse_config(["--subset", "300", "--k", "7"]), src), dist)
+    deeper = make_method(resolve_defaults(parse_config(TINY), src), dist)
+    assert isinstance(deep, DeepCluster) and isinstance(deeper, DeeperCluster)
+    assert (deep.n_targets, deep.head_outputs, deep.min_rows) == (7, 7, 7)
+    assert (deeper.n_targets, deeper.head_outputs, deeper.min_rows) == (15, 27, 3)
+    assert deep.describe() == ", k 7"
+    assert deeper.describe() == ", 3 super-classes × k 5 sub-classes, 4 rotations"
+    g = torch.Generator().manual_seed(4)
+    images = torch.randn(6, 1, 8, 8, generator=g)
+    keep = torch.tensor([True, True, False, True, True, True])
+    # DeepCluster: the images as they are, cross-entropy on the cluster ids
+    x, aux = deep.inputs(images, keep, 3, 1, 2)
+    assert x is images and aux is None
+    logits, targets = torch.randn(5, 7, generator=g), torch.randint(7, (5,), generator=g)
+    torch.testing.assert_close(deep.loss(logits, targets, aux), F.cross_entropy(logits, targets))
+    assert deep.metrics(np.arange(6), np.arange(6)) == {}
+    # DeeperCluster: each image rotated by its batch's own draw; the rotation × super-class
+    # and sub-class loss over the targets present in the epoch
+    x, rot = deeper.inputs(images, keep, 3, 1, 2)
+    x2, rot2 = deeper.inputs(images, keep, 3, 1, 2)
+    assert torch.equal(x, x2) and torch.equal(rot, rot2) and rot.shape == (5,)
+    for i, r in zip(np.flatnonzero(keep.numpy()), rot.tolist(), strict=True):
+        assert torch.equal(x[i], torch.rot90(images[i], r, dims=(-2, -1)))
+    assignment = np.repeat(np.arange(15), 20)
+    assignment[assignment == 4] = -1  # an empty sub-class
+    deeper.begin_epoch(assignment)
+    logits, targets = torch.randn(5, 27, generator=g), torch.tensor([0, 3, 7, 11, 14])
+    present = torch.from_numpy(dc.present_targets(assignment, 15))
+    want = dc.deepercluster_loss(logits, targets, rot, present, 3, 5, 4).total
+    torch.testing.assert_close(deeper.loss(logits, targets, rot), want)
+    metrics = deeper.metrics(assignment, assignment // 5)
+    assert metrics == {"nmi_labels_super": 1.0, "nonempty_super_classes": 3}

@@ -1,15 +1,17 @@
-"""fastdc.evaluation.metrics: NMI / ARI / purity against scikit-learn, the linear probe, the
-split."""
+"""fastdc.evaluation: NMI / ARI / purity against scikit-learn, NMI over readable positions,
+the linear probe, the split and the comparison of feature sets."""
 
 import numpy as np
 import pytest
 import torch
 
-from fastdc.evaluation.metrics import (
+from fastdc.evaluation import (
     ari,
+    compare_features,
     contingency,
     kmeans_nmi,
     linear_probe,
+    masked_nmi,
     nmi,
     purity,
     split_indices,
@@ -80,3 +82,29 @@ def test_split_indices():
     assert np.array_equal(te, te2)
     with pytest.raises(ValueError):
         split_indices(1, 0.2, seed=0)
+
+
+def test_masked_nmi_leaves_out_unreadable_images_and_missing_labels():
+    a = np.array([0, 0, 1, 1, -1, 2])
+    b = np.array([3, 3, 4, 4, 4, -1])
+    assert masked_nmi(a, b) == pytest.approx(1.0)  # the first four rows agree
+    assert masked_nmi(a, None) is None
+    assert masked_nmi(np.array([-1, 0]), np.array([0, -1])) is None
+    assert masked_nmi(a, np.array([0, 1, 0, 1, 0, 1])) == nmi(a[[0, 1, 2, 3, 5]], [0, 1, 0, 1, 1])
+
+
+def test_compare_features_ranks_informative_features_above_noise():
+    gen = torch.Generator().manual_seed(2)
+    labels = (torch.arange(200) % 4).numpy()
+    good = torch.randn(4, 12, generator=gen)[labels] * 8 + torch.randn(200, 12, generator=gen)
+    noise = torch.randn(200, 12, generator=gen)
+    ok = np.ones(200, dtype=bool)
+    ok[[5, 50]] = False
+    steps = []
+    res = compare_features({"good": good, "noise": noise}, labels, ok, pca_dim=8, seed=0,
+                           split_seed=1, on_step=lambda: steps.append(1))
+    assert len(steps) == 4
+    assert res["classes"] == 4 and res["train"] + res["test"] == 198 and res["test"] == 40
+    assert res["good"]["kmeans_nmi"] > 0.9 and res["good"]["linear_probe_acc"] > 0.9
+    assert res["noise"]["kmeans_nmi"] < 0.2 and res["noise"]["linear_probe_acc"] < 0.6
+    assert list(res) == ["classes", "train", "test", "good", "noise"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastdc.deepcluster.trainer import main
+from fastdc.deepcluster import main
 from fastdc.engine import FeatureStore, kmeans, kmeans_streaming, pca_whiten, pca_whiten_streaming
 
 

@@ -9,10 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from fastdc.deepcluster.config import parse_config, resolve_defaults
-from fastdc.deepcluster.data import load_mnist
-from fastdc.deepcluster.run_control import Interrupted
-from fastdc.deepcluster.trainer import Trainer, main, train
+from fastdc.deepcluster import (
+    Interrupted,
+    Trainer,
+    load_mnist,
+    main,
+    parse_config,
+    resolve_defaults,
+    train,
+)
 
 # A few hundred digits, 2 epochs, tiny k: about a second per epoch on the 2-core CPU.
 TINY = ["--subset", "300", "--epochs", "2", "--k", "8", "--batch-size", "64", "--pca-dim", "16"]
@@ -75,12 +80,15 @@ def uninterrupted(tmp_path_factory):
 def test_resume_after_a_signal_equals_an_uninterrupted_run(tmp_path, uninterrupted, stop):
     args, ref = QUIET, uninterrupted
     out = tmp_path / "stopped"
+    # The handlers in place before the run (SIG_IGN for SIGINT in a process started in the
+    # background or under nohup) are the ones the run must leave behind.
+    found = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     with pytest.raises(Interrupted) as info:
         train(parse_config([*args, "--out", str(out)]), on_batch=_stop_at(*stop))
     assert info.value.signum == stop[2]
     saved = torch.load(out / "checkpoint.pt", weights_only=False)
     assert saved["epoch"] == stop[0] and saved["partial"]["batch"] == stop[1]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert {sig: signal.getsignal(sig) for sig in found} == found  # handlers restored
 
     train(parse_config(["--resume", "--out", str(out)]))
     a = torch.load(ref / "checkpoint.pt", weights_only=False)
@@ -104,7 +112,7 @@ def test_sampler_draws_uniformly_over_non_empty_clusters(tmp_path):
     assignment = np.repeat(np.arange(8), [100, 60, 40, 40, 30, 20, 9, 1])
     assignment[[5, 7]] = 7
     assignment[assignment == 6] = -1  # unreadable images: never sampled, cluster 6 empty
-    order = trainer.sample_order(assignment, epoch=0)
+    order = trainer.pseudo_labels.sample_order(assignment, epoch=0)
     valid = int((assignment >= 0).sum())
     assert order.dtype == np.int64 and len(order) == 2 * valid
     assert np.all(assignment[order] >= 0)
@@ -114,8 +122,8 @@ def test_sampler_draws_uniformly_over_non_empty_clusters(tmp_path):
     per_cluster = len(order) // 7 + 1  # drawn per cluster, then cut to len(order)
     assert len(nonempty) == 7 and nonempty.max() <= per_cluster
     assert nonempty.min() >= per_cluster - 7
-    np.testing.assert_array_equal(order, trainer.sample_order(assignment, epoch=0))
-    assert not np.array_equal(order, trainer.sample_order(assignment, epoch=1))
+    np.testing.assert_array_equal(order, trainer.pseudo_labels.sample_order(assignment, epoch=0))
+    assert not np.array_equal(order, trainer.pseudo_labels.sample_order(assignment, epoch=1))
 
 
 def test_folder_with_unreadable_images_trains_and_reports_them(tmp_path, capsys):

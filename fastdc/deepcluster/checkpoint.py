@@ -1,11 +1,14 @@
 """Checkpoints: written atomically, loaded with a check that the architecture matches.
 
-A checkpoint is a dict saved with :func:`torch.save`; the trainer stores ``config`` (the run's
-settings, including the architecture), ``epoch``, ``model``, ``optimizer``, ``rng`` (the global
-torch / CUDA / NumPy / Python RNG states), ``assignment`` (the last epoch's clusters, int32) and
-the metrics so far. :func:`save_checkpoint` writes to a temporary file in the same folder, flushes
-it to disk and renames it over the target with :func:`os.replace`, so a crash or a signal never
-leaves a half-written ``checkpoint.pt``.
+A checkpoint is a dict saved with :func:`torch.save`. The trainer's (format
+``fastdc-deepcluster-1``, :meth:`fastdc.deepcluster.trainer.Trainer.state`) holds ``config``
+(the run's settings, including the architecture), ``epoch`` (completed epochs), ``model``,
+``optimizer`` (the body's SGD), ``rng`` (the global torch / CUDA / NumPy / Python RNG states),
+``assignment`` (the last epoch's targets, int32 [N]), ``records`` (the epochs' records),
+``partial`` (None, or the epoch stopped in its training phase with the head optimiser's state),
+``skipped`` (unreadable images) and ``elapsed`` (seconds). :func:`save_checkpoint` writes to a
+temporary file in the same folder, flushes it to disk and renames it over the target with
+:func:`os.replace`, so a crash or a signal never leaves a half-written ``checkpoint.pt``.
 """
 
 from __future__ import annotations

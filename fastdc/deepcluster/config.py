@@ -1,5 +1,5 @@
-"""The trainer's configuration: command-line flags, their data-dependent defaults, and the
-device choice (used by ``python -m fastdc.train``; see :mod:`fastdc.train`)."""
+"""The trainer's configuration: command-line flags, their data-dependent defaults, what a
+resumed run may change, and the device choice (``python -m fastdc.train``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from fastdc.deepcluster.models import ARCHS
 METHODS = ("deepcluster", "deepercluster")
 
 # Defaults that depend on the data: the built-in MNIST subset vs an ImageFolder (DeepCluster's
-# ImageNet settings). MNIST values chosen on this 2-core CPU (see the report of issue 4).
+# ImageNet settings). The MNIST values were chosen by runs on a 2-core CPU.
 MNIST_DEFAULTS = {"arch": "small", "k": 100, "epochs": 12, "pca_dim": 32, "batch_size": 128,
                   "lr": 0.1}
 FOLDER_DEFAULTS = {"arch": "alexnet", "k": 10_000, "epochs": 200, "pca_dim": 256,
@@ -73,6 +73,21 @@ class Config:
     kmeans_chunk: int = 65536  # rows per chunk of the streamed PCA / k-means
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def streamed_features(self) -> bool:
+        """--feature-dtype float16 or --feature-cache: features on the host, streamed."""
+        return self.feature_dtype != "float32" or self.feature_cache is not None
+
+    @property
+    def crop_range(self) -> tuple[float, float] | None:
+        """The random-resized-crop area range (--crop-scale, 1), None for the data's default.
+        Raises UsageError outside (0, 1]."""
+        if self.crop_scale is None:
+            return None
+        if not 0 < self.crop_scale <= 1:
+            raise UsageError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
+        return self.crop_scale, 1.0
+
 
 # --------------------------------------------------------------------------- command line
 
@@ -85,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "ids. No arguments: the built-in MNIST subset on the CPU (~2 minutes).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    for add_flags in (_data_flags, _clustering_flags, _training_flags, _output_flags):
+        add_flags(p)
+    return p
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data")
     d.add_argument("--data", metavar="DIR", help="ImageFolder root (class sub-folders, or "
                    "images directly inside: no labels then)")
@@ -98,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips (default: on for folders, off for MNIST)")
     d.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+
+
+def _clustering_flags(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model and clustering")
     m.add_argument("--method", choices=METHODS, default="deepcluster",
                    help="deepercluster: rotation × super-class and sub-class targets")
@@ -123,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per chunk of the streamed PCA + k-means")
     m.add_argument("--reassign", type=float, default=1.0,
                    help="images per epoch, as a multiple of the data set size")
+
+
+def _training_flags(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, help="default 12 for MNIST, 200 for --data")
     t.add_argument("--batch-size", type=int, help="default 128 for MNIST, 256 for --data")
@@ -134,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only)")
     t.add_argument("--sync-bn", action="store_true",
                    help="SyncBatchNorm across torchrun processes (CUDA only)")
+
+
+def _output_flags(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="output folder (default runs/<data>-<time>)")
     o.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -142,7 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-plots", dest="plots", action="store_false")
     o.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on stderr (default: when stderr is a terminal)")
-    return p
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
@@ -191,6 +220,19 @@ def resolve_defaults(cfg: Config, source: Source) -> Config:
     return cfg
 
 
+def resumed_config(saved: dict[str, Any], cli: Config, out: str) -> Config:
+    """The config of a resumed run: the checkpoint's ``saved`` settings, with what the command
+    line ``cli`` may change because it does not alter the result: more epochs, the device,
+    workers, outputs, and the data folder's location."""
+    cfg = Config(**saved)
+    cfg.epochs = cli.epochs if cli.epochs is not None else cfg.epochs
+    for key in ("device", "workers", "final_eval", "plots", "progress"):
+        setattr(cfg, key, getattr(cli, key))
+    cfg.data = cli.data or cfg.data
+    cfg.resume, cfg.out = True, out
+    return cfg
+
+
 def pick_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu. Raises UsageError for an unusable device."""
     if name == "auto":
@@ -202,8 +244,3 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine")
     return device
-
-
-# --------------------------------------------------------------------------- console
-
-

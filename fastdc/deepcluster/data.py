@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from fastdc.deepcluster.seeds import STREAM_AUGMENT, derive_seed
+from fastdc.ops import IMAGENET_MEAN, IMAGENET_STD
+
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -43,17 +44,6 @@ DATASETS = ("mnist",)
 
 class DataError(ValueError):
     """The data cannot be used: a missing or empty folder, an unknown data set, ..."""
-
-
-def derive_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed derived from ``seed`` and integer ``keys`` (e.g. epoch, batch index)."""
-    state = np.random.SeedSequence([int(seed), *[int(k) for k in keys]]).generate_state(2)
-    return int((int(state[0]) << 32 | int(state[1])) & 0x7FFF_FFFF_FFFF_FFFF)
-
-
-# Streams of random numbers, one key each, so that no two uses share a generator.
-STREAM_INIT, STREAM_KMEANS, STREAM_SAMPLER, STREAM_AUGMENT, STREAM_DROPOUT, STREAM_HEAD = range(6)
-STREAM_SPLIT = 6
 
 
 @dataclass
@@ -139,7 +129,14 @@ class Source:
     def train_batches(self, order: np.ndarray, batch_size: int, seed: int, epoch: int,
                       device: torch.device, workers: int = 0,
                       start_batch: int = 0) -> Iterator[Batch]:
+        """Augmented batches of the images ``order`` (int64 [M] dataset positions) from batch
+        ``start_batch`` on; the augmentation draws from ``(seed, epoch, position)``."""
         raise NotImplementedError
+
+    def pixels(self, device: torch.device) -> torch.Tensor | None:
+        """Every image as one normalised float32 row [N, C·H·W] on ``device`` (the raw-pixel
+        baseline of the final evaluation), or None when the images are not held in memory."""
+        return None
 
     def thumbnails(self, index: np.ndarray) -> np.ndarray:
         """uint8 [len(index), H, W, C] images for plots (blank for unreadable ones)."""
@@ -173,6 +170,9 @@ class TensorSource(Source):
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def pixels(self, device: torch.device) -> torch.Tensor:
+        return self._normalised(device).flatten(1)
 
     def _normalised(self, device: torch.device) -> torch.Tensor:
         """All images as normalised float32 [N, C, H, W] on ``device`` (cached: 16 MB for

@@ -56,6 +56,7 @@ class GreySobel(nn.Module):
         self.register_buffer("weight", filt, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float [B, 1, H, W] -> the two Sobel responses [B, 2, H, W] (x's dtype)."""
         return F.conv2d(x, self.weight.to(x.dtype), padding=1)
 
 
@@ -145,28 +146,42 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int, pad: int) -> li
     return [nn.Conv2d(cin, cout, kernel, stride, pad), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
+def _reference_body(layout: list, pool: tuple[int, int], in_channels: int) -> nn.Sequential:
+    """The conv body of a reference net: conv-BN-ReLU layers as in ``layout`` (entries
+    (out_channels, kernel, stride, padding), a bare width for a 3×3 conv with padding 1, or "M"
+    for a max-pool of (kernel, stride) ``pool``) on ``in_channels`` input channels."""
+    layers: list[nn.Module] = []
+    cin = in_channels
+    for v in layout:
+        if v == "M":
+            layers.append(nn.MaxPool2d(*pool))
+            continue
+        cout, kernel, stride, pad = v if isinstance(v, tuple) else (v, 3, 1, 1)
+        layers += _conv_bn_relu(cin, cout, kernel, stride, pad)
+        cin = cout
+    return nn.Sequential(*layers)
+
+
+def _reference_net(arch: str, body: nn.Sequential, side: int, classifier: nn.Sequential,
+                   k: int, in_channels: int, sobel: bool) -> DeepClusterNet:
+    """A reference net: the Sobel front (when asked), ``body``, an adaptive average pool to
+    ``side``×``side`` and ``classifier`` (4096 features), with a k-way head."""
+    front = sobel_front(in_channels) if sobel else None
+    return DeepClusterNet(arch, front, body, nn.AdaptiveAvgPool2d(side), classifier, 4096, k)
+
+
 def alexnet(k: int, in_channels: int = 3, sobel: bool = False) -> DeepClusterNet:
     """DeepCluster's AlexNet-BN: convs 96-256-384-384-256, FC 4096-4096; input [B, C, 224, 224].
 
     The adaptive average pool before the classifier is the identity at 224×224 (the conv body
     gives 6×6 there); it lets smaller images through for quick tests.
     """
-    layers: list[nn.Module] = []
-    cin = 2 if sobel else in_channels
-    for v in ALEXNET_CFG:
-        if v == "M":
-            layers.append(nn.MaxPool2d(3, 2))
-        else:
-            cout, kernel, stride, pad = v
-            layers += _conv_bn_relu(cin, cout, kernel, stride, pad)
-            cin = cout
+    body = _reference_body(ALEXNET_CFG, (3, 2), 2 if sobel else in_channels)
     classifier = nn.Sequential(
         nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
         nn.Dropout(0.5), nn.Linear(4096, 4096),
     )
-    front = sobel_front(in_channels) if sobel else None
-    return DeepClusterNet("alexnet", front, nn.Sequential(*layers), nn.AdaptiveAvgPool2d(6),
-                          classifier, 4096, k)
+    return _reference_net("alexnet", body, 6, classifier, k, in_channels, sobel)
 
 
 def vgg16(k: int, in_channels: int = 3, sobel: bool = False) -> DeepClusterNet:
@@ -174,21 +189,12 @@ def vgg16(k: int, in_channels: int = 3, sobel: bool = False) -> DeepClusterNet:
 
     As for :func:`alexnet`, the adaptive pool (to 7×7) is the identity at 224×224.
     """
-    layers: list[nn.Module] = []
-    cin = 2 if sobel else in_channels
-    for v in VGG16_CFG:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += _conv_bn_relu(cin, v, 3, 1, 1)
-            cin = v
+    body = _reference_body(VGG16_CFG, (2, 2), 2 if sobel else in_channels)
     classifier = nn.Sequential(
         nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
         nn.Linear(4096, 4096),
     )
-    front = sobel_front(in_channels) if sobel else None
-    return DeepClusterNet("vgg16", front, nn.Sequential(*layers), nn.AdaptiveAvgPool2d(7),
-                          classifier, 4096, k)
+    return _reference_net("vgg16", body, 7, classifier, k, in_channels, sobel)
 
 
 def small(k: int, in_channels: int = 1, sobel: bool = False,
@@ -230,3 +236,13 @@ def build_model(arch: str, k: int, in_channels: int, sobel: bool = False) -> Dee
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     return builders[arch](k, in_channels=in_channels, sobel=sobel)
+
+
+def initial_model(arch: str, k: int, in_channels: int, sobel: bool, seed: int
+                  ) -> DeepClusterNet:
+    """:func:`build_model` with its random init drawn from the torch generator seeded with
+    ``seed``, inside :func:`torch.random.fork_rng` (the global generator is left as it was):
+    the same weights for the same seed, on the CPU."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(arch, k, in_channels, sobel=sobel)

@@ -1,40 +1,39 @@
-"""Run control for long jobs: a progress bar on stderr and a SIGINT/SIGTERM flag that lets the
-trainer stop at the next batch boundary and save a checkpoint."""
+"""Run control for long jobs: progress bars on stderr (tqdm) and a SIGINT/SIGTERM flag that
+lets the trainer stop at the next batch boundary and save a checkpoint."""
 
 from __future__ import annotations
 
 import signal
 import sys
-import time
 from typing import Any
 
+from tqdm import tqdm
 
-class Progress:
-    """A one-line progress bar on stderr: ``label |#####-----| 12/40  3.1s``."""
+# ``  features   |########----------------| 12/40    3.1s  eta 00:07``
+BAR_FORMAT = "  {desc:<10} |{bar:24}| {n_fmt}/{total_fmt}  {elapsed_s:5.1f}s  eta {remaining}"
 
-    def __init__(self, label: str, total: int, enabled: bool, width: int = 24) -> None:
-        self.label, self.total, self.enabled, self.width = label, max(total, 1), enabled, width
-        self.done, self.start, self.last = 0, time.perf_counter(), 0.0
 
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if self.enabled and (now - self.last > 0.1 or self.done >= self.total):
-            self.last = now
-            filled = int(self.width * min(self.done, self.total) / self.total)
-            bar = "#" * filled + "-" * (self.width - filled)
-            sys.stderr.write(f"\r  {self.label:<10} |{bar}| {self.done}/{self.total}"
-                             f"  {now - self.start:5.1f}s")
-            sys.stderr.flush()
+def progress_bar(label: str, total: int, enabled: bool, initial: int = 0) -> tqdm:
+    """A one-line progress bar on stderr, ``total`` steps of which ``initial`` are done
+    already; cleared when closed. ``enabled=False`` gives a bar that draws nothing."""
+    return tqdm(total=max(total, 1), initial=initial, desc=label, file=sys.stderr,
+                disable=not enabled, leave=False, ascii="-#", bar_format=BAR_FORMAT,
+                mininterval=0.1, dynamic_ncols=False)
 
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * (self.width + 50) + "\r")
-            sys.stderr.flush()
+
+def note(message: str) -> None:
+    """Print a line on stderr without breaking an active progress bar."""
+    tqdm.write(message, file=sys.stderr)
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checks it at batch boundaries. A second SIGINT aborts."""
+    """Set by SIGINT/SIGTERM; the loop checks it at batch boundaries. A second SIGINT aborts.
+
+    :meth:`install` replaces the handlers of both signals and :meth:`uninstall` puts back
+    exactly the handlers it found (``SIG_IGN`` included, as in a process started with nohup).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -51,25 +50,26 @@ class StopFlag:
               "batch boundary (press Ctrl-C again to abort without saving)", file=sys.stderr)
 
     def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        """Handle SIGINT and SIGTERM (a no-op outside the main thread, where Python allows no
+        handlers: tests may call the trainer from a thread)."""
+        for sig in self.SIGNALS:
             try:
                 self._previous[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread: no handlers (tests may call train())
+            except ValueError:
                 pass
 
     def uninstall(self) -> None:
+        """Restore the handlers found by :meth:`install`. A handler installed from C (which
+        Python reports as None and cannot reinstall) is left as the default instead."""
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         self._previous.clear()
 
 
 class Interrupted(Exception):
-    """A stop was requested (SIGINT/SIGTERM); raised out of :func:`train` once the checkpoint
+    """A stop was requested (SIGINT/SIGTERM); raised out of the trainer once the checkpoint
     is saved. ``out``: the run's folder; ``signum``: the signal."""
 
     def __init__(self, out: str = "", signum: int | None = None) -> None:
         super().__init__(out)
         self.out, self.signum = out, signum
-
-
-# --------------------------------------------------------------------------- the run

@@ -1,1 +1,25 @@
-"""Evaluation of learned features: clustering metrics and linear probes."""
+"""Evaluation of learned features, below the DeepCluster application and above the k-means
+engine:
+
+- :mod:`fastdc.evaluation.metrics` — NMI, ARI, purity and the contingency table
+  (scikit-learn's), NMI over readable positions only, k-means NMI of features;
+- :mod:`fastdc.evaluation.probes` — linear probes of frozen features, the fixed train / test
+  split, and the side-by-side comparison of feature sets the trainer prints at the end.
+
+Code outside this package imports these names from ``fastdc.evaluation`` itself.
+"""
+
+from fastdc.evaluation.metrics import ari, contingency, kmeans_nmi, masked_nmi, nmi, purity
+from fastdc.evaluation.probes import compare_features, linear_probe, split_indices
+
+__all__ = [
+    "ari",
+    "compare_features",
+    "contingency",
+    "kmeans_nmi",
+    "linear_probe",
+    "masked_nmi",
+    "nmi",
+    "purity",
+    "split_indices",
+]
