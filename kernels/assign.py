@@ -289,24 +289,6 @@ _assign_tuned = triton.autotune(
 # ---------------------------------------------------------------------------------------------
 
 
-def _check(x: torch.Tensor, centroids: torch.Tensor, metric: str, precision: str) -> None:
-    if x.dim() != 3 or centroids.dim() != 3:
-        raise ValueError(f"x must be [B, N, D] and centroids [B, K, D], got {tuple(x.shape)}, "
-                         f"{tuple(centroids.shape)}")
-    if x.shape[0] != centroids.shape[0] or x.shape[2] != centroids.shape[2]:
-        raise ValueError(f"x {tuple(x.shape)} and centroids {tuple(centroids.shape)} need the same "
-                         "B and D")
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or centroids.dtype != x.dtype:
-        raise TypeError(f"x and centroids must share a float32/float16/bfloat16 dtype, got "
-                        f"{x.dtype} and {centroids.dtype}")
-    if not (x.is_contiguous() and centroids.is_contiguous()):
-        raise ValueError("x and centroids must be contiguous")
-    if metric not in ("l2", "ip"):
-        raise ValueError(f"metric must be 'l2' or 'ip', got {metric!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-
-
 def _launch(x, c, csq, cmax, rows, nrows, dist, idx, tie, *, is_l2, mode, track, gather,
             n_list=0, tie_tol=0.0):
     B, N, D = x.shape
@@ -329,12 +311,12 @@ def assign_triton(
     """Fused assign on the current torch stream.
 
     x: [B, N, D] and centroids: [B, K, D], contiguous, same dtype (float32/float16/bfloat16)
-    and device. Returns dist [B, N] float32 (squared L2 clamped at 0, or the best inner
-    product) and idx [B, N] int64 (ties: the smallest index). Raises ValueError/TypeError on
-    bad shapes, dtypes or an unknown ``metric``/``precision``. Extra memory: |c|² and, in the
-    default mode, 13 bytes per row (tie flag, its cumsum and the compacted row list).
+    and device, as :func:`fastdc.ops.assign` validated them; ``precision`` one of
+    :data:`PRECISIONS` (``_reasons`` declines the others). Returns dist [B, N] float32 (squared
+    L2 clamped at 0, or the best inner product) and idx [B, N] int64 (ties: the smallest index).
+    Extra memory: |c|² and, in the default mode, 13 bytes per row (tie flag, its cumsum and the
+    compacted row list).
     """
-    _check(x, centroids, metric, precision)
     B, N, D = x.shape
     dist = torch.empty(B, N, dtype=torch.float32, device=x.device)
     idx = torch.empty(B, N, dtype=torch.int64, device=x.device)

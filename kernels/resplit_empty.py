@@ -37,7 +37,7 @@ def _donor_weights(cnt, js, K, n_frozen, USE_RAW):
 
 
 @triton.jit
-def _resplit_kernel(
+def _resplit_empty_kernel(
     c_ptr,  # [B, K, D] float32, contiguous, updated in place: the centroids
     cnt_ptr,  # [B, K] float32, updated in place: cluster sizes (or weight sums)
     u_ptr,  # [B, K] float64 in [0, 1): the uniform drawn for each cluster slot
@@ -120,7 +120,7 @@ def _resplit_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def resplit_config(K: int, D: int) -> dict:
+def resplit_empty_config(K: int, D: int) -> dict:
     """Block sizes keyed on K, D: scans of up to 1024 clusters (10 steps for K = 10 000) and
     copies of up to 256 features (one step at D = 256); 4 warps. The kernel is latency bound
     (one CTA per problem, a few scans per empty cluster); not yet measured on a GPU."""
@@ -141,27 +141,15 @@ def resplit_empty_triton(
 ) -> torch.Tensor:
     """Re-split empty clusters in place on the current torch stream.
 
-    centroids: [B, K, D] float32 contiguous, counts: [B, K] float32 contiguous (both updated in
-    place), uniforms: [B, K] float64 in [0, 1). Returns nsplit [B] int64 on the same device.
-    Raises ValueError/TypeError on bad shapes or dtypes.
+    centroids: [B, K, D] float32, counts: [B, K] float32 (both contiguous, updated in place),
+    uniforms: [B, K] float64 in [0, 1), as :func:`fastdc.ops.resplit_empty` prepared them.
+    Returns nsplit [B] int64 on the same device.
     """
-    shapes = (tuple(centroids.shape), tuple(counts.shape), tuple(uniforms.shape))
-    B_K = centroids.shape[:2]
-    if centroids.dim() != 3 or counts.shape != B_K or uniforms.shape != B_K:
-        raise ValueError(f"centroids must be [B, K, D], counts and uniforms [B, K]; got {shapes}")
-    if centroids.dtype != torch.float32 or counts.dtype != torch.float32:
-        raise TypeError(
-            f"centroids and counts must be float32, got {centroids.dtype}, {counts.dtype}"
-        )
-    if uniforms.dtype != torch.float64:
-        raise TypeError(f"uniforms must be float64, got {uniforms.dtype}")
-    if not (centroids.is_contiguous() and counts.is_contiguous()):
-        raise ValueError("centroids and counts are updated in place and must be contiguous")
     B, K, D = centroids.shape
     nsplit = torch.empty(B, dtype=torch.int64, device=centroids.device)
-    cfg = resplit_config(K, D)
-    _resplit_kernel[(B,)](
-        centroids, counts, uniforms.contiguous(), nsplit, K, D, int(n_frozen),
+    cfg = resplit_empty_config(K, D)
+    _resplit_empty_kernel[(B,)](
+        centroids, counts, uniforms, nsplit, K, D, int(n_frozen),
         EPS=EPS, BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
     )
     return nsplit

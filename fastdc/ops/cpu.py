@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fastdc import _C
+from fastdc.ops.checks import grad_reasons
 from fastdc.ops.registry import register
 
 _SOBEL_OUT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -26,15 +27,13 @@ def simd() -> str:
 
 
 def _common_reasons(**tensors: torch.Tensor | None) -> list[str]:
-    """Reasons shared by every op: CPU device, contiguous layout, no autograd graph."""
+    """Reasons shared by every op: CPU device and contiguous layout."""
     reasons = []
     present = {name: t for name, t in tensors.items() if t is not None}
     if any(t.device.type != "cpu" for t in present.values()):
         reasons.append("needs tensors on the CPU device")
     if any(not t.is_contiguous() for t in present.values()):
         reasons.append("needs contiguous tensors")
-    if any(t.requires_grad for t in present.values()):
-        reasons.append("does not support autograd (inputs require grad)")
     return reasons
 
 
@@ -79,7 +78,7 @@ def assign_cpu(
 # --- cluster_sums -----------------------------------------------------------------------------
 
 
-def _sums_reasons(x, idx, k, weights) -> list[str]:
+def _cluster_sums_reasons(x, idx, k, weights) -> list[str]:
     reasons = _common_reasons(x=x, idx=idx, weights=weights)
     reasons += _float32_reasons(x=x, weights=weights)
     if idx.dtype != torch.int64:
@@ -87,7 +86,7 @@ def _sums_reasons(x, idx, k, weights) -> list[str]:
     return reasons
 
 
-@register("cluster_sums", "cpu", _sums_reasons)
+@register("cluster_sums", "cpu", _cluster_sums_reasons)
 def cluster_sums_cpu(
     x: torch.Tensor, idx: torch.Tensor, k: int, weights: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +103,7 @@ def cluster_sums_cpu(
 # --- resplit_empty ----------------------------------------------------------------------------
 
 
-def _resplit_reasons(centroids, counts, uniforms, n_frozen) -> list[str]:
+def _resplit_empty_reasons(centroids, counts, uniforms, n_frozen) -> list[str]:
     reasons = _common_reasons(centroids=centroids, counts=counts, uniforms=uniforms)
     reasons += _float32_reasons(centroids=centroids, counts=counts)
     if uniforms.dtype != torch.float64:
@@ -112,7 +111,7 @@ def _resplit_reasons(centroids, counts, uniforms, n_frozen) -> list[str]:
     return reasons
 
 
-@register("resplit_empty", "cpu", _resplit_reasons)
+@register("resplit_empty", "cpu", _resplit_empty_reasons)
 def resplit_empty_cpu(
     centroids: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor, n_frozen: int
 ) -> torch.Tensor:
@@ -127,7 +126,7 @@ def resplit_empty_cpu(
 
 
 def _sobel_reasons(images, mean, std, out_dtype) -> list[str]:
-    reasons = _common_reasons(images=images)
+    reasons = _common_reasons(images=images) + grad_reasons(images=images)
     if images.dtype not in (torch.uint8, torch.float32):
         reasons.append(f"takes uint8 or float32 images, got {images.dtype}")
     if out_dtype not in _SOBEL_OUT:
