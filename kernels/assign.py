@@ -32,7 +32,7 @@ import triton.language as tl
 from fastdc.ops.assign import assign_ref  # noqa: F401  (the ground truth these kernels match)
 from fastdc.ops.registry import register
 
-from ._common import device_reasons, interpreting, next_pow2
+from ._common import device_reasons, interpreting, next_pow2, rows_with_ids
 
 PRECISIONS = ("default", "fp32", "tf32x3", "tf32", "bf16")
 """Accepted ``precision`` values (``default`` = TF32 pass + fp32 re-check of near ties)."""
@@ -194,11 +194,7 @@ def _exact_dist_kernel(
     BLOCK_N: tl.constexpr,  # rows per program
     BLOCK_D: tl.constexpr,  # feature chunk
 ):
-    pid_n = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    ci = tl.load(idx_ptr + b * N + rows, mask=row_ok, other=0)
+    b, rows, row_ok, ci = rows_with_ids(idx_ptr, N, BLOCK_N)
     x_rows = x_ptr + b * N * D + rows[:, None] * D
     c_rows = c_ptr + b * K * D + ci[:, None] * D
     dd = tl.arange(0, BLOCK_D)

@@ -20,7 +20,7 @@ import triton.language as tl
 from fastdc.ops.cluster_sums import cluster_sums_ref  # noqa: F401  (the ground truth these match)
 from fastdc.ops.registry import register
 
-from ._common import device_reasons, next_pow2
+from ._common import device_reasons, next_pow2, rows_with_ids
 
 # ---------------------------------------------------------------------------------------------
 # kernels
@@ -41,11 +41,7 @@ def _cluster_sums_atomic_kernel(
     BLOCK_N: tl.constexpr,  # rows per program
     BLOCK_D: tl.constexpr,  # feature chunk
 ):
-    pid_n = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    ci = tl.load(idx_ptr + b * N + rows, mask=row_ok, other=0)
+    b, rows, row_ok, ci = rows_with_ids(idx_ptr, N, BLOCK_N)
     if HAS_W:
         w = tl.load(w_ptr + b * N + rows, mask=row_ok, other=0.0)
     else:

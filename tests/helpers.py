@@ -18,6 +18,37 @@ TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 """Where the backend-specific Triton tests run: compiled on a GPU, else the CPU interpreter."""
 
 
+ODD_SHAPES = [
+    # (B, N, K, D) of the k-means ops: N = 1, K = 1, K > N, D = 1, 3, 257 (not a power of two),
+    # B = 3, N >= 1000; K not a multiple of the cpu assign kernel's 16-centroid panel, N not
+    # one of its 6-row tile; K spanning several 32-wide Triton tiles; D = 257 chunked by the
+    # Triton assign kernel; clusters left empty (K > N)
+    (1, 1, 1, 1),
+    (1, 1, 3, 3),
+    (1, 1, 5, 3),
+    (1, 7, 3, 5),
+    (1, 7, 3, 64),
+    (1, 7, 20, 3),
+    (3, 7, 3, 257),
+    (3, 7, 40, 3),
+    (2, 40, 70, 257),
+    (2, 45, 70, 257),
+    (3, 50, 70, 3),
+    (3, 300, 20, 64),
+    (1, 600, 50, 32),
+    (1, 1000, 1, 3),
+    (1, 1000, 37, 257),
+    (2, 1003, 37, 257),
+    (1, 1030, 13, 64),
+    (2, 1030, 129, 64),
+    (2, 1100, 70, 45),
+    (3, 1201, 50, 1),
+    (2, 1500, 10, 64),
+    (1, 1500, 1000, 64),
+]
+ODD_SHAPE_IDS = ["x".join(map(str, shape)) for shape in ODD_SHAPES]
+
+
 def backend_params(op: str) -> list:
     """pytest params (backend, device) for every registered backend of ``op``.
 

@@ -13,6 +13,8 @@ from fastdc.ops import registry as backends
 from fastdc.ops.assign import assign_ref
 from fastdc.ops.registry import BackendError
 from tests.helpers import (
+    ODD_SHAPE_IDS,
+    ODD_SHAPES,
     TOLERANCES,
     TRITON_DEVICE,
     assert_assign_matches,
@@ -24,28 +26,6 @@ from tests.helpers import (
     triton_kernels,
 )
 
-# (B, N, K, D): N = 1, K = 1, K > N, D = 1, 3, 257 (not a power of two), B = 3, N >= 1000; K not
-# a multiple of the cpu kernel's 16-centroid panel, N not one of its 6-row tile, K spanning
-# several 32-wide Triton tiles, D = 257 chunked by the Triton kernel
-SHAPES = [
-    (1, 1, 1, 1),
-    (1, 1, 5, 3),
-    (1, 7, 3, 64),
-    (1, 7, 20, 3),
-    (3, 7, 3, 257),
-    (3, 7, 40, 3),
-    (2, 45, 70, 257),
-    (3, 50, 70, 3),
-    (1, 600, 50, 32),
-    (1, 1000, 1, 3),
-    (1, 1000, 37, 257),
-    (2, 1003, 37, 257),
-    (1, 1030, 13, 64),
-    (2, 1030, 129, 64),
-    (2, 1100, 70, 45),
-    (3, 1201, 50, 1),
-    (1, 1500, 1000, 64),
-]
 INTERPRETED_ROWS = 300  # the interpreter is slow: above 70 000 scores or 1 100 rows, trim N
 
 
@@ -55,7 +35,7 @@ def randn(*shape: int, seed: int, device="cpu") -> torch.Tensor:
 
 @pytest.mark.parametrize("backend,device", backend_params("assign"))
 @pytest.mark.parametrize("metric", ["l2", "ip"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=ODD_SHAPE_IDS)
 def test_matches_float64_brute_force(backend, device, metric, shape):
     B, N, K, D = shape
     if is_interpreted(backend, device) and (N * K > 70_000 or B * N > 1_100):

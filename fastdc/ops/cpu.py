@@ -26,24 +26,23 @@ def simd() -> str:
     return _C.simd()
 
 
-def _common_reasons(**tensors: torch.Tensor | None) -> list[str]:
-    """Reasons shared by every op: CPU device and contiguous layout."""
+def _kernel_reasons(**tensors: tuple[torch.Tensor | None, torch.dtype]) -> list[str]:
+    """Why the kernels cannot take these tensors (``name=(tensor or None, dtype it needs)``):
+    they read contiguous CPU tensors of the given dtypes."""
+    present = {name: t for name, (t, _) in tensors.items() if t is not None}
     reasons = []
-    present = {name: t for name, t in tensors.items() if t is not None}
     if any(t.device.type != "cpu" for t in present.values()):
         reasons.append("needs tensors on the CPU device")
     if any(not t.is_contiguous() for t in present.values()):
         reasons.append("needs contiguous tensors")
+    for name, (t, dtype) in tensors.items():
+        if t is not None and t.dtype != dtype:
+            reasons.append(f"takes {_name(dtype)} {name}, got {_name(t.dtype)}")
     return reasons
 
 
-def _float32_reasons(**tensors: torch.Tensor | None) -> list[str]:
-    bad = [
-        f"{n} is {t.dtype}"
-        for n, t in tensors.items()
-        if t is not None and t.dtype != torch.float32
-    ]
-    return [f"computes in float32 only ({', '.join(bad)})"] if bad else []
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -55,8 +54,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _assign_reasons(x, centroids, metric, precision="default") -> list[str]:
-    reasons = _common_reasons(x=x, centroids=centroids)
-    reasons += _float32_reasons(x=x, centroids=centroids)
+    reasons = _kernel_reasons(x=(x, torch.float32), centroids=(centroids, torch.float32))
     if metric not in ("l2", "ip"):
         reasons.append(f"unknown metric {metric!r}")
     return reasons
@@ -79,11 +77,9 @@ def assign_cpu(
 
 
 def _cluster_sums_reasons(x, idx, k, weights) -> list[str]:
-    reasons = _common_reasons(x=x, idx=idx, weights=weights)
-    reasons += _float32_reasons(x=x, weights=weights)
-    if idx.dtype != torch.int64:
-        reasons.append(f"needs int64 ids, got {idx.dtype}")
-    return reasons
+    return _kernel_reasons(
+        x=(x, torch.float32), idx=(idx, torch.int64), weights=(weights, torch.float32)
+    )
 
 
 @register("cluster_sums", "cpu", _cluster_sums_reasons)
@@ -104,11 +100,11 @@ def cluster_sums_cpu(
 
 
 def _resplit_empty_reasons(centroids, counts, uniforms, n_frozen) -> list[str]:
-    reasons = _common_reasons(centroids=centroids, counts=counts, uniforms=uniforms)
-    reasons += _float32_reasons(centroids=centroids, counts=counts)
-    if uniforms.dtype != torch.float64:
-        reasons.append(f"needs float64 uniforms, got {uniforms.dtype}")
-    return reasons
+    return _kernel_reasons(
+        centroids=(centroids, torch.float32),
+        counts=(counts, torch.float32),
+        uniforms=(uniforms, torch.float64),
+    )
 
 
 @register("resplit_empty", "cpu", _resplit_empty_reasons)
@@ -126,7 +122,7 @@ def resplit_empty_cpu(
 
 
 def _sobel_reasons(images, mean, std, out_dtype) -> list[str]:
-    reasons = _common_reasons(images=images) + grad_reasons(images=images)
+    reasons = _kernel_reasons(images=(images, images.dtype)) + grad_reasons(images=images)
     if images.dtype not in (torch.uint8, torch.float32):
         reasons.append(f"takes uint8 or float32 images, got {images.dtype}")
     if out_dtype not in _SOBEL_OUT:
