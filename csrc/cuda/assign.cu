@@ -31,6 +31,81 @@ __device__ __forceinline__ void take_better(float& s, long long& i, float s2, lo
     }
 }
 
+// The TILE_N rows of this block: |x|^2 into xsq_s, 4 threads per row strided over D, then a
+// shuffle reduction inside the 4.
+__device__ __forceinline__ void row_norms(const float* xb, long long row0, long long N,
+                                          long long D, int tid, float* xsq_s) {
+    const int r = tid / 4, part = tid % 4;
+    const long long row = row0 + r;
+    float acc = 0.f;
+    if (row < N)
+        for (long long d = part; d < D; d += 4) {
+            float v = xb[row * D + d];
+            acc = fmaf(v, v, acc);
+        }
+    acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+    acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+    if (part == 0) xsq_s[r] = acc;
+}
+
+// acc[i][j] = x[row0 + ty*4 + i] . c[k0 + tx*4 + j] over all of D, staging TILE_D features of
+// the x and centroid tiles in shared memory at a time (coalesced along d).
+__device__ __forceinline__ void tile_dots(const float* xb, const float* cb, long long row0,
+                                          long long k0, long long N, long long K, long long D,
+                                          int tid, int tx, int ty,
+                                          float (&xs)[TILE_D][TILE_N + PAD],
+                                          float (&cs)[TILE_D][TILE_K + PAD], float (&acc)[4][4]) {
+    for (long long d0 = 0; d0 < D; d0 += TILE_D) {
+        for (int e = tid; e < TILE_N * TILE_D; e += THREADS) {
+            const int r = e / TILE_D, d = e % TILE_D;
+            const long long row = row0 + r, col = k0 + r, dd = d0 + d;
+            xs[d][r] = (row < N && dd < D) ? xb[row * D + dd] : 0.f;
+            cs[d][r] = (col < K && dd < D) ? cb[col * D + dd] : 0.f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int d = 0; d < TILE_D; ++d) {
+            float a[4], w[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[i] = xs[d][ty * 4 + i];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) w[j] = cs[d][tx * 4 + j];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], w[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+}
+
+// Fold the tile's scores into each row's running best: this thread's best of its 4 centroids
+// per row, then across the GROUP column groups (consecutive lanes of one warp).
+__device__ __forceinline__ void fold_tile(const float (&acc)[4][4], const float* csq, long long b,
+                                          long long k0, long long K, int tx, int is_l2,
+                                          float (&best)[4], long long (&best_i)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        float s = __int_as_float(0x7f800000);
+        long long si = 0;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const long long col = k0 + tx * 4 + j;
+            if (col < K) {
+                const float sc = is_l2 ? csq[b * K + col] - 2.f * acc[i][j] : -acc[i][j];
+                take_better(s, si, sc, col);
+            }
+        }
+#pragma unroll
+        for (int off = GROUP / 2; off >= 1; off >>= 1) {
+            const float s2 = __shfl_xor_sync(0xffffffffu, s, off);
+            const long long i2 = __shfl_xor_sync(0xffffffffu, si, off);
+            take_better(s, si, s2, i2);
+        }
+        take_better(best[i], best_i[i], s, si);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(THREADS) assign_f32(
     const float* __restrict__ x,    // [B, N, D] rows
     const float* __restrict__ c,    // [B, K, D] centroids
@@ -53,21 +128,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) assign_f32(
     const long long row0 = (long long)blockIdx.x * TILE_N;
     const float* xb = x + b * N * D;
     const float* cb = c + b * K * D;
-
-    // |x|^2: 4 threads per row, strided over D, then a shuffle reduction inside the 4
-    {
-        const int r = tid / 4, part = tid % 4;
-        const long long row = row0 + r;
-        float acc = 0.f;
-        if (row < N)
-            for (long long d = part; d < D; d += 4) {
-                float v = xb[row * D + d];
-                acc = fmaf(v, v, acc);
-            }
-        acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-        acc += __shfl_xor_sync(0xffffffffu, acc, 2);
-        if (part == 0) xsq_s[r] = acc;
-    }
+    row_norms(xb, row0, N, D, tid, xsq_s);
 
     float best[4];
     long long best_i[4];
@@ -75,54 +136,10 @@ extern "C" __global__ void __launch_bounds__(THREADS) assign_f32(
         best[i] = __int_as_float(0x7f800000);  // +inf
         best_i[i] = 0;
     }
-
     for (long long k0 = 0; k0 < K; k0 += TILE_K) {
         float acc[4][4] = {};
-        for (long long d0 = 0; d0 < D; d0 += TILE_D) {
-            // stage TILE_N x TILE_D of x and of c, coalesced along d
-            for (int e = tid; e < TILE_N * TILE_D; e += THREADS) {
-                const int r = e / TILE_D, d = e % TILE_D;
-                const long long row = row0 + r, col = k0 + r, dd = d0 + d;
-                xs[d][r] = (row < N && dd < D) ? xb[row * D + dd] : 0.f;
-                cs[d][r] = (col < K && dd < D) ? cb[col * D + dd] : 0.f;
-            }
-            __syncthreads();
-#pragma unroll
-            for (int d = 0; d < TILE_D; ++d) {
-                float a[4], w[4];
-#pragma unroll
-                for (int i = 0; i < 4; ++i) a[i] = xs[d][ty * 4 + i];
-#pragma unroll
-                for (int j = 0; j < 4; ++j) w[j] = cs[d][tx * 4 + j];
-#pragma unroll
-                for (int i = 0; i < 4; ++i)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], w[j], acc[i][j]);
-            }
-            __syncthreads();
-        }
-        // this thread's best of its 4 centroids per row, then across the GROUP column groups
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            float s = __int_as_float(0x7f800000);
-            long long si = 0;
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const long long col = k0 + tx * 4 + j;
-                if (col < K) {
-                    const float sc = is_l2 ? csq[b * K + col] - 2.f * acc[i][j] : -acc[i][j];
-                    take_better(s, si, sc, col);
-                }
-            }
-            // the GROUP threads of a row group are consecutive lanes of one warp
-#pragma unroll
-            for (int off = GROUP / 2; off >= 1; off >>= 1) {
-                const float s2 = __shfl_xor_sync(0xffffffffu, s, off);
-                const long long i2 = __shfl_xor_sync(0xffffffffu, si, off);
-                take_better(s, si, s2, i2);
-            }
-            take_better(best[i], best_i[i], s, si);
-        }
+        tile_dots(xb, cb, row0, k0, N, K, D, tid, tx, ty, xs, cs, acc);
+        fold_tile(acc, csq, b, k0, K, tx, is_l2, best, best_i);
     }
 
     if (tx == 0) {
