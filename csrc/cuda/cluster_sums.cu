@@ -28,6 +28,6 @@ extern "C" __global__ void __launch_bounds__(THREADS) cluster_sums_f32(
         if (threadIdx.x == 0) atomicAdd(counts + b * K + ci, wt);
         const float* xr = x + (b * N + row) * D;
         float* sr = sums + (b * K + ci) * D;
-        for (long long d = threadIdx.x; d < D; d += THREADS) atomicAdd(sr + d, wt * xr[d]);
+        for (long long d = threadIdx.x; d < D; d += blockDim.x) atomicAdd(sr + d, wt * xr[d]);
     }
 }
