@@ -80,11 +80,7 @@ def cluster_sums(
 
 
 def update_centroids(
-    x: torch.Tensor,
-    idx: torch.Tensor,
-    k: int,
-    *,
-    weights: torch.Tensor | None = None,
+    x: torch.Tensor, idx: torch.Tensor, k: int, *, weights: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """New centroids as the (weighted) mean of their rows.
