@@ -13,12 +13,11 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
 from benchmarks.report import record
+from benchmarks.timing import measure
 from fastdc.engine import collectives as fdist
 from fastdc.engine import initial_centroids, kmeans, pack_groups
 
@@ -41,18 +40,15 @@ def _run(group, distributed: bool) -> dict:
     use = group if distributed else None
     kmeans(x[:5000], 16, niter=1)  # warm-up: thread pools, first touch
     torch.distributed.barrier(group)
-    t = time.perf_counter()
-    res = kmeans(x, K, niter=NITER, seed=1, group=use, record_times=True)
-    total = time.perf_counter() - t
+    run = measure(lambda: kmeans(x, K, niter=NITER, seed=1, group=use, record_times=True),
+                  rounds=1, warmup=0)
+    res = run.result
     allreduce = float("nan")
     if distributed:
         buf = torch.zeros(1, K * D + K)
         torch.distributed.barrier(group)
-        t = time.perf_counter()
-        for _ in range(20):
-            fdist.all_reduce_sum(buf, group)
-        allreduce = (time.perf_counter() - t) / 20
-    return {"per_iter": res.times[-1] / NITER, "total": total, "obj": float(res.obj[-1]),
+        allreduce = measure(lambda: fdist.all_reduce_sum(buf, group), rounds=20, warmup=0).mean
+    return {"per_iter": res.times[-1] / NITER, "total": run.best, "obj": float(res.obj[-1]),
             "allreduce": allreduce}
 
 
@@ -61,14 +57,8 @@ def _run(group, distributed: bool) -> dict:
     [("1 process x 2 threads", 1, 2), ("1 process x 1 thread", 1, 1),
      ("2 gloo processes x 1 thread", 2, 1)],
 )
-def test_distributed_kmeans(benchmark, name, nprocs, threads):
-    out = {}
-
-    def run():
-        out["ranks"] = fdist.spawn(_run, nprocs, (nprocs > 1,), threads=threads, timeout_s=600)
-
-    benchmark.pedantic(run, rounds=1, iterations=1)
-    ranks = out["ranks"]
+def test_distributed_kmeans(name, nprocs, threads):
+    ranks = fdist.spawn(_run, nprocs, (nprocs > 1,), threads=threads, timeout_s=600)
     per_iter = max(r["per_iter"] for r in ranks)  # the slowest rank sets the pace
     record(
         TABLE,
@@ -113,31 +103,18 @@ def _record_sub(name: str, seconds: float, obj: float, rows: int) -> None:
     )
 
 
-def test_subclasses_batched(benchmark, super_classes):
+def test_subclasses_batched(super_classes):
     x, labels, packed, init = super_classes
-    out = {"s": []}
-
-    def run():
-        t = time.perf_counter()
-        out["res"] = kmeans(packed.x, SUB_K, niter=NITER, init=init, mask=packed.mask)
-        out["s"].append(time.perf_counter() - t)
-
-    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)  # warm-up: first touch
-    obj = float(out["res"].obj[-1].sum())
-    _record_sub("batched (1 call)", min(out["s"][1:]), obj, packed.x.shape[1])
-    assert bool((out["res"].assignments[packed.mask] >= 0).all())
+    run = measure(lambda: kmeans(packed.x, SUB_K, niter=NITER, init=init, mask=packed.mask))
+    res = run.result
+    _record_sub("batched (1 call)", run.best, float(res.obj[-1].sum()), packed.x.shape[1])
+    assert bool((res.assignments[packed.mask] >= 0).all())
 
 
-def test_subclasses_looped(benchmark, super_classes):
+def test_subclasses_looped(super_classes):
     x, labels, packed, init = super_classes
-    out = {"s": []}
-
-    def run():
-        t = time.perf_counter()
-        out["res"] = [kmeans(x[labels == s], SUB_K, niter=NITER, init=init[s]) for s in range(S)]
-        out["s"].append(time.perf_counter() - t)
-
-    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)  # warm-up: first touch
-    obj = sum(float(r.obj[-1]) for r in out["res"])
-    _record_sub("looped (16 calls)", min(out["s"][1:]), obj, int(torch.bincount(labels).max()))
-    assert len(out["res"]) == S
+    run = measure(lambda: [kmeans(x[labels == s], SUB_K, niter=NITER, init=init[s])
+                           for s in range(S)])
+    obj = sum(float(r.obj[-1]) for r in run.result)
+    _record_sub("looped (16 calls)", run.best, obj, int(torch.bincount(labels).max()))
+    assert len(run.result) == S

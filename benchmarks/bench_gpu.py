@@ -1,8 +1,9 @@
-"""GPU benchmark of issue 3's kernels: ``python benchmarks/bench_gpu.py``.
+"""GPU benchmark of the ops' kernels: ``python benchmarks/bench_gpu.py``.
 
 On a CUDA device: correctness checks first (every backend against the torch reference), then
-CUDA-event timings (warm-up and Triton autotuning outside the timed region) of assign, one
-k-means iteration, 20 iterations, update + resplit, sobel and the batched case, for
+timings by :func:`benchmarks.timing.measure` (median of a few calls, the device synchronised
+before every clock read, warm-up and Triton autotuning outside the timed region) of assign, one
+k-means iteration, 20 iterations, cluster_sums + resplit_empty, sobel and the batched case, for
 DeepCluster's shape (N = 1 281 167, D = 256, K = 10 000), side by side with the ``torch``
 reference in fp32 with TF32 off (the faiss-gpu stand-in: an SGEMM tile then an argmin pass),
 a TF32 ``torch.mm`` of the same shape, and flash-kmeans / fastkmeans when importable. Writes
@@ -20,23 +21,28 @@ import platform
 import re
 import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make the repository importable
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.timing import measure  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 
 DEEPCLUSTER = {"N": 1_281_167, "D": 256, "K": 10_000}
 BATCHED = {"B": 16, "N": 80_000, "D": 256, "K": 5_000}
 SOBEL = {"B": 256, "H": 224, "W": 224}  # one ImageNet training batch
 QUICK_SCALE = 64  # --quick divides N (and the sobel batch) by this
+GPU_ROUNDS = {"rounds": 5, "warmup": 2}  # timed calls (median reported) after compile/autotune
 
-TARGETS = {  # issue 3's targets on one H100
+TARGETS = {  # the kernels' targets on one H100
     "kmeans_20_iters_s": 0.5,
     "assign_vs_tf32_mm": 0.6,
-    "update_resplit_share_of_iter": 0.10,
+    "cluster_sums_resplit_empty_share_of_iter": 0.10,
     "sobel_vs_copy_bandwidth": 0.8,
     "batched_speedup": 2.0,
 }
@@ -46,9 +52,7 @@ TARGETS = {  # issue 3's targets on one H100
 
 
 def ensure_fastdc_importable() -> None:
-    """Put the repo on sys.path and alias ``fastdc.kernels`` to kernels/ in a source checkout."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+    """Load every backend (``fastdc.kernels`` from kernels/ in a source checkout)."""
     from fastdc.ops import registry as backends
 
     backends.available("assign")  # loads every backend (kernels/ too, in a source checkout)
@@ -88,23 +92,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def time_cuda(fn: Callable[[], object], warmup: int = 2, reps: int = 5) -> float:
-    """Median milliseconds of ``fn`` by CUDA events; warm-up calls (compile, autotune) first."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
-
-
 # ------------------------------------------------------------------------------ GPU parts
 
 
@@ -121,15 +108,20 @@ def _backends(op: str) -> list[str]:
 
 
 def kmeans_iteration(x, c, backend: str, gen: torch.Generator, precision: str = "default"):
-    """One Lloyd iteration on [B, N, D] / [B, K, D] without host syncs: assign, sums, means,
-    re-split. Returns the new centroids."""
-    from fastdc.ops.cluster_sums import means_from_sums
-
-    K = c.shape[1]
+    """One Lloyd iteration on [B, N, D] / [B, K, D] without host syncs: assign, then
+    :func:`centroid_update`. Returns the new centroids."""
     f_assign = _impl("assign", backend, x=x, centroids=c, metric="l2", precision=precision)
     _, idx = f_assign(x=x, centroids=c, metric="l2", precision=precision)
-    f_sums = _impl("cluster_sums", backend, x=x, idx=idx, k=K, weights=None)
-    sums, counts = f_sums(x=x, idx=idx, k=K, weights=None)
+    return centroid_update(x, idx, c.shape[1], backend, gen)
+
+
+def centroid_update(x, idx, k: int, backend: str, gen: torch.Generator):
+    """cluster_sums, means and resplit_empty of [B, N, D] rows with ids [B, N] into k clusters,
+    without host syncs. Returns the new centroids [B, k, D]."""
+    from fastdc.ops import means_from_sums
+
+    f_sums = _impl("cluster_sums", backend, x=x, idx=idx, k=k, weights=None)
+    sums, counts = f_sums(x=x, idx=idx, k=k, weights=None)
     new = means_from_sums(sums, counts).contiguous()
     u = torch.rand(counts.shape, generator=gen, dtype=torch.float64, device=x.device)
     f_split = _impl("resplit_empty", backend, centroids=new, counts=counts, uniforms=u,
@@ -183,7 +175,7 @@ def _third_party_kmeans(x: torch.Tensor, k: int, iters: int) -> list[dict]:
 
         xs = x[0].cpu().numpy()
         km = fastkmeans.FastKMeans(d=xs.shape[1], k=k, niter=iters, gpu=True, verbose=False)
-        ms = time_cuda(lambda: km.train(xs), warmup=1, reps=1)
+        ms = measure(lambda: km.train(xs), rounds=1, warmup=1).median * 1e3
         rows.append({"case": f"kmeans {iters} iterations", "impl": "fastkmeans", "ms": ms,
                      "note": "includes its host->device copy of x"})
     except Exception as exc:
@@ -193,7 +185,7 @@ def _third_party_kmeans(x: torch.Tensor, k: int, iters: int) -> list[dict]:
         import flash_kmeans
 
         fn = flash_kmeans.batch_kmeans_Euclid
-        ms = time_cuda(lambda: fn(x, k, max_iters=iters, tol=-1.0), warmup=1, reps=1)
+        ms = measure(lambda: fn(x, k, max_iters=iters, tol=-1.0), rounds=1, warmup=1).median * 1e3
         rows.append({"case": f"kmeans {iters} iterations", "impl": "flash-kmeans", "ms": ms})
     except Exception as exc:
         rows.append({"case": f"kmeans {iters} iterations", "impl": "flash-kmeans", "ms": None,
@@ -201,9 +193,110 @@ def _third_party_kmeans(x: torch.Tensor, k: int, iters: int) -> list[dict]:
     return rows
 
 
+def _time_assign(x, c, rows: list[dict], summary: dict) -> None:
+    """assign in every backend and precision, and a TF32 torch.mm of the same shape."""
+    N, K, D = x.shape[1], c.shape[1], x.shape[2]
+    flops = assign_flops(N, K, D)
+    impls = [(b, p) for b in _backends("assign") for p in
+             (("default", "tf32", "bf16") if b == "triton" else ("default",))]
+    impls.append(("torch", "default"))
+    for b, p in impls:
+        fn = _impl("assign", b, x=x, centroids=c, metric="l2", precision=p)
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        ms = measure(lambda fn=fn, p=p: fn(x=x, centroids=c, metric="l2", precision=p),
+                     **GPU_ROUNDS).median * 1e3
+        extra = torch.cuda.max_memory_allocated() - base
+        rows.append({"case": "assign", "impl": f"{b} ({p})", "ms": ms,
+                     "note": f"{flops / ms / 1e9:.1f} TFLOP/s, +{extra / 2**20:.0f} MB"})
+        summary[f"assign_ms_{b}_{p}"] = ms
+        summary[f"assign_extra_mb_{b}_{p}"] = extra / 2**20
+
+    # TF32 torch.mm of the same shape, timed on a row chunk (the full N×K product is 51 GB)
+    chunk = min(N, 131_072)
+    xc = x[0, :chunk]
+    torch.backends.cuda.matmul.allow_tf32 = True
+    ms_mm = measure(lambda: torch.mm(xc, c[0].T), **GPU_ROUNDS).median * 1e3 * N / chunk
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows.append({"case": "assign", "impl": "torch.mm TF32 (scaled)", "ms": ms_mm,
+                 "note": f"{flops / ms_mm / 1e9:.1f} TFLOP/s, GEMM only, no argmin"})
+    summary["tf32_mm_ms"] = ms_mm
+    if "assign_ms_triton_default" in summary:
+        summary["assign_vs_tf32_mm"] = ms_mm / summary["assign_ms_triton_default"]
+
+
+def _time_kmeans(x, c, rows: list[dict], summary: dict) -> None:
+    """One and 20 Lloyd iterations per backend, and the centroid update's share of one."""
+    for b in [*_backends("assign"), "torch"]:
+        gen = torch.Generator(device=x.device).manual_seed(1)
+        ms1 = measure(lambda b=b, gen=gen: kmeans_iteration(x, c, b, gen),
+                      **GPU_ROUNDS).median * 1e3
+        rows.append({"case": "kmeans 1 iteration", "impl": b, "ms": ms1})
+
+        def twenty(b=b, gen=gen):
+            cur = c
+            for _ in range(20):
+                cur = kmeans_iteration(x, cur, b, gen)
+            return cur
+
+        slow = b == "torch"  # the reference re-splits on the host: seconds per iteration
+        ms20 = measure(twenty, rounds=1 if slow else 3, warmup=0 if slow else 1).median * 1e3
+        rows.append({"case": "kmeans 20 iterations", "impl": b, "ms": ms20})
+        summary[f"kmeans_20_iters_s_{b}"] = ms20 / 1e3
+        _, idx = _impl("assign", b, x=x, centroids=c, metric="l2", precision="default")(
+            x=x, centroids=c, metric="l2", precision="default")
+        ms_ur = measure(lambda b=b, idx=idx, gen=gen: centroid_update(x, idx, c.shape[1], b, gen),
+                        **GPU_ROUNDS).median * 1e3
+        rows.append({"case": "cluster_sums + resplit_empty", "impl": b, "ms": ms_ur,
+                     "note": f"{100 * ms_ur / ms1:.1f}% of an iteration"})
+        summary[f"cluster_sums_resplit_empty_share_{b}"] = ms_ur / ms1
+    rows += _third_party_kmeans(x, c.shape[1], 20)
+
+
+def _time_sobel(batch: int, dev, rows: list[dict], summary: dict) -> None:
+    """sobel per backend vs a device-to-device copy of the same bytes."""
+    images = torch.randint(0, 256, (batch, 3, SOBEL["H"], SOBEL["W"]), dtype=torch.uint8,
+                           device=dev)
+    norm = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    for out_dtype in (torch.float32, torch.bfloat16):
+        moved = images.numel() + 2 * batch * SOBEL["H"] * SOBEL["W"] * out_dtype.itemsize
+        src = torch.empty(moved // 2, dtype=torch.uint8, device=dev)
+        dst = torch.empty_like(src)
+        ms_copy = measure(lambda src=src, dst=dst: dst.copy_(src),  # reads + writes = moved
+                          **GPU_ROUNDS).median * 1e3
+        rows.append({"case": f"sobel uint8->{out_dtype}", "impl": "copy (same bytes)",
+                     "ms": ms_copy, "note": f"{moved / ms_copy / 1e6:.0f} GB/s"})
+        for b in [*_backends("sobel"), "torch"]:
+            fn = _impl("sobel", b, images=images, out_dtype=out_dtype, **norm)
+            ms = measure(lambda fn=fn, od=out_dtype: fn(images=images, out_dtype=od, **norm),
+                         **GPU_ROUNDS).median * 1e3
+            rows.append({"case": f"sobel uint8->{out_dtype}", "impl": b, "ms": ms,
+                         "note": f"{moved / ms / 1e6:.0f} GB/s, {ms_copy / ms:.2f}× copy"})
+            summary[f"sobel_vs_copy_{b}_{out_dtype}"] = ms_copy / ms
+
+
+def _time_batched(xb, cb, rows: list[dict], summary: dict) -> None:
+    """B problems in one assign launch vs B calls of one problem."""
+    Bb = xb.shape[0]
+    for b in _backends("assign"):
+        fn = _impl("assign", b, x=xb, centroids=cb, metric="l2", precision="default")
+        one = measure(lambda fn=fn: fn(x=xb, centroids=cb, metric="l2", precision="default"),
+                      **GPU_ROUNDS).median * 1e3
+        singles = [(xb[i:i + 1].contiguous(), cb[i:i + 1].contiguous()) for i in range(Bb)]
+        many = measure(lambda fn=fn, singles=singles: [
+            fn(x=a, centroids=q, metric="l2", precision="default") for a, q in singles],
+            **GPU_ROUNDS).median * 1e3
+        rows.append({"case": f"batched assign B={Bb}", "impl": f"{b} one launch", "ms": one})
+        rows.append({"case": f"batched assign B={Bb}", "impl": f"{b} {Bb} calls", "ms": many,
+                     "note": f"speed-up {many / one:.2f}×"})
+        summary[f"batched_speedup_{b}"] = many / one
+
+
 def run(quick: bool = False) -> dict:
     """All timings on the current CUDA device; returns the JSON-ready result."""
     ensure_fastdc_importable()
+    from fastdc.ops.registry import available
+
     dev = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False  # the reference is fp32 (faiss-gpu stand-in)
     torch.backends.cudnn.allow_tf32 = False
@@ -217,109 +310,14 @@ def run(quick: bool = False) -> dict:
     x = torch.randn(1, N, D, generator=g, device=dev)
     x /= x.norm(dim=2, keepdim=True)  # DeepCluster clusters L2-normalised PCA features
     c = x[:, torch.randperm(N, generator=g, device=dev)[:K]].contiguous()
-    flops = assign_flops(N, K, D)
-
-    # assign
-    from fastdc.ops.registry import available
-
-    impls = [(b, p) for b in _backends("assign") for p in
-             (("default", "tf32", "bf16") if b == "triton" else ("default",))]
-    impls.append(("torch", "default"))
-    mem_x = x.numel() * 4
-    for b, p in impls:
-        fn = _impl("assign", b, x=x, centroids=c, metric="l2", precision=p)
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        ms = time_cuda(lambda fn=fn, p=p: fn(x=x, centroids=c, metric="l2", precision=p))
-        extra = torch.cuda.max_memory_allocated() - base
-        rows.append({"case": "assign", "impl": f"{b} ({p})", "ms": ms,
-                     "note": f"{flops / ms / 1e9:.1f} TFLOP/s, +{extra / 2**20:.0f} MB"})
-        summary[f"assign_ms_{b}_{p}"] = ms
-        summary[f"assign_extra_mb_{b}_{p}"] = extra / 2**20
-
-    # TF32 torch.mm of the same shape, timed on a row chunk (the full N×K product is 51 GB)
-    chunk = min(N, 131_072)
-    xc = x[0, :chunk]
-    torch.backends.cuda.matmul.allow_tf32 = True
-    ms_mm = time_cuda(lambda: torch.mm(xc, c[0].T)) * N / chunk
-    torch.backends.cuda.matmul.allow_tf32 = False
-    rows.append({"case": "assign", "impl": "torch.mm TF32 (scaled)", "ms": ms_mm,
-                 "note": f"{flops / ms_mm / 1e9:.1f} TFLOP/s, GEMM only, no argmin"})
-    summary["tf32_mm_ms"] = ms_mm
-    if "assign_ms_triton_default" in summary:
-        summary["assign_vs_tf32_mm"] = ms_mm / summary["assign_ms_triton_default"]
-
-    # one iteration, 20 iterations, update + resplit
-    for b in [*_backends("assign"), "torch"]:
-        gen = torch.Generator(device=dev).manual_seed(1)
-        ms1 = time_cuda(lambda b=b, gen=gen: kmeans_iteration(x, c, b, gen))
-        rows.append({"case": "kmeans 1 iteration", "impl": b, "ms": ms1})
-
-        def twenty(b=b, gen=gen):
-            cur = c
-            for _ in range(20):
-                cur = kmeans_iteration(x, cur, b, gen)
-            return cur
-
-        slow = b == "torch"  # the reference re-splits on the host: seconds per iteration
-        ms20 = time_cuda(twenty, warmup=0 if slow else 1, reps=1 if slow else 3)
-        rows.append({"case": "kmeans 20 iterations", "impl": b, "ms": ms20})
-        summary[f"kmeans_20_iters_s_{b}"] = ms20 / 1e3
-        _, idx = _impl("assign", b, x=x, centroids=c, metric="l2", precision="default")(
-            x=x, centroids=c, metric="l2", precision="default")
-
-        def update_resplit(b=b, idx=idx, gen=gen):
-            from fastdc.ops.cluster_sums import means_from_sums
-
-            sums, counts = _impl("cluster_sums", b, x=x, idx=idx, k=K, weights=None)(
-                x=x, idx=idx, k=K, weights=None)
-            new = means_from_sums(sums, counts).contiguous()
-            u = torch.rand(counts.shape, generator=gen, dtype=torch.float64, device=dev)
-            _impl("resplit_empty", b, centroids=new, counts=counts, uniforms=u, n_frozen=0)(
-                centroids=new, counts=counts, uniforms=u, n_frozen=0)
-
-        ms_ur = time_cuda(update_resplit)
-        rows.append({"case": "update + resplit", "impl": b, "ms": ms_ur,
-                     "note": f"{100 * ms_ur / ms1:.1f}% of an iteration"})
-        summary[f"update_resplit_share_{b}"] = ms_ur / ms1
-    rows += _third_party_kmeans(x, K, 20)
-
-    # sobel vs device-to-device copy of the same bytes
+    _time_assign(x, c, rows, summary)
+    _time_kmeans(x, c, rows, summary)
     sb = SOBEL["B"] // (8 if quick else 1)
-    images = torch.randint(0, 256, (sb, 3, SOBEL["H"], SOBEL["W"]), dtype=torch.uint8,
-                           device=dev)
-    for out_dtype in (torch.float32, torch.bfloat16):
-        moved = images.numel() + 2 * sb * SOBEL["H"] * SOBEL["W"] * out_dtype.itemsize
-        src = torch.empty(moved // 2, dtype=torch.uint8, device=dev)
-        dst = torch.empty_like(src)
-        ms_copy = time_cuda(lambda src=src, dst=dst: dst.copy_(src))  # reads + writes = moved
-        rows.append({"case": f"sobel uint8->{out_dtype}", "impl": "copy (same bytes)",
-                     "ms": ms_copy, "note": f"{moved / ms_copy / 1e6:.0f} GB/s"})
-        for b in [*_backends("sobel"), "torch"]:
-            fn = _impl("sobel", b, images=images, mean=(0.485, 0.456, 0.406),
-                       std=(0.229, 0.224, 0.225), out_dtype=out_dtype)
-            ms = time_cuda(lambda fn=fn, od=out_dtype: fn(
-                images=images, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                out_dtype=od))
-            rows.append({"case": f"sobel uint8->{out_dtype}", "impl": b, "ms": ms,
-                         "note": f"{moved / ms / 1e6:.0f} GB/s, {ms_copy / ms:.2f}× copy"})
-            summary[f"sobel_vs_copy_{b}_{out_dtype}"] = ms_copy / ms
-
-    # batched: B problems in one launch vs B calls
-    Bb, Nb, Db, Kb = (BATCHED[k] for k in ("B", "N", "D", "K"))
-    Nb //= scale
-    xb = torch.randn(Bb, Nb, Db, generator=g, device=dev)
-    cb = torch.randn(Bb, Kb, Db, generator=g, device=dev)
-    for b in _backends("assign"):
-        fn = _impl("assign", b, x=xb, centroids=cb, metric="l2", precision="default")
-        one = time_cuda(lambda fn=fn: fn(x=xb, centroids=cb, metric="l2", precision="default"))
-        singles = [(xb[i:i + 1].contiguous(), cb[i:i + 1].contiguous()) for i in range(Bb)]
-        many = time_cuda(lambda fn=fn, singles=singles: [
-            fn(x=a, centroids=q, metric="l2", precision="default") for a, q in singles])
-        rows.append({"case": f"batched assign B={Bb}", "impl": f"{b} one launch", "ms": one})
-        rows.append({"case": f"batched assign B={Bb}", "impl": f"{b} {Bb} calls", "ms": many,
-                     "note": f"speed-up {many / one:.2f}×"})
-        summary[f"batched_speedup_{b}"] = many / one
+    _time_sobel(sb, dev, rows, summary)
+    Nb = BATCHED["N"] // scale
+    xb = torch.randn(BATCHED["B"], Nb, BATCHED["D"], generator=g, device=dev)
+    cb = torch.randn(BATCHED["B"], BATCHED["K"], BATCHED["D"], generator=g, device=dev)
+    _time_batched(xb, cb, rows, summary)
 
     props = torch.cuda.get_device_properties(dev)
     return {
@@ -329,7 +327,7 @@ def run(quick: bool = False) -> dict:
         "versions": versions(),
         "sizes": {"deepcluster": {"N": N, "D": D, "K": K}, "batched": {**BATCHED, "N": Nb},
                   "sobel": {**SOBEL, "B": sb}, "quick": quick},
-        "x_bytes": mem_x,
+        "x_bytes": x.numel() * 4,
         "correctness": checks,
         "rows": rows,
         "summary": summary,

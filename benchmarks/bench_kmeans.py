@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 import torch
 
 from benchmarks.report import record
+from benchmarks.timing import measure
 from fastdc.kmeans import assign, kmeans
 from fastdc.ops import registry as backends
 
@@ -60,65 +60,43 @@ def report(name: str, per_iter: float, total: float, centroids, x) -> None:
     )
 
 
-def _fastdc(benchmark, data, backend: str):
+def _fastdc(data, backend: str):
     if backend not in backends.available("assign"):
         pytest.skip(f"backend {backend} not available")
     x, init = data
     xt, it = torch.from_numpy(x), torch.from_numpy(init)
     kmeans(xt[:5000], 100, niter=1, backend=backend)  # warm-up (thread pools, first touch)
-    out = {}
-
-    def run():
-        t = time.perf_counter()
-        out["res"] = kmeans(xt, K, niter=NITER, init=it, backend=backend, record_times=True)
-        out["total"] = time.perf_counter() - t
-
-    benchmark.pedantic(run, rounds=1, iterations=1)
-    res = out["res"]
-    report(f"fastdc {backend}", res.times[-1] / NITER, out["total"], res.centroids.numpy(), x)
+    run = measure(lambda: kmeans(xt, K, niter=NITER, init=it, backend=backend,
+                                 record_times=True), rounds=1, warmup=0)
+    res = run.result
+    report(f"fastdc {backend}", res.times[-1] / NITER, run.best, res.centroids.numpy(), x)
 
 
-def test_fastdc_cpu(benchmark, data):
-    _fastdc(benchmark, data, "cpu")
+def test_fastdc_cpu(data):
+    _fastdc(data, "cpu")
 
 
-def test_torch_reference(benchmark, data):
-    _fastdc(benchmark, data, "torch")
+def test_torch_reference(data):
+    _fastdc(data, "torch")
 
 
-def test_faiss_cpu(benchmark, data):
+def test_faiss_cpu(data):
     faiss = pytest.importorskip("faiss")
     x, init = data
-    out = {}
-
-    def run():
-        km = faiss.Kmeans(D, K, niter=NITER, seed=1, max_points_per_centroid=10**7)
-        t = time.perf_counter()
-        km.train(x, init_centroids=init)
-        out["total"], out["km"] = time.perf_counter() - t, km
-
-    benchmark.pedantic(run, rounds=1, iterations=1)
-    km = out["km"]
-    report("faiss-cpu", km.iteration_stats[-1]["time"] / NITER, out["total"], km.centroids, x)
+    km = faiss.Kmeans(D, K, niter=NITER, seed=1, max_points_per_centroid=10**7)
+    run = measure(lambda: km.train(x, init_centroids=init), rounds=1, warmup=0)
+    report("faiss-cpu", km.iteration_stats[-1]["time"] / NITER, run.best, km.centroids, x)
 
 
-def test_sklearn_lloyd(benchmark, data):
+def test_sklearn_lloyd(data):
     cluster = pytest.importorskip("sklearn.cluster")
     x, init = data
-    out = {}
-
-    def run():
-        km = cluster.KMeans(K, init=init, n_init=1, max_iter=NITER, tol=0.0, algorithm="lloyd")
-        t = time.perf_counter()
-        km.fit(x)
-        out["total"], out["km"] = time.perf_counter() - t, km
-
-    benchmark.pedantic(run, rounds=1, iterations=1)
-    km = out["km"]
-    report("sklearn lloyd", out["total"] / km.n_iter_, out["total"], km.cluster_centers_, x)
+    km = cluster.KMeans(K, init=init, n_init=1, max_iter=NITER, tol=0.0, algorithm="lloyd")
+    run = measure(lambda: km.fit(x), rounds=1, warmup=0)
+    report("sklearn lloyd", run.best / km.n_iter_, run.best, km.cluster_centers_, x)
 
 
-PROBE = Path(__file__).with_name("memory_probe.py")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("impl", ["fastdc-cpu", "faiss-cpu"])
@@ -129,8 +107,8 @@ def test_peak_memory_1m(impl):
     elif "cpu" not in backends.available("assign"):
         pytest.skip("cpu backend not available")
     out = subprocess.run(
-        [sys.executable, str(PROBE), impl, "1000000", "256", "1000"],
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-m", "benchmarks.memory_probe", impl, "1000000", "256", "1000"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     record(

@@ -15,14 +15,13 @@ Sizes are small so that the file runs in well under two minutes on the 2-core CP
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from benchmarks.report import record
+from benchmarks.timing import measure
 from fastdc.deepcluster.data import load_mnist, random_resized_crop
 from fastdc.deepcluster.models import small
 from fastdc.ops.sobel import sobel_weights
@@ -52,26 +51,23 @@ def _cluster_row(name: str, seconds: float, labels: np.ndarray) -> None:
                 f"D={D_FEAT} k={K} niter={NITER}, device {DEVICE.type}")
 
 
-def test_cluster_step_fastdc(benchmark, features):
+def test_cluster_step_fastdc(features):
     from fastdc.engine import pca_whiten
     from fastdc.kmeans import kmeans
 
     x = torch.from_numpy(features).to(DEVICE)
-    out = {}
 
     def step():
-        t = time.perf_counter()
         res = kmeans(pca_whiten(x, dim=PCA_DIM), K, niter=NITER, seed=0)
-        labels = res.assignments.cpu().numpy()
-        out["t"], out["labels"] = time.perf_counter() - t, labels
+        return res.assignments.cpu().numpy()
 
-    step()  # warm-up: thread pools, kernel compilation on a GPU
-    benchmark.pedantic(step, rounds=3, iterations=1)
-    _cluster_row(f"fastdc ({DEVICE.type})", benchmark.stats.stats.min, out["labels"])
-    assert out["labels"].shape == (N_FEAT,)
+    # warm-up: thread pools, kernel compilation on a GPU
+    run = measure(step, rounds=3, warmup=1)
+    _cluster_row(f"fastdc ({DEVICE.type})", run.best, run.result)
+    assert run.result.shape == (N_FEAT,)
 
 
-def test_cluster_step_faiss_reference(benchmark, features):
+def test_cluster_step_faiss_reference(features):
     faiss = pytest.importorskip("faiss")
 
     def step():
@@ -90,9 +86,9 @@ def test_cluster_step_faiss_reference(benchmark, features):
         _, labels = index.search(x.astype(np.float32), 1)
         return labels[:, 0]
 
-    labels = benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)
-    _cluster_row("faiss (DeepCluster)", benchmark.stats.stats.min, labels)
-    assert labels.shape == (N_FEAT,)
+    run = measure(step, rounds=3, warmup=1)
+    _cluster_row("faiss (DeepCluster)", run.best, run.result)
+    assert run.result.shape == (N_FEAT,)
 
 
 def _train_row(name: str, seconds_per_step: float) -> None:
@@ -112,7 +108,7 @@ def _sgd(model):
     return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-5)
 
 
-def test_train_fastdc(benchmark, mnist):
+def test_train_fastdc(mnist):
     torch.manual_seed(0)
     model = small(100, in_channels=1, sobel=True).to(DEVICE).train()
     opt = _sgd(model)
@@ -123,9 +119,8 @@ def test_train_fastdc(benchmark, mnist):
         batches = mnist.train_batches(order, BATCH, seed=0, epoch=0, device=DEVICE)
         _sgd_steps(model, opt, ((b.images, targets[b.index.to(DEVICE)]) for b in batches))
 
-    epoch()  # warm-up
-    benchmark.pedantic(epoch, rounds=3, iterations=1)
-    _train_row("fastdc (batched crops + grey Sobel)", benchmark.stats.stats.min / STEPS)
+    seconds = measure(epoch, rounds=3, warmup=1).best
+    _train_row("fastdc (batched crops + grey Sobel)", seconds / STEPS)
     assert torch.isfinite(next(model.parameters())).all()
 
 
@@ -157,7 +152,7 @@ class _TwoConvSobelNet(torch.nn.Module):
         return self.net(x)
 
 
-def test_train_torchvision_reference(benchmark, mnist):
+def test_train_torchvision_reference(mnist):
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms as T
@@ -184,18 +179,16 @@ def test_train_torchvision_reference(benchmark, mnist):
         _sgd_steps(model, opt, ((x.to(DEVICE).expand(-1, 3, -1, -1), y.to(DEVICE))
                                 for x, y in loader))
 
-    epoch()  # warm-up
-    benchmark.pedantic(epoch, rounds=3, iterations=1)
-    _train_row("torchvision + two-conv Sobel", benchmark.stats.stats.min / STEPS)
+    seconds = measure(epoch, rounds=3, warmup=1).best
+    _train_row("torchvision + two-conv Sobel", seconds / STEPS)
     assert torch.isfinite(next(model.parameters())).all()
 
 
-def test_augmentation_alone(benchmark, mnist):
+def test_augmentation_alone(mnist):
     """Crops only (no model): where the pipelines differ."""
     x = mnist._normalised(DEVICE)[:BATCH]
     gen = torch.Generator().manual_seed(0)
-    out = benchmark(lambda: random_resized_crop(x, gen, scale=(0.5, 1.0), flip=False))
-    record(TRAIN_TABLE, {"name": "fastdc crops only", "time_per_batch_s":
-                         benchmark.stats.stats.min, "images_per_s":
-                         BATCH / benchmark.stats.stats.min})
-    assert out.shape == x.shape
+    run = measure(lambda: random_resized_crop(x, gen, scale=(0.5, 1.0), flip=False), rounds=20)
+    record(TRAIN_TABLE, {"name": "fastdc crops only", "time_per_batch_s": run.best,
+                         "images_per_s": BATCH / run.best})
+    assert run.result.shape == x.shape

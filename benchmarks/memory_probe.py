@@ -1,13 +1,15 @@
 """Peak resident memory beyond the input for one k-means run, in a fresh process.
 
-usage: python memory_probe.py {fastdc-cpu|faiss-cpu} N D K   → prints one JSON line.
+usage (from the repository root): python -m benchmarks.memory_probe {fastdc-cpu|faiss-cpu} N D K
+→ prints one JSON line.
 """
 
 import json
 import sys
-import time
 
 import torch
+
+from benchmarks.timing import measure
 
 
 def status_mb(field: str) -> float:
@@ -46,10 +48,9 @@ def main() -> None:
 
     reset_peak()
     base = status_mb("VmRSS")
-    t = time.perf_counter()
-    run()
+    seconds = measure(run, rounds=1, warmup=0).best
     print(json.dumps({"extra_mb": status_mb("VmHWM") - base, "input_mb": xn.nbytes / 2**20,
-                      "time_s": time.perf_counter() - t}))
+                      "time_s": seconds}))
 
 
 if __name__ == "__main__":

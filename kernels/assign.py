@@ -32,7 +32,7 @@ import triton.language as tl
 from fastdc.ops.assign import assign_ref  # noqa: F401  (the ground truth these kernels match)
 from fastdc.ops.registry import register
 
-from ._common import device_reasons, interpreting, next_pow2
+from ._common import device_reasons, interpreting, next_pow2, rows_with_ids
 
 PRECISIONS = ("default", "fp32", "tf32x3", "tf32", "bf16")
 """Accepted ``precision`` values (``default`` = TF32 pass + fp32 re-check of near ties)."""
@@ -75,6 +75,69 @@ def _dot(a, b, acc, DOT_MODE: tl.constexpr, UPCAST_BF16: tl.constexpr):
 
 
 @triton.jit
+def _program_rows(rows_ptr, nrows_ptr, N, K, N_LIST, GATHER: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
+    """This program's problem b (int64), its BLOCK_N rows (int64), their mask, and the number
+    of centroids to scan: K, or 0 for a program past the end of a gathered row list."""
+    pid_n = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    slot = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if GATHER:
+        nrows = tl.load(nrows_ptr + b)
+        row_ok = slot < nrows
+        rows = tl.load(rows_ptr + b * N_LIST + slot, mask=row_ok, other=0).to(tl.int64)
+        k_end = tl.where(pid_n * BLOCK_N < nrows, K, 0)  # programs past the list do nothing
+    else:
+        row_ok = slot < N
+        rows = slot
+        k_end = K
+    return b, rows, row_ok, k_end
+
+
+@triton.jit
+def _fold_tile(acc, csq_b, K, k0, kk, best, second, best_i, IS_L2: tl.constexpr,
+               TRACK_TIES: tl.constexpr):
+    """Fold the products acc [BLOCK_N, BLOCK_K] of the centroid tile starting at k0 into the
+    rows' running best score, its index and (TRACK_TIES) the runner-up score."""
+    cols = k0 + kk
+    col_ok = cols < K
+    if IS_L2:  # same form as the reference's addmm: |c|² + (-2)·x·c
+        c_sq = tl.load(csq_b + cols, mask=col_ok, other=0.0)
+        score = c_sq[None, :] - 2.0 * acc
+    else:  # largest inner product = smallest negated one
+        score = -acc
+    score = tl.where(col_ok[None, :], score, float("inf"))
+    t_best, t_arg = tl.min(
+        score, axis=1, return_indices=True, return_indices_tie_break_left=True
+    )
+    if TRACK_TIES:
+        is_arg = kk[None, :] == t_arg[:, None]
+        t_second = tl.min(tl.where(is_arg, float("inf"), score), axis=1)
+        second = tl.minimum(tl.minimum(second, t_second), tl.maximum(best, t_best))
+    take = t_best < best  # strict: an equal score in a later tile keeps the smaller index
+    best_i = tl.where(take, k0 + t_arg.to(tl.int64), best_i)
+    best = tl.where(take, t_best, best)
+    return best, second, best_i
+
+
+@triton.jit
+def _store_rows(dist_ptr, idx_ptr, tie_ptr, cmax_ptr, b, N, rows, row_ok, x_sq, best, second,
+                best_i, tie_tol, IS_L2: tl.constexpr, TRACK_TIES: tl.constexpr):
+    """Write the rows' distance (or inner product), index and (TRACK_TIES) near-tie flag."""
+    if IS_L2:
+        dist = tl.maximum(x_sq + best, 0.0)
+    else:
+        dist = -best
+    out = b * N + rows
+    tl.store(dist_ptr + out, dist, mask=row_ok)
+    tl.store(idx_ptr + out, best_i, mask=row_ok)
+    if TRACK_TIES:
+        c_max = tl.load(cmax_ptr + b)
+        near = (second - best) <= tie_tol * tl.sqrt(x_sq) * c_max
+        tl.store(tie_ptr + out, near.to(tl.int8), mask=row_ok)
+
+
+@triton.jit
 def _assign_kernel(
     x_ptr,  # [B, N, D] float32/float16/bfloat16, contiguous: the rows to assign
     c_ptr,  # [B, K, D] same dtype, contiguous: the centroids
@@ -99,18 +162,7 @@ def _assign_kernel(
     BLOCK_K: tl.constexpr,  # centroids per streamed tile
     BLOCK_D: tl.constexpr,  # feature chunk; >= D means the x tile is loaded once and kept
 ):
-    pid_n = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
-    slot = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    if GATHER:
-        nrows = tl.load(nrows_ptr + b)
-        row_ok = slot < nrows
-        rows = tl.load(rows_ptr + b * N_LIST + slot, mask=row_ok, other=0).to(tl.int64)
-        k_end = tl.where(pid_n * BLOCK_N < nrows, K, 0)  # programs past the list do nothing
-    else:
-        row_ok = slot < N
-        rows = slot
-        k_end = K
+    b, rows, row_ok, k_end = _program_rows(rows_ptr, nrows_ptr, N, K, N_LIST, GATHER, BLOCK_N)
     x_rows = x_ptr + b * N * D + rows[:, None] * D  # [BLOCK_N, 1] row starts (int64)
     c_base = c_ptr + b * K * D
     dd = tl.arange(0, BLOCK_D)
@@ -150,34 +202,10 @@ def _assign_kernel(
                 xt = tl.load(x_rows + d0 + dd[None, :], mask=x_ok, other=0.0)
                 ct = tl.load(c_rows + d0 + dd[None, :], mask=c_ok, other=0.0)
                 acc = _dot(xt, tl.trans(ct), acc, DOT_MODE, UPCAST_BF16)
-        if IS_L2:  # same form as the reference's addmm: |c|² + (-2)·x·c
-            c_sq = tl.load(csq_ptr + b * K + cols, mask=col_ok, other=0.0)
-            score = c_sq[None, :] - 2.0 * acc
-        else:  # largest inner product = smallest negated one
-            score = -acc
-        score = tl.where(col_ok[None, :], score, float("inf"))
-        t_best, t_arg = tl.min(
-            score, axis=1, return_indices=True, return_indices_tie_break_left=True
-        )
-        if TRACK_TIES:
-            is_arg = kk[None, :] == t_arg[:, None]
-            t_second = tl.min(tl.where(is_arg, float("inf"), score), axis=1)
-            second = tl.minimum(tl.minimum(second, t_second), tl.maximum(best, t_best))
-        take = t_best < best  # strict: an equal score in a later tile keeps the smaller index
-        best_i = tl.where(take, k0 + t_arg.to(tl.int64), best_i)
-        best = tl.where(take, t_best, best)
-
-    if IS_L2:
-        dist = tl.maximum(x_sq + best, 0.0)
-    else:
-        dist = -best
-    out = b * N + rows
-    tl.store(dist_ptr + out, dist, mask=row_ok)
-    tl.store(idx_ptr + out, best_i, mask=row_ok)
-    if TRACK_TIES:
-        c_max = tl.load(cmax_ptr + b)
-        near = (second - best) <= tie_tol * tl.sqrt(x_sq) * c_max
-        tl.store(tie_ptr + out, near.to(tl.int8), mask=row_ok)
+        best, second, best_i = _fold_tile(acc, csq_ptr + b * K, K, k0, kk, best, second, best_i,
+                                          IS_L2, TRACK_TIES)
+    _store_rows(dist_ptr, idx_ptr, tie_ptr, cmax_ptr, b, N, rows, row_ok, x_sq, best, second,
+                best_i, tie_tol, IS_L2, TRACK_TIES)
 
 
 @triton.jit
@@ -194,11 +222,7 @@ def _exact_dist_kernel(
     BLOCK_N: tl.constexpr,  # rows per program
     BLOCK_D: tl.constexpr,  # feature chunk
 ):
-    pid_n = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    ci = tl.load(idx_ptr + b * N + rows, mask=row_ok, other=0)
+    b, rows, row_ok, ci = rows_with_ids(idx_ptr, N, BLOCK_N)
     x_rows = x_ptr + b * N * D + rows[:, None] * D
     c_rows = c_ptr + b * K * D + ci[:, None] * D
     dd = tl.arange(0, BLOCK_D)
@@ -289,24 +313,6 @@ _assign_tuned = triton.autotune(
 # ---------------------------------------------------------------------------------------------
 
 
-def _check(x: torch.Tensor, centroids: torch.Tensor, metric: str, precision: str) -> None:
-    if x.dim() != 3 or centroids.dim() != 3:
-        raise ValueError(f"x must be [B, N, D] and centroids [B, K, D], got {tuple(x.shape)}, "
-                         f"{tuple(centroids.shape)}")
-    if x.shape[0] != centroids.shape[0] or x.shape[2] != centroids.shape[2]:
-        raise ValueError(f"x {tuple(x.shape)} and centroids {tuple(centroids.shape)} need the same "
-                         "B and D")
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or centroids.dtype != x.dtype:
-        raise TypeError(f"x and centroids must share a float32/float16/bfloat16 dtype, got "
-                        f"{x.dtype} and {centroids.dtype}")
-    if not (x.is_contiguous() and centroids.is_contiguous()):
-        raise ValueError("x and centroids must be contiguous")
-    if metric not in ("l2", "ip"):
-        raise ValueError(f"metric must be 'l2' or 'ip', got {metric!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-
-
 def _launch(x, c, csq, cmax, rows, nrows, dist, idx, tie, *, is_l2, mode, track, gather,
             n_list=0, tie_tol=0.0):
     B, N, D = x.shape
@@ -329,12 +335,12 @@ def assign_triton(
     """Fused assign on the current torch stream.
 
     x: [B, N, D] and centroids: [B, K, D], contiguous, same dtype (float32/float16/bfloat16)
-    and device. Returns dist [B, N] float32 (squared L2 clamped at 0, or the best inner
-    product) and idx [B, N] int64 (ties: the smallest index). Raises ValueError/TypeError on
-    bad shapes, dtypes or an unknown ``metric``/``precision``. Extra memory: |c|² and, in the
-    default mode, 13 bytes per row (tie flag, its cumsum and the compacted row list).
+    and device, as :func:`fastdc.ops.assign` validated them; ``precision`` one of
+    :data:`PRECISIONS` (``_reasons`` declines the others). Returns dist [B, N] float32 (squared
+    L2 clamped at 0, or the best inner product) and idx [B, N] int64 (ties: the smallest index).
+    Extra memory: |c|² and, in the default mode, 13 bytes per row (tie flag, its cumsum and the
+    compacted row list).
     """
-    _check(x, centroids, metric, precision)
     B, N, D = x.shape
     dist = torch.empty(B, N, dtype=torch.float32, device=x.device)
     idx = torch.empty(B, N, dtype=torch.int64, device=x.device)

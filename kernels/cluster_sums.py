@@ -20,7 +20,7 @@ import triton.language as tl
 from fastdc.ops.cluster_sums import cluster_sums_ref  # noqa: F401  (the ground truth these match)
 from fastdc.ops.registry import register
 
-from ._common import device_reasons, next_pow2
+from ._common import device_reasons, next_pow2, rows_with_ids
 
 # ---------------------------------------------------------------------------------------------
 # kernels
@@ -28,7 +28,7 @@ from ._common import device_reasons, next_pow2
 
 
 @triton.jit
-def _sums_atomic_kernel(
+def _cluster_sums_atomic_kernel(
     x_ptr,  # [B, N, D] float, contiguous: the rows
     idx_ptr,  # [B, N] int64: cluster id of each row, in [0, K)
     w_ptr,  # [B, N] float32: row weights (read only when HAS_W)
@@ -41,11 +41,7 @@ def _sums_atomic_kernel(
     BLOCK_N: tl.constexpr,  # rows per program
     BLOCK_D: tl.constexpr,  # feature chunk
 ):
-    pid_n = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    ci = tl.load(idx_ptr + b * N + rows, mask=row_ok, other=0)
+    b, rows, row_ok, ci = rows_with_ids(idx_ptr, N, BLOCK_N)
     if HAS_W:
         w = tl.load(w_ptr + b * N + rows, mask=row_ok, other=0.0)
     else:
@@ -63,7 +59,7 @@ def _sums_atomic_kernel(
 
 
 @triton.jit
-def _sums_segment_kernel(
+def _cluster_sums_segment_kernel(
     x_ptr,  # [B, N, D] float, contiguous: the rows
     perm_ptr,  # [B, N] int64: row order sorted by cluster id (stable)
     start_ptr,  # [B, K + 1] int64: segment bounds of each cluster in perm
@@ -111,7 +107,7 @@ def _sums_segment_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def update_config(N: int, D: int, K: int) -> dict:
+def cluster_sums_config(N: int, D: int, K: int) -> dict:
     """Tile sizes keyed on N, D, K (fixed, not autotuned: autotuning would re-run the atomics).
 
     atomic: 64 rows × up to 128 features per step (the row is read once; atomics to the
@@ -136,33 +132,24 @@ def cluster_sums_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-cluster sums on the current torch stream.
 
-    x: [B, N, D] float (contiguous), idx: [B, N] int64 in [0, k) (not checked here: the public
-    op checks the range), weights: [B, N] float32 or None. Returns sums [B, k, D] float32 and
-    counts [B, k] float32. ``deterministic`` None follows
-    ``torch.are_deterministic_algorithms_enabled()``. Raises ValueError/TypeError on bad shapes.
+    x: [B, N, D] float, idx: [B, N] int64 in [0, k), weights: [B, N] float32 or None, all
+    contiguous, as :func:`fastdc.ops.cluster_sums` validated them. Returns sums [B, k, D]
+    float32 and counts [B, k] float32. ``deterministic`` None follows
+    ``torch.are_deterministic_algorithms_enabled()``.
     """
-    if x.dim() != 3 or idx.shape != x.shape[:2]:
-        raise ValueError(f"x must be [B, N, D] and idx [B, N], got {tuple(x.shape)}, "
-                         f"{tuple(idx.shape)}")
-    if idx.dtype != torch.int64 or not x.dtype.is_floating_point:
-        raise TypeError(f"x must be floating and idx int64, got {x.dtype}, {idx.dtype}")
-    if weights is not None and (weights.shape != idx.shape or weights.dtype != torch.float32):
-        raise ValueError(f"weights must be float32 [B, N], got {weights.dtype} "
-                         f"{tuple(weights.shape)}")
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
-    x, idx = x.contiguous(), idx.contiguous()
-    w = weights.contiguous() if weights is not None else None
+    has_w = weights is not None
     B, N, D = x.shape
-    cfg = update_config(N, D, k)
+    cfg = cluster_sums_config(N, D, k)
     if not deterministic:
         sums = torch.zeros(B, k, D, dtype=torch.float32, device=x.device)
         counts = torch.zeros(B, k, dtype=torch.float32, device=x.device)
         if N:
             grid = (triton.cdiv(N, cfg["BLOCK_N"]), B)
-            _sums_atomic_kernel[grid](
-                x, idx, w if w is not None else counts, sums, counts, N, k, D,
-                HAS_W=w is not None, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
+            _cluster_sums_atomic_kernel[grid](
+                x, idx, weights if has_w else counts, sums, counts, N, k, D,
+                HAS_W=has_w, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
                 num_warps=cfg["num_warps"],
             )
         return sums, counts
@@ -172,9 +159,9 @@ def cluster_sums_triton(
     bounds = torch.arange(k + 1, device=x.device, dtype=torch.int64).expand(B, k + 1)
     start = torch.searchsorted(sorted_ids, bounds.contiguous()).contiguous()
     grid = (k, triton.cdiv(D, cfg["BLOCK_D"]), B)
-    _sums_segment_kernel[grid](
-        x, perm.contiguous(), start, w if w is not None else counts, sums, counts, N, k, D,
-        HAS_W=w is not None, BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"],
+    _cluster_sums_segment_kernel[grid](
+        x, perm.contiguous(), start, weights if has_w else counts, sums, counts, N, k, D,
+        HAS_W=has_w, BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"],
         num_warps=cfg["num_warps"],
     )
     return sums, counts

@@ -37,7 +37,51 @@ def _donor_weights(cnt, js, K, n_frozen, USE_RAW):
 
 
 @triton.jit
-def _resplit_kernel(
+def _donor_total(cnt_b, K, n_frozen, kk, USE_RAW, BLOCK_K: tl.constexpr):
+    """Sum of the float64 donor weights of one problem's K clusters, block by block (the order
+    in which _find_donor accumulates its prefix sums)."""
+    total = tl.zeros([], dtype=tl.float64)
+    for j0 in range(0, K, BLOCK_K):
+        js = j0 + kk
+        cj_blk = tl.load(cnt_b + js, mask=js < K, other=0.0)
+        total += tl.sum(_donor_weights(cj_blk, js, K, n_frozen, USE_RAW), axis=0)
+    return total
+
+
+@triton.jit
+def _find_donor(cnt_b, K, n_frozen, kk, USE_RAW, target, j_end, BLOCK_K: tl.constexpr):
+    """The donor: the number of float64 prefix sums of the donor weights <= target
+    (searchsorted right), capped at K - 1; the scan stops at j_end (0: no scan)."""
+    donor = tl.zeros([], dtype=tl.int64)
+    carry = tl.zeros([], dtype=tl.float64)
+    for j0 in range(0, j_end, BLOCK_K):
+        js = j0 + kk
+        cj_blk = tl.load(cnt_b + js, mask=js < K, other=0.0)
+        w = _donor_weights(cj_blk, js, K, n_frozen, USE_RAW)
+        prefix = carry + tl.cumsum(w, axis=0)
+        donor += tl.sum(((prefix <= target) & (js < K)).to(tl.int64), axis=0)
+        carry += tl.sum(w, axis=0)
+    return tl.minimum(donor, K - 1)
+
+
+@triton.jit
+def _split_centroids(c_b, ci, cj, D, dd, d_end, EPS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """c[ci] = c[cj]·up, c[cj] = c[cj]·down (c[ci]·down when ci == cj), features [0, d_end)."""
+    for d0 in range(0, d_end, BLOCK_D):
+        ds = d0 + dd
+        d_ok = ds < D
+        row = tl.load(c_b + cj * D + ds, mask=d_ok, other=0.0)
+        even = (ds % 2) == 0
+        up = tl.where(even, 1.0 + EPS, 1.0 - EPS)
+        down = tl.where(even, 1.0 - EPS, 1.0 + EPS)
+        new_ci = row * up
+        new_cj = tl.where(cj == ci, new_ci * down, row * down)
+        tl.store(c_b + ci * D + ds, new_ci, mask=d_ok)
+        tl.store(c_b + cj * D + ds, new_cj, mask=d_ok)
+
+
+@triton.jit
+def _resplit_empty_kernel(
     c_ptr,  # [B, K, D] float32, contiguous, updated in place: the centroids
     cnt_ptr,  # [B, K] float32, updated in place: cluster sizes (or weight sums)
     u_ptr,  # [B, K] float64 in [0, 1): the uniform drawn for each cluster slot
@@ -65,46 +109,16 @@ def _resplit_kernel(
             ci = tl.min(tl.where(empty, ks, K), axis=0).to(tl.int64)  # next empty, in order
             empty = empty & (ks != ci)
             # pass 1: do the (count - 1) weights sum to zero? then weigh by raw counts
-            adj = tl.zeros([], dtype=tl.float64)
-            for j0 in range(0, K, BLOCK_K):
-                js = j0 + kk
-                cj_blk = tl.load(cnt_b + js, mask=js < K, other=0.0)
-                adj += tl.sum(_donor_weights(cj_blk, js, K, n_frozen, False), axis=0)
-            use_raw = adj == 0
+            use_raw = _donor_total(cnt_b, K, n_frozen, kk, False, BLOCK_K) == 0
             # pass 2: total = last prefix sum, accumulated exactly as pass 3 accumulates it
-            total = tl.zeros([], dtype=tl.float64)
-            for j0 in range(0, K, BLOCK_K):
-                js = j0 + kk
-                cj_blk = tl.load(cnt_b + js, mask=js < K, other=0.0)
-                total += tl.sum(_donor_weights(cj_blk, js, K, n_frozen, use_raw), axis=0)
+            total = _donor_total(cnt_b, K, n_frozen, kk, use_raw, BLOCK_K)
             active = total > 0
             done = tl.where(active, done, 1)
             target = tl.load(u_ptr + b * K + ci) * total
-            # pass 3: donor = number of prefix sums <= target (searchsorted right), capped K-1
-            donor = tl.zeros([], dtype=tl.int64)
-            carry = tl.zeros([], dtype=tl.float64)
-            j_end = tl.where(active, K, 0)
-            for j0 in range(0, j_end, BLOCK_K):
-                js = j0 + kk
-                cj_blk = tl.load(cnt_b + js, mask=js < K, other=0.0)
-                w = _donor_weights(cj_blk, js, K, n_frozen, use_raw)
-                prefix = carry + tl.cumsum(w, axis=0)
-                donor += tl.sum(((prefix <= target) & (js < K)).to(tl.int64), axis=0)
-                carry += tl.sum(w, axis=0)
-            cj = tl.minimum(donor, K - 1)
-            # split: c[ci] = c[cj]·up, c[cj] = c[cj]·down (c[ci]·down when ci == cj)
-            d_end = tl.where(active, D, 0)
-            for d0 in range(0, d_end, BLOCK_D):
-                ds = d0 + dd
-                d_ok = ds < D
-                row = tl.load(c_b + cj * D + ds, mask=d_ok, other=0.0)
-                even = (ds % 2) == 0
-                up = tl.where(even, 1.0 + EPS, 1.0 - EPS)
-                down = tl.where(even, 1.0 - EPS, 1.0 + EPS)
-                new_ci = row * up
-                new_cj = tl.where(cj == ci, new_ci * down, row * down)
-                tl.store(c_b + ci * D + ds, new_ci, mask=d_ok)
-                tl.store(c_b + cj * D + ds, new_cj, mask=d_ok)
+            # pass 3: the donor, then c[ci] = c[cj]·up, c[cj] = c[cj]·down
+            cj = _find_donor(cnt_b, K, n_frozen, kk, use_raw, target, tl.where(active, K, 0),
+                             BLOCK_K)
+            _split_centroids(c_b, ci, cj, D, dd, tl.where(active, D, 0), EPS, BLOCK_D)
             if active:
                 donor_cnt = tl.load(cnt_b + cj)
                 half = donor_cnt * 0.5  # = count / 2, exact
@@ -120,7 +134,7 @@ def _resplit_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def resplit_config(K: int, D: int) -> dict:
+def resplit_empty_config(K: int, D: int) -> dict:
     """Block sizes keyed on K, D: scans of up to 1024 clusters (10 steps for K = 10 000) and
     copies of up to 256 features (one step at D = 256); 4 warps. The kernel is latency bound
     (one CTA per problem, a few scans per empty cluster); not yet measured on a GPU."""
@@ -141,27 +155,15 @@ def resplit_empty_triton(
 ) -> torch.Tensor:
     """Re-split empty clusters in place on the current torch stream.
 
-    centroids: [B, K, D] float32 contiguous, counts: [B, K] float32 contiguous (both updated in
-    place), uniforms: [B, K] float64 in [0, 1). Returns nsplit [B] int64 on the same device.
-    Raises ValueError/TypeError on bad shapes or dtypes.
+    centroids: [B, K, D] float32, counts: [B, K] float32 (both contiguous, updated in place),
+    uniforms: [B, K] float64 in [0, 1), as :func:`fastdc.ops.resplit_empty` prepared them.
+    Returns nsplit [B] int64 on the same device.
     """
-    shapes = (tuple(centroids.shape), tuple(counts.shape), tuple(uniforms.shape))
-    B_K = centroids.shape[:2]
-    if centroids.dim() != 3 or counts.shape != B_K or uniforms.shape != B_K:
-        raise ValueError(f"centroids must be [B, K, D], counts and uniforms [B, K]; got {shapes}")
-    if centroids.dtype != torch.float32 or counts.dtype != torch.float32:
-        raise TypeError(
-            f"centroids and counts must be float32, got {centroids.dtype}, {counts.dtype}"
-        )
-    if uniforms.dtype != torch.float64:
-        raise TypeError(f"uniforms must be float64, got {uniforms.dtype}")
-    if not (centroids.is_contiguous() and counts.is_contiguous()):
-        raise ValueError("centroids and counts are updated in place and must be contiguous")
     B, K, D = centroids.shape
     nsplit = torch.empty(B, dtype=torch.int64, device=centroids.device)
-    cfg = resplit_config(K, D)
-    _resplit_kernel[(B,)](
-        centroids, counts, uniforms.contiguous(), nsplit, K, D, int(n_frozen),
+    cfg = resplit_empty_config(K, D)
+    _resplit_empty_kernel[(B,)](
+        centroids, counts, uniforms, nsplit, K, D, int(n_frozen),
         EPS=EPS, BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
     )
     return nsplit

@@ -14,8 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
+from fastdc.ops.checks import grad_reasons
 from fastdc.ops.registry import register
-from fastdc.ops.sobel import OUT_DTYPES, sobel_ref  # noqa: F401  (the ground truth)
+from fastdc.ops.sobel import sobel_ref  # noqa: F401  (the ground truth)
 
 from ._common import device_reasons
 
@@ -111,18 +112,11 @@ def sobel_triton(images: torch.Tensor, mean, std, out_dtype: torch.dtype) -> tor
     """Fused Sobel on the current torch stream.
 
     images: [B, 3, H, W] uint8 or float, contiguous; mean/std: 3 floats each or None;
-    out_dtype: float32/float16/bfloat16. Returns [B, 2, H, W] in out_dtype.
-    Raises ValueError/TypeError on a bad shape or dtype.
+    out_dtype: float32/float16/bfloat16 (as :func:`fastdc.ops.sobel` validated them).
+    Returns [B, 2, H, W] in out_dtype.
     """
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-    if images.dtype != torch.uint8 and not images.dtype.is_floating_point:
-        raise TypeError(f"images must be uint8 or floating, got {images.dtype}")
-    if out_dtype not in OUT_DTYPES:
-        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
     if images.dtype == torch.float64:  # the reference rounds to float32 first: so do we
         images = images.float()
-    images = images.contiguous()
     B, _, H, W = images.shape
     out = torch.empty(B, 2, H, W, dtype=out_dtype, device=images.device)
     if out.numel() == 0:
@@ -141,7 +135,7 @@ def sobel_triton(images: torch.Tensor, mean, std, out_dtype: torch.dtype) -> tor
 
 
 def _reasons(images, mean=None, std=None, out_dtype=torch.float32, **_):
-    return device_reasons(images=images)
+    return device_reasons(images=images) + grad_reasons(images=images)
 
 
 register("sobel", "triton", _reasons)(sobel_triton)

@@ -68,3 +68,18 @@ def test_automatic_choice_on_cpu_never_picks_gpu_backends():
         "assign", None, x=x[None], centroids=x[None, :2], metric="l2", precision="default"
     )
     assert impl.backend in ("cpu", "torch")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_triton_is_the_automatic_choice_on_cuda():
+    if "triton" not in backends.available("assign"):
+        pytest.skip("backend 'triton' did not load")
+    x = torch.randn(100, 16, device="cuda")
+    c = torch.randn(10, 16, device="cuda")
+    impl = backends.select("assign", x=x[None], centroids=c[None], metric="l2",
+                           precision="default")
+    assert impl.backend == "triton"
+    _, idx = assign(x, c)
+    _, ref_i = assign(x, c, backend="torch")
+    assert (idx == ref_i).float().mean() >= 0.99

@@ -1,11 +1,15 @@
-"""resplit_empty: faiss's rule, identical across backends, properties."""
+"""resplit_empty: faiss's rule, bit-identical across backends (torch reference, cpu, triton,
+cuda) given the same uniforms, edge cases, properties and errors."""
+
+import logging
 
 import pytest
 import torch
 
+from fastdc.ops import registry as backends
 from fastdc.ops import resplit_empty
-from fastdc.ops.resplit_empty import EPS
-from tests.helpers import backend_params
+from fastdc.ops.resplit_empty import EPS, resplit_empty_ref
+from tests.helpers import backend_params, is_interpreted, run_backend
 
 
 def problem(B=1, K=12, D=6, empty=(2, 5, 9), seed=0):
@@ -17,16 +21,76 @@ def problem(B=1, K=12, D=6, empty=(2, 5, 9), seed=0):
     return c, counts
 
 
+def random_case(B, K, D, seed):
+    """Integer counts (exact float64 prefix sums), 30 % empty, at least one empty slot, and
+    for 5 to 40 clusters every other one empty in the last problem (later splits see the
+    updated weights); uniforms."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(B, K, D, generator=g)
+    counts = torch.randint(1, 6, (B, K), generator=g).float()
+    counts[torch.rand(B, K, generator=g) < 0.3] = 0
+    counts[0, -1] = 0
+    if 4 < K <= 40:
+        counts[-1, 1::2] = 0
+    return c, counts, torch.rand(B, K, generator=g, dtype=torch.float64)
+
+
+def split_like_the_reference(backend, device, c, counts, u, n_frozen):
+    """Run ``backend`` in place on copies; assert every bit equals the reference's; nsplit."""
+    got_c, got_n = c.clone().to(device), counts.clone().to(device)
+    nsplit = run_backend("resplit_empty", backend, centroids=got_c, counts=got_n,
+                         uniforms=u.to(device), n_frozen=n_frozen)
+    ref_c, ref_n = c.clone(), counts.clone()
+    ref_split = resplit_empty_ref(ref_c, ref_n, u, n_frozen)
+    assert torch.equal(nsplit.cpu(), ref_split)
+    assert torch.equal(got_c.cpu(), ref_c) and torch.equal(got_n.cpu(), ref_n)
+    return nsplit.cpu()
+
+
 @pytest.mark.parametrize("backend,device", backend_params("resplit_empty"))
-@pytest.mark.parametrize("B,K,D", [(1, 12, 6), (3, 40, 257), (1, 2, 1)])
-def test_identical_to_reference(backend, device, B, K, D):
+@pytest.mark.parametrize(
+    "B,K,D,n_frozen",
+    [(1, 1, 1, 0), (1, 1, 3, 0), (1, 6, 3, 0), (1, 12, 7, 0), (1, 12, 7, 3), (3, 40, 7, 2),
+     (3, 40, 257, 0), (3, 40, 257, 3), (1, 50, 257, 10), (2, 300, 64, 0), (3, 300, 65, 2)],
+)
+def test_bit_identical_to_reference(backend, device, B, K, D, n_frozen):
+    if is_interpreted(backend, device) and K >= 300:
+        B = 1  # the interpreter is slow: one problem of a few hundred clusters is enough
+    c, counts, u = random_case(B, K, D, seed=K * 7 + D)
+    nsplit = split_like_the_reference(backend, device, c, counts, u, n_frozen)
+    if n_frozen == 0 and K > 1:
+        assert int(nsplit.sum()) > 0
+
+
+@pytest.mark.parametrize("backend,device", backend_params("resplit_empty"))
+@pytest.mark.parametrize(
+    "counts, expect",
+    [
+        ([0.0, 1.0, 0.0, 1.0], 2),  # every (count - 1) weight is 0: weigh by raw counts
+        ([1.0, 0.0, 1.0, 0.0, 0.0, 1.0], 3),  # the same, three empties
+        ([0.0, 0.0, 0.0], 0),  # nothing can donate: no split, no error, nothing changes
+        ([0.0, 7.0, 0.0, 0.0, 2.0], 3),  # one big donor split three times
+    ],
+)
+def test_edge_cases_like_the_reference(backend, device, counts, expect):
+    cnt = torch.tensor([counts])
+    K = cnt.shape[1]
+    c = torch.randn(1, K, 5, generator=torch.Generator().manual_seed(10))
+    u = torch.rand(1, K, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    assert int(split_like_the_reference(backend, device, c, cnt, u, 0)[0]) == expect
+
+
+@pytest.mark.parametrize("backend,device", backend_params("resplit_empty"))
+@pytest.mark.parametrize("B,K,D,n_frozen", [(1, 12, 6, 0), (3, 40, 257, 0), (1, 2, 1, 0),
+                                            (2, 30, 9, 1)])
+def test_public_op_identical_to_reference(backend, device, B, K, D, n_frozen):
+    """Same seed, same uniforms on the device's generator: the torch backend's very result."""
     c, n = problem(B, K, D, empty=range(1, K, 3))
-    ref = resplit_empty(c, n, seed=7, backend="torch")
-    got = resplit_empty(c.to(device), n.to(device), seed=7, backend=backend)
-    if device == "cpu":  # the uniforms come from the device's generator: comparable on CPU
-        for r, o in zip(ref, got, strict=True):
-            assert torch.equal(r, o.cpu())
-    assert int((got[1] == 0).sum()) == 0
+    ref = resplit_empty(c.to(device), n.to(device), seed=7, n_frozen=n_frozen, backend="torch")
+    got = resplit_empty(c.to(device), n.to(device), seed=7, n_frozen=n_frozen, backend=backend)
+    for r, o in zip(ref, got, strict=True):
+        assert torch.equal(r, o)
+    assert int((got[1][..., n_frozen:] == 0).sum()) == 0
 
 
 @pytest.mark.parametrize("backend,device", backend_params("resplit_empty"))
@@ -79,8 +143,37 @@ def test_same_seed_same_result_and_inputs_untouched():
     assert torch.equal(c, c0) and torch.equal(n, n0)
 
 
+def test_inputs_that_require_grad_run_on_the_fast_backend(monkeypatch, caplog):
+    """resplit_empty is not differentiable: the public op detaches, so no fallback to torch."""
+    monkeypatch.setattr(backends, "_LOGGED", set())
+    c, n = problem(K=30, empty=range(0, 30, 4))
+    with caplog.at_level(logging.WARNING, logger="fastdc"):
+        got = resplit_empty(c[0].requires_grad_(), n[0].requires_grad_(), seed=2)
+    assert not [r for r in caplog.records if r.name == "fastdc"]
+    expect = resplit_empty(c[0].detach(), n[0].detach(), seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(got, expect, strict=True))
+    assert not got[0].requires_grad
+
+
 def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="must match"):
         resplit_empty(torch.zeros(4, 2), torch.zeros(3))
     with pytest.raises(ValueError, match="n_frozen"):
         resplit_empty(torch.zeros(4, 2), torch.ones(4), n_frozen=5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_large_bit_identical(backend):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if backend not in backends.available("resplit_empty"):
+        pytest.skip(f"backend {backend!r} did not load")
+    g = torch.Generator().manual_seed(4)
+    c = torch.randn(2, 10_000, 256, generator=g)
+    cnt = torch.randint(1, 300, (2, 10_000), generator=g).float()
+    cnt[torch.rand(2, 10_000, generator=g) < 0.01] = 0
+    out = resplit_empty(c.cuda(), cnt.cuda(), seed=5, n_frozen=3, backend=backend)
+    ref = resplit_empty(c.cuda(), cnt.cuda(), seed=5, n_frozen=3, backend="torch")
+    for a, b in zip(out, ref, strict=True):
+        assert torch.equal(a, b)

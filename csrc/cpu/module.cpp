@@ -3,7 +3,7 @@
 // Every entry point takes NumPy views of contiguous CPU tensors (zero-copy: arguments are
 // declared noconvert, so a wrong dtype or layout raises TypeError instead of silently copying,
 // which would lose the outputs), checks shapes, then runs the kernel with the GIL released.
-// Outputs are allocated by the caller (fastdc/cpu_backend.py) with torch.
+// Outputs are allocated by the caller (fastdc/ops/cpu.py) with torch.
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -72,8 +72,8 @@ void cluster_sums_py(const Array<float>& x, const Array<i64>& idx,
     fastdc::cluster_sums(xp, ip, wp, xs[0], xs[1], xs[2], ss[1], sp, np, n_threads);
 }
 
-void resplit_py(Array<float>& centroids, Array<float>& counts, const Array<double>& uniforms,
-                i64 n_frozen, Array<i64>& nsplit) {
+void resplit_empty_py(Array<float>& centroids, Array<float>& counts,
+                      const Array<double>& uniforms, i64 n_frozen, Array<i64>& nsplit) {
     const auto cs = shape_of(centroids, 3, "centroids"), ns = shape_of(counts, 2, "counts");
     expect(ns[0] == cs[0] && ns[1] == cs[1], "counts must be [B, K] matching centroids");
     expect(shape_of(uniforms, 2, "uniforms") == ns, "uniforms must be [B, K] like counts");
@@ -130,7 +130,7 @@ PYBIND11_MODULE(_C, m) {
           py::arg("counts").noconvert(), py::arg("n_threads"),
           "cluster_sums(x f32[B,N,D], idx i64[B,N], weights f32[B,N]|None, sums f32[B,k,D] out, "
           "counts f32[B,k] out, n_threads): per-cluster sums/counts, float64 accumulation.");
-    m.def("resplit_empty", &resplit_py, py::arg("centroids").noconvert(),
+    m.def("resplit_empty", &resplit_empty_py, py::arg("centroids").noconvert(),
           py::arg("counts").noconvert(), py::arg("uniforms").noconvert(), py::arg("n_frozen"),
           py::arg("nsplit").noconvert(),
           "resplit_empty(centroids f32[B,K,D] inout, counts f32[B,K] inout, uniforms f64[B,K], "

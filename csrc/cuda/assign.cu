@@ -1,18 +1,27 @@
 // assign: fused distance + argmin in fp32 (CUDA cores), batched over B problems.
 //
-// One 256-thread block owns TILE_N = 64 rows of one problem. Centroid tiles of TILE_K = 64
-// stream past; the D axis is walked in chunks of TILE_D = 16 staged in shared memory; each
-// thread accumulates a 4 x 4 block of dot products in registers. After each centroid tile the
-// 16 threads that share a row group reduce their candidates with warp shuffles, and the running
-// (best score, best index) of every row stays in registers. Only dist and idx are written.
+// One block of THREADS threads owns TILE_N rows of one problem. Centroid tiles of TILE_K
+// stream past; the D axis is walked in chunks of TILE_D staged in shared memory; each thread
+// accumulates a 4 x 4 block of dot products in registers. After each centroid tile the
+// TILE_K / 4 threads that share a row group reduce their candidates with warp shuffles, and the
+// running (best score, best index) of every row stays in registers. Only dist and idx are
+// written.
 //
 // score = |c|^2 - 2 x.c (L2) or -x.c (inner product); ties go to the smallest index.
 // Compiled at run time by CuPy (NVRTC): no host headers, extern "C" entry points.
+// The launch sizes come from fastdc/ops/cuda_sources.py (LAUNCH["assign"]) as -D defines.
 
-#define TILE_N 64   // rows per block: 16 thread rows x 4 rows per thread
-#define TILE_K 64   // centroids per tile: 16 thread columns x 4 centroids per thread
-#define TILE_D 16   // features staged per step (2 x 64 x 16 floats = 8 KB of shared memory)
-#define PAD 1       // breaks shared-memory bank conflicts on the transposed tiles
+#if !defined(THREADS) || !defined(TILE_N) || !defined(TILE_K) || !defined(TILE_D)
+#error "compile with the launch sizes of fastdc/ops/cuda_sources.py (-DTHREADS=... and so on)"
+#endif
+static_assert(THREADS == (TILE_N / 4) * (TILE_K / 4), "one thread per 4 x 4 block of scores");
+static_assert(THREADS == 4 * TILE_N, "|x|^2 takes 4 threads per row");
+static_assert(TILE_N == TILE_K, "one staging loop fills the x and the centroid chunks");
+static_assert(TILE_K / 4 <= 32 && (TILE_K / 4 & (TILE_K / 4 - 1)) == 0,
+              "a row group is a power-of-two run of lanes inside one warp");
+
+#define GROUP (TILE_K / 4)  // threads sharing a row group: one per 4 centroids of a tile
+#define PAD 1               // breaks shared-memory bank conflicts on the transposed tiles
 
 // Lexicographic (score, index) minimum: smaller score wins, then the smaller index.
 __device__ __forceinline__ void take_better(float& s, long long& i, float s2, long long i2) {
@@ -22,7 +31,82 @@ __device__ __forceinline__ void take_better(float& s, long long& i, float s2, lo
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) assign_f32(
+// The TILE_N rows of this block: |x|^2 into xsq_s, 4 threads per row strided over D, then a
+// shuffle reduction inside the 4.
+__device__ __forceinline__ void row_norms(const float* xb, long long row0, long long N,
+                                          long long D, int tid, float* xsq_s) {
+    const int r = tid / 4, part = tid % 4;
+    const long long row = row0 + r;
+    float acc = 0.f;
+    if (row < N)
+        for (long long d = part; d < D; d += 4) {
+            float v = xb[row * D + d];
+            acc = fmaf(v, v, acc);
+        }
+    acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+    acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+    if (part == 0) xsq_s[r] = acc;
+}
+
+// acc[i][j] = x[row0 + ty*4 + i] . c[k0 + tx*4 + j] over all of D, staging TILE_D features of
+// the x and centroid tiles in shared memory at a time (coalesced along d).
+__device__ __forceinline__ void tile_dots(const float* xb, const float* cb, long long row0,
+                                          long long k0, long long N, long long K, long long D,
+                                          int tid, int tx, int ty,
+                                          float (&xs)[TILE_D][TILE_N + PAD],
+                                          float (&cs)[TILE_D][TILE_K + PAD], float (&acc)[4][4]) {
+    for (long long d0 = 0; d0 < D; d0 += TILE_D) {
+        for (int e = tid; e < TILE_N * TILE_D; e += THREADS) {
+            const int r = e / TILE_D, d = e % TILE_D;
+            const long long row = row0 + r, col = k0 + r, dd = d0 + d;
+            xs[d][r] = (row < N && dd < D) ? xb[row * D + dd] : 0.f;
+            cs[d][r] = (col < K && dd < D) ? cb[col * D + dd] : 0.f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int d = 0; d < TILE_D; ++d) {
+            float a[4], w[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[i] = xs[d][ty * 4 + i];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) w[j] = cs[d][tx * 4 + j];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], w[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+}
+
+// Fold the tile's scores into each row's running best: this thread's best of its 4 centroids
+// per row, then across the GROUP column groups (consecutive lanes of one warp).
+__device__ __forceinline__ void fold_tile(const float (&acc)[4][4], const float* csq, long long b,
+                                          long long k0, long long K, int tx, int is_l2,
+                                          float (&best)[4], long long (&best_i)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        float s = __int_as_float(0x7f800000);
+        long long si = 0;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const long long col = k0 + tx * 4 + j;
+            if (col < K) {
+                const float sc = is_l2 ? csq[b * K + col] - 2.f * acc[i][j] : -acc[i][j];
+                take_better(s, si, sc, col);
+            }
+        }
+#pragma unroll
+        for (int off = GROUP / 2; off >= 1; off >>= 1) {
+            const float s2 = __shfl_xor_sync(0xffffffffu, s, off);
+            const long long i2 = __shfl_xor_sync(0xffffffffu, si, off);
+            take_better(s, si, s2, i2);
+        }
+        take_better(best[i], best_i[i], s, si);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS) assign_f32(
     const float* __restrict__ x,    // [B, N, D] rows
     const float* __restrict__ c,    // [B, K, D] centroids
     const float* __restrict__ csq,  // [B, K] |c|^2 (read when is_l2)
@@ -38,27 +122,13 @@ extern "C" __global__ void __launch_bounds__(256) assign_f32(
     __shared__ float xsq_s[TILE_N];
 
     const int tid = threadIdx.x;
-    const int tx = tid % 16;  // column group: centroids tx*4 .. tx*4+3 of the tile
-    const int ty = tid / 16;  // row group: rows ty*4 .. ty*4+3 of the tile
+    const int tx = tid % GROUP;  // column group: centroids tx*4 .. tx*4+3 of the tile
+    const int ty = tid / GROUP;  // row group: rows ty*4 .. ty*4+3 of the tile
     const long long b = blockIdx.y;
     const long long row0 = (long long)blockIdx.x * TILE_N;
     const float* xb = x + b * N * D;
     const float* cb = c + b * K * D;
-
-    // |x|^2: 4 threads per row, strided over D, then a shuffle reduction inside the 4
-    {
-        const int r = tid / 4, part = tid % 4;
-        const long long row = row0 + r;
-        float acc = 0.f;
-        if (row < N)
-            for (long long d = part; d < D; d += 4) {
-                float v = xb[row * D + d];
-                acc = fmaf(v, v, acc);
-            }
-        acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-        acc += __shfl_xor_sync(0xffffffffu, acc, 2);
-        if (part == 0) xsq_s[r] = acc;
-    }
+    row_norms(xb, row0, N, D, tid, xsq_s);
 
     float best[4];
     long long best_i[4];
@@ -66,54 +136,10 @@ extern "C" __global__ void __launch_bounds__(256) assign_f32(
         best[i] = __int_as_float(0x7f800000);  // +inf
         best_i[i] = 0;
     }
-
     for (long long k0 = 0; k0 < K; k0 += TILE_K) {
         float acc[4][4] = {};
-        for (long long d0 = 0; d0 < D; d0 += TILE_D) {
-            // stage 64 x 16 of x and of c: 4 elements per thread each, coalesced along d
-            for (int e = tid; e < TILE_N * TILE_D; e += 256) {
-                const int r = e / TILE_D, d = e % TILE_D;
-                const long long row = row0 + r, col = k0 + r, dd = d0 + d;
-                xs[d][r] = (row < N && dd < D) ? xb[row * D + dd] : 0.f;
-                cs[d][r] = (col < K && dd < D) ? cb[col * D + dd] : 0.f;
-            }
-            __syncthreads();
-#pragma unroll
-            for (int d = 0; d < TILE_D; ++d) {
-                float a[4], w[4];
-#pragma unroll
-                for (int i = 0; i < 4; ++i) a[i] = xs[d][ty * 4 + i];
-#pragma unroll
-                for (int j = 0; j < 4; ++j) w[j] = cs[d][tx * 4 + j];
-#pragma unroll
-                for (int i = 0; i < 4; ++i)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], w[j], acc[i][j]);
-            }
-            __syncthreads();
-        }
-        // this thread's best of its 4 centroids per row, then across the 16 column groups
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            float s = __int_as_float(0x7f800000);
-            long long si = 0;
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const long long col = k0 + tx * 4 + j;
-                if (col < K) {
-                    const float sc = is_l2 ? csq[b * K + col] - 2.f * acc[i][j] : -acc[i][j];
-                    take_better(s, si, sc, col);
-                }
-            }
-            // the 16 threads of a row group are 16 consecutive lanes of one warp
-#pragma unroll
-            for (int off = 8; off >= 1; off >>= 1) {
-                const float s2 = __shfl_xor_sync(0xffffffffu, s, off);
-                const long long i2 = __shfl_xor_sync(0xffffffffu, si, off);
-                take_better(s, si, s2, i2);
-            }
-            take_better(best[i], best_i[i], s, si);
-        }
+        tile_dots(xb, cb, row0, k0, N, K, D, tid, tx, ty, xs, cs, acc);
+        fold_tile(acc, csq, b, k0, K, tx, is_l2, best, best_i);
     }
 
     if (tx == 0) {

@@ -1,10 +1,14 @@
 // cluster_sums: per-cluster (weighted) sums and counts with fp32 atomics, batched.
-// Grid: (ceil(N / ROWS), B); block: 128 threads striding over D for each of ROWS rows.
+// Grid: (ceil(N / ROWS), B); block: THREADS threads striding over D for each of ROWS rows.
 // Not deterministic run to run (atomic order); the Triton backend offers a deterministic mode.
+// The launch sizes come from fastdc/ops/cuda_sources.py (LAUNCH["cluster_sums"]) as -D defines.
 
-#define ROWS 16  // rows per block: amortises the block's index/weight loads
+#if !defined(THREADS) || !defined(ROWS)
+#error "compile with the launch sizes of fastdc/ops/cuda_sources.py: -DTHREADS -DROWS"
+#endif
+static_assert(THREADS % 32 == 0 && ROWS >= 1, "whole warps, at least one row per block");
 
-extern "C" __global__ void __launch_bounds__(128) cluster_sums_f32(
+extern "C" __global__ void __launch_bounds__(THREADS) cluster_sums_f32(
     const float* __restrict__ x,         // [B, N, D] rows
     const long long* __restrict__ idx,   // [B, N] cluster ids in [0, K)
     const float* __restrict__ w,         // [B, N] weights, or null: weight 1

@@ -1,13 +1,18 @@
-// resplit_empty: faiss's empty-cluster re-split, one 256-thread block per problem, in place.
+// resplit_empty: faiss's empty-cluster re-split in place, one block of THREADS threads per problem.
 //
 // For each empty cluster ci (count 0, ci >= n_frozen) in increasing order: donor weights
 // w_j = max(count_j - 1, 0) (raw counts when those sum to 0), frozen clusters weigh 0; donor =
 // number of float64 prefix sums <= u[ci] * total (searchsorted right), capped at K - 1; then
 // c[ci] = c[cj] * up, c[cj] *= down (up = 1 + eps on even dims, 1 - eps on odd), count[ci] =
-// count[cj] / 2, count[cj] -= count[ci]. Prefix sums: block scans of 256 clusters plus a carry.
+// count[cj] / 2, count[cj] -= count[ci]. Prefix sums: block scans of THREADS clusters plus a carry.
 // Same result as the torch reference whenever the float64 prefix sums are exact (integer counts).
+// The launch size comes from fastdc/ops/cuda_sources.py (LAUNCH["resplit_empty"]) as a -D define.
 
-#define THREADS 256  // one block per problem; also the scan width
+#if !defined(THREADS)
+#error "compile with the launch size of fastdc/ops/cuda_sources.py: -DTHREADS"
+#endif
+static_assert(THREADS >= 32 && (THREADS & (THREADS - 1)) == 0,
+              "the block reduction halves THREADS: a power of two, whole warps");
 
 __device__ __forceinline__ double donor_weight(const float* cnt, long long j, long long K,
                                                long long n_frozen, int use_raw) {

@@ -1,9 +1,15 @@
 // sobel: DeepCluster's input filter in one pass: [B, 3, H, W] uint8 or float32 ->
-// [B, 2, H, W] float32 / float16 / bfloat16. One thread per output pixel (32 x 8 blocks);
-// each reads its 3 x 3 neighbourhood of the three channels (re-reads hit L1), scales uint8 by
-// 1/255, normalises (x - mean) / std, takes grey = the 1x1 conv with weights 1/3, applies Gx
-// and Gy with zero padding (0 in grey space), and writes both outputs.
+// [B, 2, H, W] float32 / float16 / bfloat16. One thread per output pixel (blocks of
+// BLOCK_X x BLOCK_Y); each reads its 3 x 3 neighbourhood of the three channels (re-reads hit
+// L1), scales uint8 by 1/255, normalises (x - mean) / std, takes grey = the 1x1 conv with
+// weights 1/3, applies Gx and Gy with zero padding (0 in grey space), and writes both outputs.
 // fp16/bf16 stores use round-to-nearest-even conversions (PTX cvt.rn; bf16 needs sm_80+).
+// The block size comes from fastdc/ops/cuda_sources.py (LAUNCH["sobel"]) as -D defines.
+
+#if !defined(BLOCK_X) || !defined(BLOCK_Y)
+#error "compile with the launch sizes of fastdc/ops/cuda_sources.py: -DBLOCK_X -DBLOCK_Y"
+#endif
+static_assert(BLOCK_X * BLOCK_Y <= 1024, "at most 1024 threads per block");
 
 struct SobelNorm {
     float mean[3];  // per-channel mean (used when norm != 0)
@@ -44,8 +50,8 @@ template <typename In>
 __device__ __forceinline__ void sobel_px(const In* images, long long H, long long W, int is_u8,
                                          int norm, const SobelNorm& nm, long long& out_off,
                                          float& gx, float& gy, bool& ok) {
-    const long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long y = (long long)blockIdx.y * blockDim.y + threadIdx.y;
+    const long long x = (long long)blockIdx.x * BLOCK_X + threadIdx.x;
+    const long long y = (long long)blockIdx.y * BLOCK_Y + threadIdx.y;
     const long long b = blockIdx.z;
     const long long HW = H * W;
     ok = x < W && y < H;

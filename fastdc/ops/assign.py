@@ -60,7 +60,8 @@ def assign(
     precision: "default" (matches a float64 brute force except on near ties), or a faster mode
     offered by GPU backends ("tf32", "bf16"); CPU backends always compute in fp32.
     Returns (dist, idx): float32 and int64 tensors of shape [N] or [B, N]; ties go to the
-    smallest index. Raises ValueError/TypeError on mismatched shapes, dtypes or devices.
+    smallest index. Not differentiable: inputs that require grad are detached, so the fast
+    backends run on them. Raises ValueError/TypeError on mismatched shapes, dtypes or devices.
     """
     check_metric(metric)
     xb, squeezed = as_batched(x, "x", 2)
@@ -82,7 +83,7 @@ def assign(
         raise ValueError("centroids must hold at least one centroid (K >= 1)")
     if cb.dtype != xb.dtype:
         cb = cb.to(xb.dtype)
-    xb, cb = xb.contiguous(), cb.contiguous()
+    xb, cb = xb.detach().contiguous(), cb.detach().contiguous()
     impl = select("assign", backend, x=xb, centroids=cb, metric=metric, precision=precision)
     dist, idx = impl.fn(x=xb, centroids=cb, metric=metric, precision=precision)
     if squeezed:

@@ -47,6 +47,19 @@ def check_same_device(**tensors: torch.Tensor) -> None:
         raise ValueError(f"all inputs must be on one device, got {listing}; move them with .to()")
 
 
+def grad_reasons(**tensors: torch.Tensor | None) -> list[str]:
+    """A backend's reason not to run a differentiable op on inputs that require grad.
+
+    Only ``sobel`` needs it (the other ops detach their inputs in the public function); under
+    ``torch.no_grad()`` nothing is recorded, so any backend may run.
+    """
+    if not torch.is_grad_enabled():
+        return []
+    if any(t is not None and t.requires_grad for t in tensors.values()):
+        return ["does not support autograd (inputs require grad)"]
+    return []
+
+
 def first_nonfinite_row(x: torch.Tensor) -> int | None:
     """Index of the first row of ``x`` ([N, D]) holding NaN or inf, or None if all are finite.
 

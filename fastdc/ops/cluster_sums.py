@@ -48,7 +48,8 @@ def cluster_sums(
     float, non-negative, or None. Returns sums float32 [k, D] / [B, k, D] and counts float32
     [k] / [B, k]. Raises ValueError on mismatched shapes or out-of-range ids.
     check_ids=False skips the id range check (a device sync on GPUs) for ids that come
-    straight from :func:`fastdc.ops.assign`, as in the k-means loop.
+    straight from :func:`fastdc.ops.assign`, as in the k-means loop. Not differentiable:
+    inputs that require grad are detached, so the fast backends run on them.
     """
     xb, squeezed = as_batched(x, "x", 2)
     ib, _ = as_batched(idx, "idx", 1)
@@ -65,12 +66,12 @@ def cluster_sums(
         check_float(wb, "weights")
         if wb.shape != ib.shape:
             raise ValueError(f"weights {tuple(weights.shape)} must match idx {tuple(idx.shape)}")
-        wb = wb.float().contiguous()
+        wb = wb.detach().float().contiguous()
     check_same_device(x=xb, idx=ib, weights=wb)
     if check_ids and ib.numel() and (int(ib.min()) < 0 or int(ib.max()) >= k):
         lo, hi = int(ib.min()), int(ib.max())
         raise ValueError(f"idx holds ids outside [0, {k}): min {lo}, max {hi}")
-    xb, ib = xb.contiguous(), ib.to(torch.int64).contiguous()
+    xb, ib = xb.detach().contiguous(), ib.to(torch.int64).contiguous()
     impl = select("cluster_sums", backend, x=xb, idx=ib, k=k, weights=wb)
     sums, counts = impl.fn(x=xb, idx=ib, k=k, weights=wb)
     if squeezed:
@@ -79,11 +80,7 @@ def cluster_sums(
 
 
 def update_centroids(
-    x: torch.Tensor,
-    idx: torch.Tensor,
-    k: int,
-    *,
-    weights: torch.Tensor | None = None,
+    x: torch.Tensor, idx: torch.Tensor, k: int, *, weights: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """New centroids as the (weighted) mean of their rows.

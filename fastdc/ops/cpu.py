@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fastdc import _C
+from fastdc.ops.checks import grad_reasons
 from fastdc.ops.registry import register
 
 _SOBEL_OUT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -25,26 +26,23 @@ def simd() -> str:
     return _C.simd()
 
 
-def _common_reasons(**tensors: torch.Tensor | None) -> list[str]:
-    """Reasons shared by every op: CPU device, contiguous layout, no autograd graph."""
+def _kernel_reasons(**tensors: tuple[torch.Tensor | None, torch.dtype]) -> list[str]:
+    """Why the kernels cannot take these tensors (``name=(tensor or None, dtype it needs)``):
+    they read contiguous CPU tensors of the given dtypes."""
+    present = {name: t for name, (t, _) in tensors.items() if t is not None}
     reasons = []
-    present = {name: t for name, t in tensors.items() if t is not None}
     if any(t.device.type != "cpu" for t in present.values()):
         reasons.append("needs tensors on the CPU device")
     if any(not t.is_contiguous() for t in present.values()):
         reasons.append("needs contiguous tensors")
-    if any(t.requires_grad for t in present.values()):
-        reasons.append("does not support autograd (inputs require grad)")
+    for name, (t, dtype) in tensors.items():
+        if t is not None and t.dtype != dtype:
+            reasons.append(f"takes {_name(dtype)} {name}, got {_name(t.dtype)}")
     return reasons
 
 
-def _float32_reasons(**tensors: torch.Tensor | None) -> list[str]:
-    bad = [
-        f"{n} is {t.dtype}"
-        for n, t in tensors.items()
-        if t is not None and t.dtype != torch.float32
-    ]
-    return [f"computes in float32 only ({', '.join(bad)})"] if bad else []
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -56,8 +54,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _assign_reasons(x, centroids, metric, precision="default") -> list[str]:
-    reasons = _common_reasons(x=x, centroids=centroids)
-    reasons += _float32_reasons(x=x, centroids=centroids)
+    reasons = _kernel_reasons(x=(x, torch.float32), centroids=(centroids, torch.float32))
     if metric not in ("l2", "ip"):
         reasons.append(f"unknown metric {metric!r}")
     return reasons
@@ -79,15 +76,13 @@ def assign_cpu(
 # --- cluster_sums -----------------------------------------------------------------------------
 
 
-def _sums_reasons(x, idx, k, weights) -> list[str]:
-    reasons = _common_reasons(x=x, idx=idx, weights=weights)
-    reasons += _float32_reasons(x=x, weights=weights)
-    if idx.dtype != torch.int64:
-        reasons.append(f"needs int64 ids, got {idx.dtype}")
-    return reasons
+def _cluster_sums_reasons(x, idx, k, weights) -> list[str]:
+    return _kernel_reasons(
+        x=(x, torch.float32), idx=(idx, torch.int64), weights=(weights, torch.float32)
+    )
 
 
-@register("cluster_sums", "cpu", _sums_reasons)
+@register("cluster_sums", "cpu", _cluster_sums_reasons)
 def cluster_sums_cpu(
     x: torch.Tensor, idx: torch.Tensor, k: int, weights: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,15 +99,15 @@ def cluster_sums_cpu(
 # --- resplit_empty ----------------------------------------------------------------------------
 
 
-def _resplit_reasons(centroids, counts, uniforms, n_frozen) -> list[str]:
-    reasons = _common_reasons(centroids=centroids, counts=counts, uniforms=uniforms)
-    reasons += _float32_reasons(centroids=centroids, counts=counts)
-    if uniforms.dtype != torch.float64:
-        reasons.append(f"needs float64 uniforms, got {uniforms.dtype}")
-    return reasons
+def _resplit_empty_reasons(centroids, counts, uniforms, n_frozen) -> list[str]:
+    return _kernel_reasons(
+        centroids=(centroids, torch.float32),
+        counts=(counts, torch.float32),
+        uniforms=(uniforms, torch.float64),
+    )
 
 
-@register("resplit_empty", "cpu", _resplit_reasons)
+@register("resplit_empty", "cpu", _resplit_empty_reasons)
 def resplit_empty_cpu(
     centroids: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor, n_frozen: int
 ) -> torch.Tensor:
@@ -127,7 +122,7 @@ def resplit_empty_cpu(
 
 
 def _sobel_reasons(images, mean, std, out_dtype) -> list[str]:
-    reasons = _common_reasons(images=images)
+    reasons = _kernel_reasons(images=(images, images.dtype)) + grad_reasons(images=images)
     if images.dtype not in (torch.uint8, torch.float32):
         reasons.append(f"takes uint8 or float32 images, got {images.dtype}")
     if out_dtype not in _SOBEL_OUT:

@@ -1,37 +1,28 @@
 """Backend ``cuda``: the CUDA C kernels of csrc/cuda, compiled at run time through CuPy.
 
-The ``.cu`` sources ship as package data of ``fastdc.cuda_src`` (a source checkout falls back to
-``csrc/cuda``). Each file is compiled once per process and device by ``cupy.RawModule`` (NVRTC)
-and cached; kernels launch on torch's current stream with torch tensors passed by data_ptr, so
-no data is copied. Importing this module without CuPy raises ImportError, which the registry
-records (CuPy is the optional extra ``fastdc[cuda]``).
+Each source (see :mod:`fastdc.ops.cuda_sources`) is compiled once per process and device by
+``cupy.RawModule`` (NVRTC) with its launch sizes as defines, and cached; kernels launch with the
+same sizes on torch's current stream with torch tensors passed by data_ptr, so no data is
+copied. Importing this module without CuPy raises ImportError, which the registry records (CuPy
+is the optional extra ``fastdc[cuda]``).
 
 Implements assign (fp32 on CUDA cores: every ``precision`` computes in fp32), cluster_sums
-(fp32 atomics, not deterministic), resplit_empty and sobel (uint8/float32 input).
+(fp32 atomics, not deterministic), resplit_empty and sobel (uint8/float32 input). The public
+ops validated the inputs and made them contiguous; the launchers only allocate and launch.
 """
 
 from __future__ import annotations
-
-import importlib.resources
-from pathlib import Path
 
 import cupy
 import numpy as np
 import torch
 
+from fastdc.ops.checks import grad_reasons
+from fastdc.ops.cuda_sources import LAUNCH, defines, source
 from fastdc.ops.registry import register
 from fastdc.ops.resplit_empty import EPS
 
 _MODULES: dict[tuple[str, int], cupy.RawModule] = {}  # (source name, device index) -> module
-
-
-def _source(name: str) -> str:
-    """Text of csrc/cuda/<name>.cu from the installed package, or from the source tree."""
-    try:
-        return importlib.resources.files("fastdc.cuda_src").joinpath(f"{name}.cu").read_text()
-    except (ModuleNotFoundError, FileNotFoundError):
-        path = Path(__file__).resolve().parents[2] / "csrc" / "cuda" / f"{name}.cu"
-        return path.read_text()
 
 
 def _kernel(name: str, entry: str, device: torch.device):
@@ -39,7 +30,8 @@ def _kernel(name: str, entry: str, device: torch.device):
     key = (name, device.index or 0)
     if key not in _MODULES:
         with cupy.cuda.Device(key[1]):
-            _MODULES[key] = cupy.RawModule(code=_source(name), options=("--std=c++17",))
+            options = ("--std=c++17", *defines(name))
+            _MODULES[key] = cupy.RawModule(code=source(name), options=options)
     return _MODULES[key].get_function(entry)
 
 
@@ -57,6 +49,11 @@ def _ptr(t: torch.Tensor | None) -> np.uint64:
 
 def _i64(v: int) -> np.int64:
     return np.int64(v)
+
+
+def _blocks(n: int, per_block: int) -> int:
+    """Blocks that cover n items, per_block at a time."""
+    return (n + per_block - 1) // per_block
 
 
 def _on_cuda(**tensors) -> list[str]:
@@ -83,7 +80,6 @@ def assign_cuda(x: torch.Tensor, centroids: torch.Tensor, metric: str, precision
     Always fp32 products (``precision`` is accepted and has no effect: fp32 is at least as
     accurate as every mode). Ties go to the smallest index.
     """
-    x, centroids = x.contiguous(), centroids.contiguous()
     B, N, D = x.shape
     K = centroids.shape[1]
     dist = torch.empty(B, N, dtype=torch.float32, device=x.device)
@@ -91,9 +87,10 @@ def assign_cuda(x: torch.Tensor, centroids: torch.Tensor, metric: str, precision
     if N == 0:
         return dist, idx
     csq = (centroids * centroids).sum(dim=2).contiguous()
-    tile_n = 64  # rows per block (TILE_N in assign.cu)
+    size = LAUNCH["assign"]
     _launch(
-        _kernel("assign", "assign_f32", x.device), ((N + tile_n - 1) // tile_n, B), (256,),
+        _kernel("assign", "assign_f32", x.device), (_blocks(N, size["TILE_N"]), B),
+        (size["THREADS"],),
         (_ptr(x), _ptr(centroids), _ptr(csq), _ptr(dist), _ptr(idx), _i64(N), _i64(K), _i64(D),
          np.int32(metric == "l2")),
         x.device,
@@ -104,28 +101,27 @@ def assign_cuda(x: torch.Tensor, centroids: torch.Tensor, metric: str, precision
 # ----------------------------------------------------------------------------- cluster_sums
 
 
-def _sums_reasons(x, idx, k, weights=None, **_):
+def _cluster_sums_reasons(x, idx, k, weights=None, **_):
     why = _on_cuda(x=x, idx=idx, weights=weights)
     if x.dtype != torch.float32:
         why.append(f"cuda cluster_sums takes float32 x, not {x.dtype}")
     return why
 
 
-@register("cluster_sums", "cuda", _sums_reasons)
+@register("cluster_sums", "cuda", _cluster_sums_reasons)
 def cluster_sums_cuda(x: torch.Tensor, idx: torch.Tensor, k: int, weights: torch.Tensor | None):
     """x [B, N, D] float32, idx [B, N] int64, weights [B, N] float32 or None -> (sums [B, k, D],
     counts [B, k]) float32, by fp32 atomics (not bit-identical run to run)."""
-    x, idx = x.contiguous(), idx.contiguous()
-    w = weights.contiguous() if weights is not None else None
     B, N, D = x.shape
     sums = torch.zeros(B, k, D, dtype=torch.float32, device=x.device)
     counts = torch.zeros(B, k, dtype=torch.float32, device=x.device)
-    rows = 16  # ROWS in cluster_sums.cu
+    size = LAUNCH["cluster_sums"]
     if N:
         _launch(
-            _kernel("cluster_sums", "cluster_sums_f32", x.device), ((N + rows - 1) // rows, B),
-            (128,),
-            (_ptr(x), _ptr(idx), _ptr(w), _ptr(sums), _ptr(counts), _i64(N), _i64(k), _i64(D)),
+            _kernel("cluster_sums", "cluster_sums_f32", x.device), (_blocks(N, size["ROWS"]), B),
+            (size["THREADS"],),
+            (_ptr(x), _ptr(idx), _ptr(weights), _ptr(sums), _ptr(counts), _i64(N), _i64(k),
+             _i64(D)),
             x.device,
         )
     return sums, counts
@@ -134,21 +130,21 @@ def cluster_sums_cuda(x: torch.Tensor, idx: torch.Tensor, k: int, weights: torch
 # ---------------------------------------------------------------------------- resplit_empty
 
 
-def _resplit_reasons(centroids, counts, uniforms, n_frozen=0, **_):
+def _resplit_empty_reasons(centroids, counts, uniforms, n_frozen=0, **_):
     return _on_cuda(centroids=centroids, counts=counts, uniforms=uniforms)
 
 
-@register("resplit_empty", "cuda", _resplit_reasons)
+@register("resplit_empty", "cuda", _resplit_empty_reasons)
 def resplit_empty_cuda(centroids: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor,
                        n_frozen: int) -> torch.Tensor:
     """In place on centroids [B, K, D] / counts [B, K] float32 (contiguous); uniforms [B, K]
     float64. Returns nsplit [B] int64. One block per problem, no host sync."""
     B, K, D = centroids.shape
-    u = uniforms.contiguous()
     nsplit = torch.empty(B, dtype=torch.int64, device=centroids.device)
     _launch(
-        _kernel("resplit_empty", "resplit_empty_f32", centroids.device), (B,), (256,),
-        (_ptr(centroids), _ptr(counts), _ptr(u), _ptr(nsplit), _i64(K), _i64(D),
+        _kernel("resplit_empty", "resplit_empty_f32", centroids.device), (B,),
+        (LAUNCH["resplit_empty"]["THREADS"],),
+        (_ptr(centroids), _ptr(counts), _ptr(uniforms), _ptr(nsplit), _i64(K), _i64(D),
          _i64(n_frozen), np.float32(EPS)),
         centroids.device,
     )
@@ -161,7 +157,7 @@ _SOBEL_OUT = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"
 
 
 def _sobel_reasons(images, mean=None, std=None, out_dtype=torch.float32, **_):
-    why = _on_cuda(images=images)
+    why = _on_cuda(images=images) + grad_reasons(images=images)
     if images.dtype not in (torch.uint8, torch.float32):
         why.append(f"cuda sobel takes uint8 or float32 images, not {images.dtype}")
     return why
@@ -170,7 +166,6 @@ def _sobel_reasons(images, mean=None, std=None, out_dtype=torch.float32, **_):
 @register("sobel", "cuda", _sobel_reasons)
 def sobel_cuda(images: torch.Tensor, mean, std, out_dtype: torch.dtype) -> torch.Tensor:
     """images [B, 3, H, W] uint8/float32 CUDA -> [B, 2, H, W] in out_dtype (fp32/fp16/bf16)."""
-    images = images.contiguous()
     B, _, H, W = images.shape
     out = torch.empty(B, 2, H, W, dtype=out_dtype, device=images.device)
     if out.numel() == 0:
@@ -179,8 +174,9 @@ def sobel_cuda(images: torch.Tensor, mean, std, out_dtype: torch.dtype) -> torch
     entry = f"sobel_{'u8' if is_u8 else 'f32'}_{_SOBEL_OUT[out_dtype]}"
     m = [float(v) for v in mean] if mean is not None else [0.0] * 3
     s = [float(v) for v in std] if std is not None else [1.0] * 3
-    block = (32, 8)  # 32 contiguous pixels per warp row
-    grid = ((W + 31) // 32, (H + 7) // 8, B)
+    size = LAUNCH["sobel"]
+    block = (size["BLOCK_X"], size["BLOCK_Y"])
+    grid = (_blocks(W, block[0]), _blocks(H, block[1]), B)
     _launch(
         _kernel("sobel", entry, images.device), grid, block,
         (_ptr(images), _ptr(out), _i64(H), _i64(W), np.int32(is_u8), np.int32(mean is not None),

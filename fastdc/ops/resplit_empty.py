@@ -80,6 +80,7 @@ def resplit_empty(
     seed or generator (on the centroids' device) drives the donor choice; same seed, same
     result. The first ``n_frozen`` clusters are neither re-split nor donors.
     Returns new (centroids, counts, nsplit) with nsplit int64 [] or [B]; inputs are not modified.
+    Not differentiable: inputs that require grad are detached, so the fast backends run on them.
     """
     cb, squeezed = as_batched(centroids, "centroids", 2)
     nb, _ = as_batched(counts, "counts", 1)
@@ -96,8 +97,8 @@ def resplit_empty(
     uniforms = torch.rand(
         nb.shape, generator=generator, dtype=torch.float64, device=cb.device
     )
-    cb = cb.float().contiguous().clone()
-    nb = nb.float().contiguous().clone()
+    cb = cb.detach().float().contiguous().clone()
+    nb = nb.detach().float().contiguous().clone()
     impl = select(
         "resplit_empty", backend, centroids=cb, counts=nb, uniforms=uniforms, n_frozen=n_frozen
     )

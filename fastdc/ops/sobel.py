@@ -61,7 +61,9 @@ def sobel(
 
     uint8 input is scaled to [0, 1] first; then, if ``mean``/``std`` are given, each channel is
     normalised as (x - mean) / std (pass ``mean=None`` for input that is already normalised).
-    out_dtype: float32, float16 or bfloat16. Raises ValueError on a wrong shape or dtype.
+    out_dtype: float32, float16 or bfloat16. Differentiable: while grad mode is on, images that
+    require grad run on the ``torch`` reference (the fast backends' reasons decline them).
+    Raises ValueError/TypeError on a wrong shape or dtype.
     """
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
