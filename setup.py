@@ -57,7 +57,6 @@ setup(
     extras_require={
         "test": [
             "pytest>=7",
-            "pytest-benchmark>=4",
             "faiss-cpu>=1.8",
             "ruff>=0.5",
             "import-linter>=2.0",

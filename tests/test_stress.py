@@ -75,17 +75,15 @@ def test_kill_9_at_seeded_moments_then_resume_equals_an_uninterrupted_run(
     rng = random.Random(seed)
     out = tmp_path / "killed"
     kills = 0
-    for attempt in range(3):
-        # Anywhere from interpreter start-up to the end of a full run.
-        delay = rng.uniform(0.2, duration)
-        resume = ("--resume",) if (out / "checkpoint.pt").is_file() else ()
-        kills += _kill_after(out, delay, *resume)
+    for _ in range(3):
+        # Anywhere from interpreter start-up to the end of a full run; --resume every time, as
+        # a requeued job does (it starts the run when there is no checkpoint yet).
+        kills += _kill_after(out, rng.uniform(0.2, duration), "--resume")
         if (out / "checkpoint.pt").is_file():
             state = torch.load(out / "checkpoint.pt", weights_only=False)
             assert state["format"] == "fastdc-deepcluster-1" and 0 <= state["epoch"] <= 3
     assert kills >= 1, "no kill landed: the moments were all after the end of the run"
-    resume = ("--resume",) if (out / "checkpoint.pt").is_file() else ()
-    _run_to_end(out, *resume)
+    _run_to_end(out, "--resume")
     got, want = _assignments(out), _assignments(reference)
     assert len(got) == len(want) == 3
     for a, b in zip(got, want, strict=True):

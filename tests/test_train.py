@@ -168,7 +168,17 @@ def test_bad_input_gives_clear_messages(tmp_path, capsys):
     assert "different architecture" in error(["--resume", "--arch", "alexnet", "--out",
                                                str(out)])
     assert "--resume needs --out" in error(["--resume"])
-    assert "no checkpoint.pt" in error(["--resume", "--out", str(tmp_path / "nothing")])
+
+
+def test_resume_without_a_checkpoint_starts_the_run(tmp_path, capsys):
+    out = tmp_path / "requeued"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"epoch": 1, "left": "by a run killed before saving"}\n')
+    assert main([*TINY, "--epochs", "1", "--no-final-eval", "--no-plots", "--resume",
+                 "--out", str(out)]) == 0
+    assert "no checkpoint in" in capsys.readouterr().out
+    assert [r["epoch"] for r in read_log(out)] == [1] and "left" not in read_log(out)[0]
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
 
 
 def test_eval_linear_probes_every_conv_layer(tmp_path, capsys):

@@ -26,18 +26,54 @@ METHODS = {
 }
 
 
-def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], nproc: int = 2, module: str = "fastdc.train"
+             ) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` (or a script path instead of ``-m module``) in ``nproc``
+    gloo processes under torchrun."""
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    target = ["-m", module] if module else []
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_addr", "127.0.0.1", "--master_port", str(fdist.free_port()),
-           "-m", "fastdc.train", *args]
+           *target, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+# Each rank: DDP step + buffer broadcast inside process_group_from_env, then counts its OS
+# threads. Leaving the context must free the gloo group (its destructor joins gloo's worker
+# threads); a group kept alive until interpreter exit aborts the process there at random.
+GROUP_RELEASE = """
+import gc, os, torch, torch.distributed as dist
+from fastdc.deepcluster.process_group import process_group_from_env
+threads = lambda: len(os.listdir("/proc/self/task"))
+before = threads()
+with process_group_from_env("cpu") as env:
+    net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2),
+                                                    process_group=env.group)
+    net(torch.ones(3, 4)).sum().backward()
+    dist.broadcast(torch.ones(5), src=0, group=env.group)
+    del net
+gc.collect()
+print("threads", before, threads(), flush=True)
+"""
 
 
 def read_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_leaving_the_torchrun_process_group_joins_gloo_threads(tmp_path):
+    script = tmp_path / "release.py"
+    script.write_text(GROUP_RELEASE)
+    proc = torchrun([str(script)], module="")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    counts = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("threads")]
+    assert len(counts) == 2, proc.stdout
+    for before, after in counts:
+        assert int(after) <= int(before), proc.stdout
+
+
+@pytest.mark.stress
 @pytest.mark.parametrize("method", list(METHODS))
 def test_torchrun_two_processes_train_and_match_one_process(tmp_path, method, capsys):
     out2 = tmp_path / "two"

@@ -31,18 +31,18 @@ def default_out(cfg: Config) -> Path:
 
 def open_run(cfg: Config) -> tuple[Path, dict[str, Any] | None]:
     """The run's folder, and with --resume its checkpoint (architecture checked against the
-    command line). Raises UsageError for a missing or an already used folder, and
-    CheckpointError for an unreadable or mismatched checkpoint."""
+    command line; None when the folder has none yet, so a job script can always pass --resume
+    and a run killed before its first checkpoint starts afresh). Raises UsageError for a
+    missing or an already used folder, and CheckpointError for an unreadable or mismatched
+    checkpoint."""
     if cfg.resume and cfg.out is None:
         raise UsageError("--resume needs --out DIR (the folder of the run to continue)")
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     ckpt = out / "checkpoint.pt"
-    if cfg.resume and not ckpt.is_file():
-        raise UsageError(f"--resume: no checkpoint.pt in {str(out)!r}")
     if not cfg.resume and ckpt.is_file():
         raise UsageError(f"{str(out)!r} already holds a run: pass --resume to continue it, "
                          "or choose another --out")
-    if not cfg.resume:
+    if not ckpt.is_file():  # --resume before the first checkpoint: a job script's requeue
         return out, None
     state = load_checkpoint(ckpt)
     # An architecture given on the command line must be the checkpoint's.

@@ -17,6 +17,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+# torch.distributed.nn binds ``group.WORLD`` into default arguments when first imported, which
+# DistributedDataParallel does: imported here, before any group exists, it holds None and does
+# not keep the group of process_group_from_env alive after it is destroyed (see there).
+import torch.distributed.nn  # noqa: F401
+
 from fastdc.engine import Group
 
 
@@ -62,8 +67,15 @@ def process_group_from_env(device: str = "auto") -> Iterator[DistEnv]:
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+    env = DistEnv(dist.group.WORLD, dist.get_rank(), dist.get_world_size(), local_rank, device)
     try:
-        yield DistEnv(dist.group.WORLD, dist.get_rank(), dist.get_world_size(), local_rank,
-                      device)
+        yield env
     finally:
         dist.destroy_process_group()
+        # Free the group object now, not at interpreter exit: its destructor joins gloo's worker
+        # threads. A worker still running at exit may drop the last reference to a finished
+        # collective there; freeing its tensors takes the GIL, which during finalization ends
+        # the thread inside a noexcept destructor (std::terminate, SIGABRT). The caller's
+        # DistEnv is the last holder once the trainer is gone (after an exception: once the
+        # caller has handled it).
+        env.group = None

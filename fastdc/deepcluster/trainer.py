@@ -145,6 +145,10 @@ class Trainer:
         self.outputs.banner(self.source, self.method.title, self.method.describe(),
                             self.place.device, self.dist.world)
         if state is None:
+            # A folder without a checkpoint keeps nothing of a run killed before its first one.
+            self.outputs.rewrite_log([])
+            if self.cfg.resume:
+                self.outputs.say(f"--resume: no checkpoint in {self.out} yet; starting the run")
             return
         self.restore(state)
         self.outputs.rewrite_log(self.records)
