@@ -39,6 +39,13 @@ then ``--k`` sub-classes inside each, one batched k-means call), inputs rotated 
 head rebuilt at each re-clustering. The stored "assignment" is then the combined target
 super·k + sub. ``--reassign-every E`` re-clusters every E epochs (both methods).
 
+Run control: ``--resume`` continues the run in ``--out`` (or starts it when there is no
+checkpoint yet), ``--save-every N`` keeps a checkpoint every N epochs, ``--init-from CKPT``
+starts from given weights (head dropped): a fastdc checkpoint or the reference code's released
+AlexNet / VGG16 (:mod:`~fastdc.deepcluster.weights`; ``python -m fastdc.convert_weights``
+converts either way). Settings that cannot work (an architecture too deep for the images, a
+negative weight decay, ...) are refused when the command line is parsed.
+
 Scale-out (both methods): ``torchrun --nproc_per_node P -m fastdc.train ...``. Each rank embeds
 its shard of the images, PCA and k-means run over the group, so the clusters equal one
 process's on the same features up to float summation order; every rank trains on its own

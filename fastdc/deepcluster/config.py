@@ -151,10 +151,10 @@ def _clustering_flags(p: argparse.ArgumentParser) -> None:
                    help="deepercluster: rotate inputs by 0/90/180/270 degrees")
     m.add_argument("--reassign-every", type=int, default=1, metavar="E",
                    help="epochs between re-clusterings")
+    sides = ", ".join(f"{arch} {min_input_size(arch)}" for arch in ARCHS)
     m.add_argument("--arch", choices=ARCHS,
-                   help="default: small for MNIST, alexnet for --data (the --init-from "
-                        "checkpoint's with --init-from). Smallest image side: small 8, "
-                        "alexnet 63, vgg16 32 pixels")
+                   help="default: small for MNIST, alexnet for --data (the checkpoint's with "
+                        f"--init-from). Smallest image side in pixels: {sides}")
     m.add_argument("--sobel", action="store_true", help="fixed Sobel filter in front")
     m.add_argument("--k", type=int, help="clusters (default 100 for MNIST, 10000 for --data)")
     m.add_argument("--pca-dim", type=int, help="PCA whitening dims (default 32 for MNIST, 256)")

@@ -78,7 +78,7 @@ class Weights:
         return None if w is None else int(w.shape[0])
 
     def describe(self) -> str:
-        """"alexnet + sobel, reference layout, epoch 500, head 10000"."""
+        """One line: "alexnet + sobel, reference layout, epoch 500, head 10000"."""
         parts = [self.arch + (" + sobel" if self.sobel else ""), f"{self.layout} layout"]
         parts += [] if self.epoch is None else [f"epoch {self.epoch}"]
         parts += [] if self.head is None else [f"head {self.head}"]
