@@ -258,6 +258,7 @@ NOT_WORKING = [
     (["--wd", "-5"], "for 10^-5 pass --wd 1e-5"),
     (["--wd", "-0.5"], "--wd must be >= 0"),
     (["--lr", "-0.1"], "--lr must be > 0, got -0.1"),
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),
     (["--epochs", "0"], "--epochs must be >= 1, got 0"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["--k", "0"], "--k must be >= 1, got 0"),

@@ -5,6 +5,7 @@ resumed run may change, and the device choice (``python -m fastdc.train``)."""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -229,13 +230,18 @@ def input_side(cfg: Config) -> int | None:
 
 def check_settings(cfg: Config, side: int | None) -> None:
     """Raise UsageError, with what to do, for a setting that cannot work: an integer below its
-    minimum (:data:`AT_LEAST`), a learning rate or --reassign <= 0, a momentum outside [0, 1),
-    a negative weight decay, a crop scale outside (0, 1], or an --arch whose pools shrink
-    images of ``side`` pixels to nothing. Settings still None (defaults to come) pass."""
+    minimum (:data:`AT_LEAST`), a number that is not finite, a learning rate or --reassign
+    <= 0, a momentum outside [0, 1), a negative weight decay, a crop scale outside (0, 1], or
+    an --arch whose pools shrink images of ``side`` pixels to nothing. Settings still None
+    (defaults to come) pass."""
     for attr, flag, low in AT_LEAST:
         value = getattr(cfg, attr)
         if value is not None and value < low:
             raise UsageError(f"{flag} must be >= {low}, got {value}")
+    for flag, value in (("--lr", cfg.lr), ("--reassign", cfg.reassign), ("--wd", cfg.wd),
+                        ("--momentum", cfg.momentum), ("--crop-scale", cfg.crop_scale)):
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"{flag} must be a finite number, got {value}")
     for flag, value in (("--lr", cfg.lr), ("--reassign", cfg.reassign)):
         if value is not None and not value > 0:
             raise UsageError(f"{flag} must be > 0, got {value}")
