@@ -1,9 +1,5 @@
 """``python -m fastdc.eval_linear --checkpoint RUN/checkpoint.pt [--data DIR]``: linear probes.
 
-The checkpoint is a fastdc.train checkpoint, a fastdc weight file, or a reference DeepCluster
-checkpoint (the released AlexNet / VGG16 ``checkpoint.pth.tar``), converted on reading
-(:mod:`fastdc.deepcluster.weights`).
-
 For every conv layer of a trained DeepCluster net (and of the same net at its random init, the
 baseline), the frozen ReLU outputs are average-pooled to about 9–10k dims and a multinomial
 logistic regression is fitted on a training split and scored on a held-out split. The pooling
@@ -16,6 +12,10 @@ Data: ``--data DIR`` (with ``train/`` and ``val/`` sub-folders they are the two 
 fixed random ``--test-fraction`` of DIR is held out) or the run's built-in data set. Features
 are held in memory and the probes are fitted by full-batch L-BFGS: meant for data sets up to
 some 10^5 images, not ImageNet (whose reference protocol trains the probes with SGD on crops).
+
+The checkpoint is a fastdc.train checkpoint, a fastdc weight file, or a reference DeepCluster
+checkpoint (the released AlexNet / VGG16 ``checkpoint.pth.tar``), converted on reading
+(:mod:`fastdc.deepcluster.weights`).
 """
 
 from __future__ import annotations
