@@ -60,8 +60,10 @@ setup(
             "faiss-cpu>=1.8",
             "ruff>=0.5",
             "import-linter>=2.0",
+            "tensorboard>=2.14",
         ],
         "cuda": ["cupy-cuda13x>=13"],
+        "tensorboard": ["tensorboard>=2.14"],
     },
     zip_safe=False,
 )

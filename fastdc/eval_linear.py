@@ -12,6 +12,10 @@ Data: ``--data DIR`` (with ``train/`` and ``val/`` sub-folders they are the two 
 fixed random ``--test-fraction`` of DIR is held out) or the run's built-in data set. Features
 are held in memory and the probes are fitted by full-batch L-BFGS: meant for data sets up to
 some 10^5 images, not ImageNet (whose reference protocol trains the probes with SGD on crops).
+
+The checkpoint is a fastdc.train checkpoint, a fastdc weight file, or a reference DeepCluster
+checkpoint (the released AlexNet / VGG16 ``checkpoint.pth.tar``), converted on reading
+(:mod:`fastdc.deepcluster.weights`).
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ from fastdc.deepcluster import (
     DataError,
     DeepClusterNet,
     Source,
+    Weights,
     build_model,
     derive_seed,
     initial_model,
-    load_checkpoint,
+    load_into,
     load_source,
+    read_weights,
 )
 from fastdc.evaluation import linear_probe, split_indices
 
@@ -87,23 +93,20 @@ def _splits(args: argparse.Namespace, cfg: dict) -> tuple[Source, Source | None]
                 load_source(str(Path(data) / "val"), None, **kw))
     dataset = None if data else (args.dataset or cfg.get("dataset"))
     return load_source(data, dataset, subset=args.subset or cfg.get("subset"),
-                       image_size=cfg.get("image_size", 224), grey=cfg.get("grey", False)), None
+                       seed=cfg.get("seed", 0), image_size=cfg.get("image_size", 224),
+                       grey=cfg.get("grey", False)), None
 
 
-def _models(state: dict, cfg: dict) -> dict[str, DeepClusterNet]:
+def _models(weights: Weights, where: str) -> dict[str, DeepClusterNet]:
     """{"trained": the checkpoint's net, "random_init": the same net at the run's random init}.
     The head is as wide as the checkpoint's (k for DeepCluster, S·R + S·k for DeeperCluster).
     Raises CheckpointError when the weights do not fit the architecture."""
-    weights = state["model"]
-    head = weights["top_layer.weight"].shape[0] if "top_layer.weight" in weights else cfg["k"]
-    trained = build_model(cfg["arch"], head, cfg["in_channels"], sobel=cfg["sobel"])
-    try:
-        trained.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint weights do not fit arch {cfg['arch']!r}: {err}") \
-            from err
-    init = initial_model(cfg["arch"], head, cfg["in_channels"], cfg["sobel"],
-                         derive_seed(cfg["seed"], STREAM_INIT))
+    arch, channels, sobel = weights.arch, weights.in_channels, weights.sobel
+    head = weights.head or weights.config.get("k", 1)
+    trained = build_model(arch, head, channels, sobel=sobel)
+    load_into(trained, weights, head=weights.head is not None, where=where)
+    init = initial_model(arch, head, channels, sobel,
+                         derive_seed(weights.config.get("seed", 0), STREAM_INIT))
     return {"trained": trained, "random_init": init}
 
 
@@ -137,18 +140,18 @@ def evaluate(args: argparse.Namespace) -> dict:
     """Run the probes; returns {"layers": [{"layer", "dims", "trained", "random_init"}], ...}.
     Raises DataError for unlabelled data and CheckpointError for a checkpoint that does not
     fit the data."""
-    state = load_checkpoint(args.checkpoint)
-    cfg = state["config"]
+    weights = read_weights(args.checkpoint)
+    cfg = weights.config
     device = torch.device(args.device if args.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     train_src, val_src = _splits(args, cfg)
     if train_src.labels is None:
         raise DataError("linear probes need labelled data (class sub-folders)")
-    if train_src.in_channels != cfg["in_channels"]:
-        raise CheckpointError(f"the checkpoint expects {cfg['in_channels']}-channel images, "
+    if train_src.in_channels != weights.in_channels:
+        raise CheckpointError(f"the checkpoint expects {weights.in_channels}-channel images, "
                               f"the data has {train_src.in_channels}")
     columns = {}
-    for name, model in _models(state, cfg).items():
+    for name, model in _models(weights, str(args.checkpoint)).items():
         model.to(device)
         columns[name], n_train, n_test = _probe_layers(name, model, train_src, val_src, args,
                                                        device)
@@ -156,13 +159,15 @@ def evaluate(args: argparse.Namespace) -> dict:
     results = [{"layer": f"conv{layer + 1}", "dims": dims, "trained": acc,
                 "random_init": columns["random_init"][layer][0]}
                for layer, (acc, dims) in enumerate(columns["trained"])]
-    return {"checkpoint": str(args.checkpoint), "arch": cfg["arch"], "epoch": state["epoch"],
-            "train_images": n_train, "test_images": n_test, "layers": results}
+    return {"checkpoint": str(args.checkpoint), "layout": weights.layout, "arch": weights.arch,
+            "epoch": weights.epoch, "train_images": n_train, "test_images": n_test,
+            "layers": results}
 
 
 def print_table(res: dict) -> None:
     """Print the result of :func:`evaluate`: one row per conv layer, trained vs random init."""
-    print(f"linear probes: {res['arch']} after {res['epoch']} epochs "
+    trained = "" if res["epoch"] is None else f" after {res['epoch']} epochs"
+    print(f"linear probes: {res['arch']}{trained} "
           f"({res['train_images']} train / {res['test_images']} held-out images)")
     print(f"{'layer':<8}{'dims':>8}{'trained':>10}{'random init':>13}")
     for r in res["layers"]:
@@ -173,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m fastdc.eval_linear`` argument parser."""
     p = argparse.ArgumentParser(prog="python -m fastdc.eval_linear",
                                 description=__doc__.split("\n\n")[1])
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pt of a fastdc.train run")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint.pt of a fastdc.train run, a fastdc weight file, or a "
+                        "reference DeepCluster checkpoint (checkpoint.pth.tar, converted)")
     p.add_argument("--data", help="ImageFolder (train/ + val/, or one folder to split)")
     p.add_argument("--dataset", help="built-in data set (default: the run's)")
     p.add_argument("--subset", type=int)

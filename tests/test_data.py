@@ -11,8 +11,10 @@ from fastdc.deepcluster.data import (
     FolderSource,
     load_mnist,
     load_source,
+    mnist_arrays,
     random_resized_crop,
     scan_folder,
+    subset_indices,
 )
 from fastdc.deepcluster.seeds import derive_seed
 
@@ -121,3 +123,34 @@ def test_unreadable_images_are_skipped_and_reported(tmp_path, workers):
     assert sum(int((~b.ok).sum()) for b in run1) == 2
     for a, b in zip(run1, run2, strict=True):
         assert torch.equal(a.images, b.images)
+
+
+def test_subset_draws_across_classes_in_proportion_and_by_seed():
+    labels = np.repeat([0, 1, 2], [50, 30, 20])  # sorted: the first 10 are all class 0
+    keep = subset_indices(labels, 100, 10, seed=0)
+    assert keep.dtype == np.int64 and len(keep) == 10 and np.all(np.diff(keep) > 0)
+    assert np.bincount(labels[keep]).tolist() == [5, 3, 2]
+    np.testing.assert_array_equal(keep, subset_indices(labels, 100, 10, seed=0))
+    assert not np.array_equal(keep, subset_indices(labels, 100, 10, seed=1))
+    # shares 3.5, 2.1, 1.4: 3 + 2 + 1, and the image left over to the largest remainder
+    assert np.bincount(labels[subset_indices(labels, 100, 7, seed=0)]).tolist() == [4, 2, 1]
+    few = subset_indices(np.repeat([0, 1, 2, 3], 5), 20, 3, seed=0)
+    assert len(np.unique(few // 5)) == 3  # fewer images than classes: one class each
+    uniform = subset_indices(None, 100, 10, seed=0)  # no classes: a seeded uniform draw
+    assert len(np.unique(uniform)) == 10 and not np.array_equal(uniform, np.arange(10))
+    np.testing.assert_array_equal(subset_indices(labels, 100, 500, seed=0), np.arange(100))
+    with pytest.raises(DataError, match="--subset must be >= 1"):
+        subset_indices(labels, 100, 0, seed=0)
+
+
+def test_subset_of_a_folder_and_of_mnist_keeps_every_class(tmp_path):
+    write_folder(tmp_path, per_class=4, corrupt=False)
+    src = load_source(str(tmp_path), None, subset=4, seed=0, image_size=16)
+    assert len(src) == 4 and np.bincount(src.labels).tolist() == [2, 2]
+    assert [src.path(i).split("/")[-2] for i in range(4)] == ["cats", "cats", "dogs", "dogs"]
+    digits = load_mnist(subset=300, seed=0)
+    assert np.bincount(digits.labels).tolist() == [30] * 10
+    other = load_mnist(subset=300, seed=1)
+    assert not torch.equal(digits.images, other.images)
+    # Without --subset (the default run) the data is all of it, in its order.
+    np.testing.assert_array_equal(load_source(None, None).labels, mnist_arrays()[1])

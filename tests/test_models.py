@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from fastdc.deepcluster.models import GreySobel, alexnet, build_model, small, vgg16
+from fastdc.deepcluster.models import (
+    GreySobel,
+    alexnet,
+    build_model,
+    conv_body,
+    min_input_size,
+    small,
+    vgg16,
+)
 from fastdc.ops import Sobel
 from fastdc.ops.sobel import sobel_ref
 
@@ -114,3 +122,13 @@ def test_build_model_rejects_bad_arguments():
         build_model("small", 0, 1)
     with pytest.raises(ValueError, match="1- or 3-channel"):
         build_model("small", 10, 4, sobel=True)
+
+
+@pytest.mark.parametrize("arch,side", [("small", 8), ("alexnet", 63), ("vgg16", 32)])
+def test_min_input_size_is_read_from_the_layers(arch, side):
+    assert min_input_size(arch) == side
+    body = conv_body(arch, 3).eval()
+    with torch.no_grad():
+        assert body(torch.zeros(1, 3, side, side)).shape[-2:] == (1, 1)
+        with pytest.raises(RuntimeError, match="too small"):
+            body(torch.zeros(1, 3, side - 1, side - 1))

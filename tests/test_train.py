@@ -2,6 +2,7 @@
 folders with unreadable images, and the error messages for bad input."""
 
 import json
+import re
 import signal
 
 import numpy as np
@@ -12,6 +13,8 @@ from PIL import Image
 from fastdc.deepcluster import (
     Interrupted,
     Trainer,
+    UsageError,
+    load_checkpoint,
     load_mnist,
     main,
     parse_config,
@@ -202,3 +205,91 @@ def test_eval_linear_probes_every_conv_layer(tmp_path, capsys):
     bad.write_bytes(b"junk")
     assert eval_linear.main(["--checkpoint", str(bad)]) == 2
     assert "cannot read checkpoint" in capsys.readouterr().err
+
+
+def test_save_every_keeps_snapshots_and_a_resumed_run_keeps_the_setting(tmp_path,
+                                                                        uninterrupted):
+    out = tmp_path / "run"
+    assert main([*QUIET, "--epochs", "3", "--save-every", "2", "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir() if p.name.startswith(("checkpoint", ".")))
+    assert names == ["checkpoint.pt", "checkpoint_epoch002.pt"]  # no temp file left
+    snap = load_checkpoint(out / "checkpoint_epoch002.pt")
+    assert snap["epoch"] == 2 and snap["partial"] is None and snap["config"]["save_every"] == 2
+    assert [r["epoch"] for r in snap["records"]] == [1, 2]
+    # The snapshot is the state after epoch 2: that of a 2-epoch run with the same settings.
+    two = torch.load(uninterrupted / "checkpoint.pt", weights_only=False)
+    assert all(torch.equal(two["model"][k], snap["model"][k]) for k in two["model"])
+    assert main(["--resume", "--epochs", "4", "--no-final-eval", "--no-plots", "--out",
+                 str(out)]) == 0
+    assert (out / "checkpoint_epoch004.pt").is_file()
+    assert not (out / "checkpoint_epoch003.pt").exists()
+    assert load_checkpoint(out / "checkpoint_epoch004.pt")["epoch"] == 4
+
+
+def test_tensorboard_logs_steps_and_epochs_and_hides_a_stale_run(tmp_path):
+    pytest.importorskip("tensorboard", reason="--tensorboard needs the tensorboard package")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = tmp_path / "run"
+    stale = SummaryWriter(str(out / "tensorboard"))  # a run killed before its first checkpoint
+    for step in range(1, 30):
+        stale.add_scalar("train/loss", 99.0, step)
+    stale.close()
+    assert main([*QUIET, "--resume", "--tensorboard", "--out", str(out)]) == 0
+    events = EventAccumulator(str(out / "tensorboard"), {"scalars": 0, "histograms": 0})
+    events.Reload()
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == list(range(1, 11))  # 2 epochs × 5 batches of 64 of 300
+    assert all(np.isfinite(e.value) and e.value != 99.0 for e in loss)
+    nmi = events.Scalars("epoch/nmi_labels")
+    assert [e.step for e in nmi] == [5, 10]
+    assert [e.value for e in nmi] == pytest.approx([r["nmi_labels"] for r in read_log(out)])
+    sizes = events.Histograms("clusters/size")
+    assert [h.step for h in sizes] == [5, 10]
+    assert sizes[-1].histogram_value.num == 8 and sizes[-1].histogram_value.sum == 300
+
+
+NOT_WORKING = [
+    (["--arch", "vgg16"], "--arch vgg16 needs images of at least 32×32 pixels"),
+    (["--arch", "alexnet"], "but the built-in images are 28×28: use --arch small"),
+    (["--data", "DIR", "--arch", "alexnet", "--image-size", "32"],
+     "pass --image-size 63 or more, or --arch small"),
+    (["--wd", "-5"], "for 10^-5 pass --wd 1e-5"),
+    (["--wd", "-0.5"], "--wd must be >= 0"),
+    (["--lr", "-0.1"], "--lr must be > 0, got -0.1"),
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--k", "0"], "--k must be >= 1, got 0"),
+    (["--momentum", "-0.5"], "--momentum must be in [0, 1)"),
+    (["--reassign", "0"], "--reassign must be > 0"),
+    (["--subset", "0"], "--subset must be >= 1"),
+    (["--save-every", "0"], "--save-every must be >= 1"),
+    (["--crop-scale", "1.5"], "--crop-scale must be in (0, 1]"),
+]
+
+
+@pytest.mark.parametrize("argv,message", NOT_WORKING)
+def test_settings_that_cannot_work_are_refused_at_parse_time(tmp_path, capsys, argv, message):
+    argv = [a.replace("DIR", str(tmp_path / "never-read")) for a in argv]
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse_config(argv)
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_default_architecture_too_big_for_the_images_is_refused_before_training(tmp_path,
+                                                                               capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(data / f"{i}.png")
+    assert main(["--data", str(data), "--image-size", "28", "--k", "2", "--out",
+                 str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "--arch alexnet needs images of at least 63×63 pixels" in err
+    assert "pass --image-size 63 or more, or --arch small" in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

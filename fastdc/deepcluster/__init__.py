@@ -20,21 +20,31 @@ Modules, from the command line down:
 - :mod:`~fastdc.deepcluster.distribution` — one process or a rank of a torchrun group;
   :mod:`~fastdc.deepcluster.process_group` — joining the group;
 - :mod:`~fastdc.deepcluster.outputs` — log.jsonl, summary.json, console lines, via
-  :mod:`~fastdc.deepcluster.plots` the figures; :mod:`~fastdc.deepcluster.final_eval` — the
-  comparison at the end of a run;
+  :mod:`~fastdc.deepcluster.plots` the figures; :mod:`~fastdc.deepcluster.tensorboard_log` —
+  ``--tensorboard`` event files; :mod:`~fastdc.deepcluster.final_eval` — the comparison at
+  the end of a run;
 - :mod:`~fastdc.deepcluster.config`, :mod:`~fastdc.deepcluster.data`,
   :mod:`~fastdc.deepcluster.models`, :mod:`~fastdc.deepcluster.checkpoint`,
+  :mod:`~fastdc.deepcluster.weights` (fastdc's and the reference code's weight layouts),
   :mod:`~fastdc.deepcluster.run_control` (progress bars, stop signals),
   :mod:`~fastdc.deepcluster.seeds` (the random streams).
 
-Outputs in ``--out``: checkpoint.pt, assignments/epoch_XXX.npy (int32 [N], -1 = unreadable
-image), log.jsonl, summary.json, curves.png, clusters.png.
+Outputs in ``--out``: checkpoint.pt (and checkpoint_epochNNN.pt with ``--save-every``),
+assignments/epoch_XXX.npy (int32 [N], -1 = unreadable image), log.jsonl, summary.json,
+curves.png, clusters.png (and tensorboard/ with ``--tensorboard``).
 
 ``--method deepercluster`` (Caron et al., ICCV 2019): two-level targets (``--super-classes`` S,
 then ``--k`` sub-classes inside each, one batched k-means call), inputs rotated by 0/90/180/270°
 (``--no-rotation``: none), loss = CE(super-class × rotation) + CE(sub-class | super-class), a
 head rebuilt at each re-clustering. The stored "assignment" is then the combined target
 super·k + sub. ``--reassign-every E`` re-clusters every E epochs (both methods).
+
+Run control: ``--resume`` continues the run in ``--out`` (or starts it when there is no
+checkpoint yet), ``--save-every N`` keeps a checkpoint every N epochs, ``--init-from CKPT``
+starts from given weights (head dropped): a fastdc checkpoint or the reference code's released
+AlexNet / VGG16 (:mod:`~fastdc.deepcluster.weights`; ``python -m fastdc.convert_weights``
+converts either way). Settings that cannot work (an architecture too deep for the images, a
+negative weight decay, ...) are refused when the command line is parsed.
 
 Scale-out (both methods): ``torchrun --nproc_per_node P -m fastdc.train ...``. Each rank embeds
 its shard of the images, PCA and k-means run over the group, so the clusters equal one
@@ -50,13 +60,15 @@ from fastdc.deepcluster.checkpoint import CheckpointError, load_checkpoint
 from fastdc.deepcluster.cli import main
 from fastdc.deepcluster.config import Config, UsageError, parse_config, resolve_defaults
 from fastdc.deepcluster.data import DataError, Source, load_mnist, load_source
-from fastdc.deepcluster.launch import train
-from fastdc.deepcluster.models import DeepClusterNet, build_model, initial_model
+from fastdc.deepcluster.launch import prepare, train
+from fastdc.deepcluster.models import DeepClusterNet, build_model, initial_model, min_input_size
 from fastdc.deepcluster.run_control import Interrupted
 from fastdc.deepcluster.seeds import STREAM_INIT, derive_seed
 from fastdc.deepcluster.trainer import Trainer
+from fastdc.deepcluster.weights import LAYOUTS, Weights, load_into, read_weights, write_weights
 
 __all__ = [
+    "LAYOUTS",
     "STREAM_INIT",
     "CheckpointError",
     "Config",
@@ -66,14 +78,20 @@ __all__ = [
     "Source",
     "Trainer",
     "UsageError",
+    "Weights",
     "build_model",
     "derive_seed",
     "initial_model",
     "load_checkpoint",
+    "load_into",
     "load_mnist",
     "load_source",
     "main",
+    "min_input_size",
     "parse_config",
+    "prepare",
+    "read_weights",
     "resolve_defaults",
     "train",
+    "write_weights",
 ]

@@ -56,19 +56,25 @@ def load_checkpoint(path: str | os.PathLike, *, expect: dict[str, Any] | None = 
     with; a difference raises CheckpointError naming both values. Also raises CheckpointError
     for a missing or unreadable file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        # weights_only=False: the checkpoint holds NumPy RNG states and Python tuples.
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {err}") from err
+    state = read_file(path, map_location)
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise CheckpointError(f"{str(path)!r} is not a fastdc checkpoint")
     if expect:
         check_architecture(state["config"], expect, str(path))
     return state
+
+
+def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """The object :func:`torch.save` wrote to ``path``. Raises CheckpointError for a missing
+    or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        # weights_only=False: the checkpoint holds NumPy RNG states and Python tuples.
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {err}") from err
 
 
 def check_architecture(saved: dict[str, Any], wanted: dict[str, Any], where: str = "") -> None:

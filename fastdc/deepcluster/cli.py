@@ -22,8 +22,8 @@ from fastdc.deepcluster.run_control import Interrupted
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad input, 130/143 stop)."""
-    cfg = parse_config(argv)
     try:
+        cfg = parse_config(argv)
         with process_group_from_env(cfg.device) as env:
             if env.group is not None:
                 cfg.device = env.device

