@@ -62,6 +62,10 @@ def _worker(group) -> dict:
     out: dict = {"rank": r, "world": fdist.world_size(group)}
     res = kmeans(my_rows(gaussian_blobs(), group), 20, niter=8, seed=3, group=group)
     out["blobs"] = (res.centroids, fdist.gather_rows(res.assignments, group), res.obj, res.nsplit)
+    res = kmeans(my_rows(gaussian_blobs(seed=7), group), 20, niter=100, seed=8, group=group,
+                 early_stop_threshold=0.0)
+    out["converged"] = (res.centroids, fdist.gather_rows(res.assignments, group), res.changed,
+                        res.stop_reason)
     res = kmeans(my_rows(few_distinct_points(), group), 12, niter=6, seed=4, group=group)
     out["splits"] = (res.centroids, fdist.gather_rows(res.assignments, group), res.nsplit)
     x, mask, init = batched_problem()
@@ -103,6 +107,17 @@ def test_two_ranks_give_the_centroids_and_labels_of_one_process(ranks):
         torch.testing.assert_close(obj, single.obj, rtol=1e-6, atol=0)
         assert torch.equal(nsplit, single.nsplit)
     assert torch.equal(ranks[0]["blobs"][0], ranks[1]["blobs"][0])  # ranks agree bit for bit
+
+
+def test_ranks_stop_together_where_one_process_converges(ranks):
+    single = kmeans(gaussian_blobs(seed=7), 20, niter=100, seed=8, early_stop_threshold=0.0)
+    assert single.stop_reason == "converged" and single.n_iter < 100
+    for out in ranks:
+        centroids, labels, changed, reason = out["converged"]
+        assert reason == "converged"
+        assert torch.equal(changed, single.changed)  # all-reduced counts: the same stop
+        assert torch.equal(labels, single.assignments)
+        torch.testing.assert_close(centroids, single.centroids, rtol=0, atol=1e-5)
 
 
 def test_resplits_are_decided_identically_on_every_rank(ranks):
