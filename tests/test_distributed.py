@@ -75,6 +75,7 @@ def _worker(group) -> dict:
                  group=group)
     out["batched"] = (res.centroids, res.assignments, res.obj)
     out["pca"] = pca_whiten(my_rows(correlated(), group), 10, group=group)
+    out["pca_wide"] = pca_whiten(my_rows(correlated(n=120, d=300), group), 10, group=group)
     h = two_level_kmeans(my_rows(gaussian_blobs(seed=5), group), 4, 9, niter=6, seed=6,
                          group=group)
     out["hierarchy"] = (fdist.gather_rows(h.targets, group), h.sub_centroids, h.k_eff)
@@ -141,9 +142,10 @@ def test_batched_masked_problems_with_rank0_init(ranks):
         torch.testing.assert_close(out["batched"][2], single.obj, rtol=1e-6, atol=0)
 
 
-def test_distributed_pca_matches_one_process(ranks):
-    single = pca_whiten(correlated(), 10)
-    z = torch.cat([ranks[0]["pca"], ranks[1]["pca"]])
+@pytest.mark.parametrize("name,n,d", [("pca", 1500, 24), ("pca_wide", 120, 300)])
+def test_distributed_pca_matches_one_process(ranks, name, n, d):
+    single = pca_whiten(correlated(n=n, d=d), 10)  # N < D: one process fits the Gram matrix
+    z = torch.cat([ranks[0][name], ranks[1][name]])
     sign = torch.sign((z * single).sum(dim=0))  # eigenvectors are defined up to sign
     torch.testing.assert_close(z * sign, single, rtol=0, atol=1e-4)
 
