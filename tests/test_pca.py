@@ -136,19 +136,22 @@ def test_rank_deficient_rows_fall_back_from_the_gram_matrix(monkeypatch):
     np.testing.assert_allclose(aligned(zc, ref), ref, rtol=0, atol=2e-3)
 
 
-def test_without_scipy_the_full_eigh_gives_the_same_output(monkeypatch):
-    x = decaying(80, 150, seed=4)
-    with_scipy = pca_whiten(x, 12)
+@pytest.mark.parametrize("n,d,dim", [(80, 150, 12), (500, 30, 7)])  # Gram, covariance
+def test_the_eigen_solvers_agree(n, d, dim, monkeypatch):
+    x = decaying(n, d, seed=n)
+    threads = torch.get_num_threads()
+    one_thread = pca_whiten(x, dim).numpy()  # a small matrix: torch.linalg.eigh, one thread
+    assert torch.get_num_threads() == threads  # restored
+    scipy_eigh, calls = pca_module._subset_eigh(), []
+    monkeypatch.setattr(pca_module, "_ONE_THREAD_EIGH", 0)
+    monkeypatch.setattr(pca_module, "_subset_eigh",
+                        lambda: lambda *a, **kw: calls.append(kw) or scipy_eigh(*a, **kw))
+    subset = pca_whiten(x, dim).numpy()  # LAPACK's subset solver through SciPy
+    assert [c["driver"] for c in calls] == ["evr"]
     monkeypatch.setattr(pca_module, "_subset_eigh", lambda: None)
-    without = pca_whiten(x, 12)
-    torch.testing.assert_close(aligned(without.numpy(), with_scipy.numpy()), with_scipy.numpy(),
-                               rtol=0, atol=1e-4)
-    y = decaying(500, 30, seed=5)  # the covariance path too
-    monkeypatch.undo()
-    ref = pca_whiten(y, 7)
-    monkeypatch.setattr(pca_module, "_subset_eigh", lambda: None)
-    torch.testing.assert_close(aligned(pca_whiten(y, 7).numpy(), ref.numpy()), ref.numpy(),
-                               rtol=0, atol=1e-4)
+    full = pca_whiten(x, dim).numpy()  # no SciPy: the full decomposition on every thread
+    for z in (subset, full):
+        np.testing.assert_allclose(aligned(z, one_thread), one_thread, rtol=0, atol=1e-4)
 
 
 def test_rotation_without_whitening_is_orthonormal_and_invertible():

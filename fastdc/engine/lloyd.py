@@ -127,12 +127,10 @@ def kmeans(
     of x; with B > 1 the ops copy each block to make it contiguous). The result depends on the
     blocks, not on where the rows come from: on [N, D] float32 it is bit-identical to
     :func:`kmeans_streaming` of the same rows on x's device with the same chunk_rows.
-    early_stop_threshold: None (default) or < 0 runs all niter iterations and reads nothing
-    back; 0 stops at the first fixed point (no assignment changed, no re-split: the result
-    equals the full run's, with obj/nsplit/imbalance cut to the iterations run); > 0 also stops
-    once the relative objective change is <= it (faiss's rule). Costs an int32 label per row
-    and one flag read per iteration (a host sync on CUDA); a batch stops when every problem
-    has (:mod:`fastdc.engine.convergence`).
+    early_stop_threshold: None (default) or < 0: all niter iterations, nothing read back; 0:
+    stop at the first fixed point (the full run's result; obj/nsplit/imbalance cut to n_iter);
+    > 0: also once the relative objective change is <= it (faiss). Costs an int32 label per
+    row and a flag read (host sync) per iteration (:mod:`fastdc.engine.convergence`).
     Raises ValueError (shapes, k, NaN/inf or too large rows with the row index, bad weights,
     early_stop_threshold) or TypeError.
     """
@@ -140,10 +138,8 @@ def kmeans(
     B, N, _ = x.shape
     m = check_mask(mask, B, N, x.device)
     w = check_weights(weights, B, N, x.device, mask=m, group=group)
-    if m is None:
-        rows: Rows = TensorRows(x, w, chunk_rows=chunk_rows, group=group)
-    else:
-        rows = MaskedRows(x, m, w, chunk_rows=chunk_rows, group=group)
+    rows: Rows = (TensorRows(x, w, chunk_rows=chunk_rows, group=group) if m is None
+                  else MaskedRows(x, m, w, chunk_rows=chunk_rows, group=group))
     opts = LloydOptions(niter=niter, seed=seed, init=init, spherical=spherical,
                         n_frozen=n_frozen, int_centroids=int_centroids, backend=backend,
                         verbose=verbose, record_times=record_times, check_finite=check_finite,
@@ -179,7 +175,7 @@ def kmeans_streaming(
     assignments [N] int64 and dist [N] float32 on the CPU (this rank's rows); obj [niter]
     float64 (summed over ranks), nsplit [niter] int64, imbalance [niter] float64 on
     ``device`` (n_iter entries with an early stop). early_stop_threshold: as in :func:`kmeans`
-    (the previous labels are kept in pinned host memory). Raises ValueError as :func:`kmeans`
+    (the previous labels stay in host memory, pinned on CUDA). Raises ValueError as :func:`kmeans`
     does.
     """
     rows = StoreRows(store, torch.device(device), chunk_rows, group=group)

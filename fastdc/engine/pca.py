@@ -15,10 +15,11 @@ the input's device, in one of two ways that give the same components up to sign:
   When a kept eigenvalue is (numerically) zero those vectors are undefined, and the fit falls
   back to the covariance.
 
-Only the d_out leading eigenpairs are computed where that is cheaper: on the CPU, LAPACK's
-``dsyevr`` for a subset of the spectrum (through SciPy; measured on a 2-core AMD EPYC, shared:
-the top 256 of a 4096×4096 covariance in 25 s against 66 s for ``torch.linalg.eigh``'s full
-decomposition); on a GPU, or without SciPy, ``torch.linalg.eigh``. Always in float64.
+Only the d_out leading eigenpairs are computed where that is cheaper: on the CPU, for matrices
+larger than 1024, LAPACK's ``dsyevr`` for a subset of the spectrum (through SciPy; measured on a
+2-core AMD EPYC, shared: the top 256 of a 4096×4096 covariance in 25 s against 66 s for
+``torch.linalg.eigh``'s full decomposition); smaller ones with ``torch.linalg.eigh`` on one
+thread; on a GPU, or without SciPy, ``torch.linalg.eigh``. Always in float64.
 
 The fit reads its rows as a sequence of blocks, so one code fits both a tensor in memory
 (:meth:`PCA.fit`, :func:`pca_whiten`: blocks are views of x) and a
@@ -34,6 +35,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -44,6 +46,11 @@ from fastdc.ops import first_nonfinite_row
 Blocks = Callable[[], Iterator[tuple[int, torch.Tensor]]]
 """A pass over rows: yields (first row, block [m, D] float) in row order; callable repeatedly."""
 _RANK_TOL = 1e-10  # eigenvalues below this fraction of the largest count as zero
+# Symmetric matrices up to this size are decomposed on one thread: the tridiagonal reduction
+# synchronises its threads at every column, which costs more than it saves on small matrices
+# and a great deal on a busy machine (2-core AMD EPYC, shared: a 600×600 torch.linalg.eigh took
+# 0.11 s on one thread, 0.4 to 8.6 s on two).
+_ONE_THREAD_EIGH = 1024
 
 
 class PCA:
@@ -222,18 +229,30 @@ def pca_whiten_streaming(
 
 def _leading_eigh(sym: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``keep`` largest eigenvalues [keep] float64 (descending) of a symmetric sym [M, M]
-    float64 and their eigenvectors [M, keep] float64 (module docstring: LAPACK's subset solver
-    on the CPU when keep < M and SciPy is there, else ``torch.linalg.eigh``)."""
+    float64 and their eigenvectors [M, keep] float64 (module docstring: on the CPU one thread
+    up to M = 1024, above it LAPACK's subset solver when keep < M and SciPy is there; else
+    ``torch.linalg.eigh``)."""
     m = sym.shape[0]
     keep = min(keep, m)
-    solver = _subset_eigh() if sym.device.type == "cpu" and keep < m else None
+    small = sym.device.type == "cpu" and m <= _ONE_THREAD_EIGH
+    solver = _subset_eigh() if sym.device.type == "cpu" and keep < m and not small else None
     if solver is not None:
         values, vectors = solver(sym.numpy(), subset_by_index=[m - keep, m - 1], driver="evr")
-        values, vectors = torch.from_numpy(values), torch.from_numpy(vectors)
-    else:
+        return torch.from_numpy(values).flip(0), torch.from_numpy(vectors).flip(1)
+    with _one_thread() if small else nullcontext():
         values, vectors = torch.linalg.eigh(sym)  # ascending
-        values, vectors = values[m - keep :], vectors[:, m - keep :]
-    return values.flip(0), vectors.flip(1)
+    return values[m - keep :].flip(0), vectors[:, m - keep :].flip(1)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch's CPU ops on one thread inside the block (the setting is restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _subset_eigh() -> Callable | None:
