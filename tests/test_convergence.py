@@ -153,3 +153,26 @@ def test_wrapper_threshold_and_redos():
     assert len(exact.converged_at) == 2 and None not in exact.converged_at
     assert all(a < b for a, b in zip(loose.converged_at, exact.converged_at, strict=True))
     assert len(loose.obj) == sum(loose.converged_at) + 2
+
+
+@pytest.mark.gpu
+def test_fixed_point_stop_on_cuda_in_memory_and_streamed():
+    """On a GPU the labels of a streamed store are kept in pinned host memory; deterministic
+    mode makes the GPU backends' sums bit-reproducible, so the stopped run equals the full."""
+    x = uniform(3000, 24, seed=9)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        full = kmeans(x.cuda(), 12, niter=150, seed=2)
+        stopped = kmeans(x.cuda(), 12, niter=150, seed=2, early_stop_threshold=0.0)
+        assert_stopped_run_equals_full_run(stopped, full)
+        streamed = kmeans_streaming(FeatureStore.from_tensor(x), 12, niter=150, seed=2,
+                                    device="cuda", chunk_rows=500, early_stop_threshold=0.0)
+        chunked = kmeans(x.cuda(), 12, niter=150, seed=2, chunk_rows=500,
+                         early_stop_threshold=0.0)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert streamed.stop_reason == "converged"
+    assert torch.equal(streamed.changed, chunked.changed)
+    assert torch.equal(streamed.centroids, chunked.centroids)
+    assert torch.equal(streamed.assignments, chunked.assignments.cpu())
