@@ -61,10 +61,12 @@ def run_kmeans(
     """k-means as DeepCluster runs it: 20 iterations, no subsampling, then nearest centroids.
 
     x: (N, D) features (NumPy or tensor). Returns (cluster id of every row as a list of int,
-    objective of the last iteration).
+    objective of the last iteration). The loop stops at the first iteration that changes no
+    assignment, which gives the same ids and objective as running all niter iterations.
     """
     xt, _ = _features(x)
-    res = kmeans(xt, nmb_clusters, niter=niter, seed=seed, backend=backend, verbose=verbose)
+    res = kmeans(xt, nmb_clusters, niter=niter, seed=seed, backend=backend, verbose=verbose,
+                 early_stop_threshold=0.0)
     loss = float(res.obj[-1]) if niter else 0.0
     return res.assignments.cpu().tolist(), loss
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fastdc import clustering
+from fastdc.kmeans import kmeans
 from tests.helpers import blobs
 
 
@@ -25,6 +26,15 @@ def test_run_kmeans_returns_ids_and_loss():
     ids, loss = clustering.run_kmeans(features(), 6, seed=1)
     assert len(ids) == 600 and all(isinstance(i, int) and 0 <= i < 6 for i in ids)
     assert isinstance(loss, float) and loss > 0
+
+
+def test_run_kmeans_stops_early_with_the_full_runs_result():
+    x = features(seed=5)
+    ids, loss = clustering.run_kmeans(x, 6, seed=1, niter=200)
+    full = kmeans(torch.from_numpy(x), 6, niter=200, seed=1)
+    assert ids == full.assignments.tolist() and loss == float(full.obj[-1])
+    stopped = kmeans(torch.from_numpy(x), 6, niter=200, seed=1, early_stop_threshold=0.0)
+    assert stopped.n_iter < 200  # premise: run_kmeans did stop early
 
 
 def test_kmeans_cluster_fills_images_lists():

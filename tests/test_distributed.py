@@ -62,6 +62,10 @@ def _worker(group) -> dict:
     out: dict = {"rank": r, "world": fdist.world_size(group)}
     res = kmeans(my_rows(gaussian_blobs(), group), 20, niter=8, seed=3, group=group)
     out["blobs"] = (res.centroids, fdist.gather_rows(res.assignments, group), res.obj, res.nsplit)
+    res = kmeans(my_rows(gaussian_blobs(seed=7), group), 20, niter=100, seed=8, group=group,
+                 early_stop_threshold=0.0)
+    out["converged"] = (res.centroids, fdist.gather_rows(res.assignments, group), res.changed,
+                        res.stop_reason)
     res = kmeans(my_rows(few_distinct_points(), group), 12, niter=6, seed=4, group=group)
     out["splits"] = (res.centroids, fdist.gather_rows(res.assignments, group), res.nsplit)
     x, mask, init = batched_problem()
@@ -71,6 +75,7 @@ def _worker(group) -> dict:
                  group=group)
     out["batched"] = (res.centroids, res.assignments, res.obj)
     out["pca"] = pca_whiten(my_rows(correlated(), group), 10, group=group)
+    out["pca_wide"] = pca_whiten(my_rows(correlated(n=120, d=300), group), 10, group=group)
     h = two_level_kmeans(my_rows(gaussian_blobs(seed=5), group), 4, 9, niter=6, seed=6,
                          group=group)
     out["hierarchy"] = (fdist.gather_rows(h.targets, group), h.sub_centroids, h.k_eff)
@@ -105,6 +110,17 @@ def test_two_ranks_give_the_centroids_and_labels_of_one_process(ranks):
     assert torch.equal(ranks[0]["blobs"][0], ranks[1]["blobs"][0])  # ranks agree bit for bit
 
 
+def test_ranks_stop_together_where_one_process_converges(ranks):
+    single = kmeans(gaussian_blobs(seed=7), 20, niter=100, seed=8, early_stop_threshold=0.0)
+    assert single.stop_reason == "converged" and single.n_iter < 100
+    for out in ranks:
+        centroids, labels, changed, reason = out["converged"]
+        assert reason == "converged"
+        assert torch.equal(changed, single.changed)  # all-reduced counts: the same stop
+        assert torch.equal(labels, single.assignments)
+        torch.testing.assert_close(centroids, single.centroids, rtol=0, atol=1e-5)
+
+
 def test_resplits_are_decided_identically_on_every_rank(ranks):
     single = kmeans(few_distinct_points(), 12, niter=6, seed=4)
     assert int(single.nsplit.sum()) > 0  # premise: empty clusters were re-split
@@ -126,9 +142,10 @@ def test_batched_masked_problems_with_rank0_init(ranks):
         torch.testing.assert_close(out["batched"][2], single.obj, rtol=1e-6, atol=0)
 
 
-def test_distributed_pca_matches_one_process(ranks):
-    single = pca_whiten(correlated(), 10)
-    z = torch.cat([ranks[0]["pca"], ranks[1]["pca"]])
+@pytest.mark.parametrize("name,n,d", [("pca", 1500, 24), ("pca_wide", 120, 300)])
+def test_distributed_pca_matches_one_process(ranks, name, n, d):
+    single = pca_whiten(correlated(n=n, d=d), 10)  # N < D: one process fits the Gram matrix
+    z = torch.cat([ranks[0][name], ranks[1][name]])
     sign = torch.sign((z * single).sum(dim=0))  # eigenvectors are defined up to sign
     torch.testing.assert_close(z * sign, single, rtol=0, atol=1e-4)
 

@@ -11,6 +11,8 @@ Modules, from the bottom up:
 - ``rows``: the sources the loop reads: a tensor, a masked (padded) batch, a streamed store,
   each optionally a shard of a process group;
 - ``seeding``: initial centroids ("random" incl. the sharded draw, k-means++, given);
+- ``convergence``: when the loop stops before niter (a fixed point, faiss's
+  early_stop_threshold);
 - ``lloyd``: the loop, :func:`kmeans` (in memory) and :func:`kmeans_streaming` (a store);
 - ``pca``: PCA-whitening of a tensor or of a streamed store;
 - ``hierarchy``: DeeperCluster's two-level k-means; ``index``: a flat nearest-neighbour index.
@@ -21,6 +23,7 @@ modules, so the engine can be reorganised behind them.
 
 from fastdc.engine import collectives
 from fastdc.engine.collectives import Group
+from fastdc.engine.convergence import check_early_stop_threshold
 from fastdc.engine.hierarchy import pack_groups, two_level_kmeans
 from fastdc.engine.index import FlatIndex, to_tensor
 from fastdc.engine.lloyd import KMeansResult, kmeans, kmeans_streaming
@@ -36,6 +39,7 @@ __all__ = [
     "FlatIndex",
     "Group",
     "KMeansResult",
+    "check_early_stop_threshold",
     "collectives",
     "initial_centroids",
     "kmeans",

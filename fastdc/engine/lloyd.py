@@ -5,7 +5,9 @@ One iteration = ``assign`` (fused distance + argmin) → ``cluster_sums`` → me
 :class:`fastdc.engine.rows.Rows` source, block by block, on the source's device through the
 backend registry. Nothing is copied to the host unless ``record_times`` or ``verbose`` asks for
 per-iteration timings/prints (one device synchronisation per iteration, per block when there are
-several). A leading batch dimension clusters B independent problems in one call.
+several) or ``early_stop_threshold`` for a stop test (one flag per iteration, see
+:mod:`fastdc.engine.convergence`). A leading batch dimension clusters B independent problems in
+one call.
 
 - :func:`kmeans`: a tensor [N, D] / [B, N, D] in memory (:class:`~fastdc.engine.rows.TensorRows`,
   or :class:`~fastdc.engine.rows.MaskedRows` with a ``mask`` of padding rows);
@@ -40,6 +42,7 @@ import torch
 
 from fastdc.engine import collectives as fdist
 from fastdc.engine.checks import as_batched_float, check_k, check_mask, check_rows, check_weights
+from fastdc.engine.convergence import REASONS, StopCheck, check_early_stop_threshold
 from fastdc.engine.rows import Block, MaskedRows, Rows, StoreRows, TensorRows
 from fastdc.engine.seeding import seed_centroids
 from fastdc.engine.store import DEFAULT_CHUNK_ROWS, FeatureStore
@@ -49,14 +52,19 @@ from fastdc.ops import assign, cluster_sums, means_from_sums, resplit_empty
 @dataclass
 class KMeansResult:
     """What :func:`kmeans` returns. Shapes are for one problem; a batched call adds a leading B
-    (and obj/nsplit/imbalance become [niter, B]).
+    (and obj/nsplit/imbalance/changed become [n_iter, B]).
 
     centroids: [k, D] float32. assignments: [N] int64, nearest final centroid of every row.
-    dist: [N] float32, distance (or inner product) to that centroid. obj: [niter] float64, the
+    dist: [N] float32, distance (or inner product) to that centroid. obj: [n_iter] float64, the
     objective of each iteration's assignment step (sum of distances; of inner products when
-    spherical). nsplit: [niter] int64, empty clusters re-split in each iteration. imbalance:
-    [niter] float64, faiss's imbalance factor k·Σn_j²/(Σn_j)². times / search_times: cumulative
-    seconds per iteration (only with ``record_times``, else empty lists).
+    spherical). nsplit: [n_iter] int64, empty clusters re-split in each iteration. imbalance:
+    [n_iter] float64, faiss's imbalance factor k·Σn_j²/(Σn_j)². times / search_times: cumulative
+    seconds per iteration (only with ``record_times``, else empty lists). n_iter: the iterations
+    run (niter unless the loop stopped early). changed: [n_iter] int64, rows whose assignment
+    changed in each iteration (over all ranks; iteration 0 counts every row), or None when no
+    stop test ran. stop_reason: None, or why the loop stopped ("converged": a fixed point, the
+    result equals the full run's; "threshold": early_stop_threshold), set even when that
+    happened in the last iteration.
     """
 
     centroids: torch.Tensor
@@ -67,6 +75,13 @@ class KMeansResult:
     imbalance: torch.Tensor
     times: list[float] = field(default_factory=list)
     search_times: list[float] = field(default_factory=list)
+    changed: torch.Tensor | None = None
+    stop_reason: str | None = None
+
+    @property
+    def n_iter(self) -> int:
+        """Iterations run (the length of obj)."""
+        return int(self.obj.shape[0])
 
 
 def kmeans(
@@ -87,6 +102,7 @@ def kmeans(
     mask: torch.Tensor | None = None,
     group: fdist.Group | None = None,
     chunk_rows: int | None = None,
+    early_stop_threshold: float | None = None,
 ) -> KMeansResult:
     """Lloyd's k-means with faiss's empty-cluster re-split, on x's device.
 
@@ -111,20 +127,23 @@ def kmeans(
     of x; with B > 1 the ops copy each block to make it contiguous). The result depends on the
     blocks, not on where the rows come from: on [N, D] float32 it is bit-identical to
     :func:`kmeans_streaming` of the same rows on x's device with the same chunk_rows.
-    Raises ValueError (shapes, k, NaN/inf or too large rows with the row index, bad weights)
-    or TypeError.
+    early_stop_threshold: None (default) or < 0: all niter iterations, nothing read back; 0:
+    stop at the first fixed point (the full run's result; obj/nsplit/imbalance cut to n_iter);
+    > 0: also once the relative objective change is <= it (faiss). Costs an int32 label per
+    row and a flag read (host sync) per iteration (:mod:`fastdc.engine.convergence`).
+    Raises ValueError (shapes, k, NaN/inf or too large rows with the row index, bad weights,
+    early_stop_threshold) or TypeError.
     """
     x, squeezed = as_batched_float(x)
     B, N, _ = x.shape
     m = check_mask(mask, B, N, x.device)
     w = check_weights(weights, B, N, x.device, mask=m, group=group)
-    if m is None:
-        rows: Rows = TensorRows(x, w, chunk_rows=chunk_rows, group=group)
-    else:
-        rows = MaskedRows(x, m, w, chunk_rows=chunk_rows, group=group)
+    rows: Rows = (TensorRows(x, w, chunk_rows=chunk_rows, group=group) if m is None
+                  else MaskedRows(x, m, w, chunk_rows=chunk_rows, group=group))
     opts = LloydOptions(niter=niter, seed=seed, init=init, spherical=spherical,
                         n_frozen=n_frozen, int_centroids=int_centroids, backend=backend,
-                        verbose=verbose, record_times=record_times, check_finite=check_finite)
+                        verbose=verbose, record_times=record_times, check_finite=check_finite,
+                        early_stop_threshold=early_stop_threshold)
     res = lloyd(rows, k, opts)
     return _first_problem(res) if squeezed else res
 
@@ -141,6 +160,7 @@ def kmeans_streaming(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     backend: str | None = None,
     group: fdist.Group | None = None,
+    early_stop_threshold: float | None = None,
 ) -> KMeansResult:
     """:func:`kmeans` of the rows of a store, streamed through ``device`` in chunks.
 
@@ -154,10 +174,13 @@ def kmeans_streaming(
     Returns a :class:`KMeansResult` for one problem: centroids [k, D] float32 on ``device``;
     assignments [N] int64 and dist [N] float32 on the CPU (this rank's rows); obj [niter]
     float64 (summed over ranks), nsplit [niter] int64, imbalance [niter] float64 on
-    ``device``. Raises ValueError as :func:`kmeans` does.
+    ``device`` (n_iter entries with an early stop). early_stop_threshold: as in :func:`kmeans`
+    (the previous labels stay in host memory, pinned on CUDA). Raises ValueError as :func:`kmeans`
+    does.
     """
     rows = StoreRows(store, torch.device(device), chunk_rows, group=group)
-    opts = LloydOptions(niter=niter, seed=seed, init=init, spherical=spherical, backend=backend)
+    opts = LloydOptions(niter=niter, seed=seed, init=init, spherical=spherical, backend=backend,
+                        early_stop_threshold=early_stop_threshold)
     return _first_problem(lloyd(rows, k, opts))
 
 
@@ -175,6 +198,7 @@ class LloydOptions:
     verbose: bool = False
     record_times: bool = False
     check_finite: bool = True
+    early_stop_threshold: float | None = None
 
 
 def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
@@ -182,8 +206,10 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
 
     Returns a batched :class:`KMeansResult`: centroids [B, k, D] float32 on the rows' device,
     assignments [B, N] int64 and dist [B, N] float32 on ``rows.out_device``, obj and imbalance
-    [niter, B] float64, nsplit [niter, B] int64. Raises ValueError or TypeError (k, niter,
-    n_frozen, init, rows with NaN/inf or too large when ``opts.check_finite``).
+    [n_iter, B] float64, nsplit and changed [n_iter, B] int64 (n_iter <= niter: the loop stops
+    early when ``opts.early_stop_threshold`` says so). Raises ValueError or TypeError (k,
+    niter, n_frozen, init, early_stop_threshold, rows with NaN/inf or too large when
+    ``opts.check_finite``).
     """
     per_rank = fdist.all_gather_sizes(rows.real_counts(), rows.group, rows.device).cpu()
     check_k(k, int(per_rank.sum(dim=0).min()))
@@ -202,9 +228,13 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
     imbalance = torch.zeros(shape, dtype=torch.float64, device=dev)
     clock = _Clock(opts.record_times or opts.verbose, dev)
     log = _Log(opts.verbose, rows, k, opts.niter)
+    stop = StopCheck(rows, opts.early_stop_threshold)
+    n_iter = 0
     for it in range(opts.niter):
+        n_iter = it + 1
         blocks = _blocks(rows, opts.check_finite and it == 0)
-        obj[it], sums, counts = _sums_pass(blocks, centroids, k, metric, opts.backend, clock)
+        obj[it], sums, counts = _sums_pass(blocks, centroids, k, metric, opts.backend, clock,
+                                           stop)
         sums, counts = fdist.all_reduce_sum_packed([sums, counts], rows.group)
         centroids, imbalance[it], nsplit[it] = finish_iteration(
             centroids, sums, counts, split_gen=split_gen, n_frozen=opts.n_frozen,
@@ -212,11 +242,15 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
         )
         clock.lap()
         log.iteration(it, clock, obj[it], imbalance[it], nsplit[it])
+        if stop.end_iteration(obj[it], nsplit[it]):
+            log.stopped(it, stop.reason)
+            break
     blocks = _blocks(rows, opts.check_finite and opts.niter == 0)
     dist, idx = _labels_pass(blocks, rows, centroids, metric, opts.backend)
+    obj, nsplit, imbalance = obj[:n_iter], nsplit[:n_iter], imbalance[:n_iter]
     fdist.all_reduce_sum(obj, rows.group)
     return KMeansResult(centroids, idx, dist, obj, nsplit, imbalance, clock.times,
-                        clock.search_times)
+                        clock.search_times, stop.changed_rows(), stop.reason)
 
 
 def finish_iteration(
@@ -260,6 +294,7 @@ def _check_options(k: int, opts: LloydOptions) -> None:
         raise ValueError(f"n_frozen must be in [0, k={k}], got {opts.n_frozen}")
     if opts.n_frozen and not isinstance(opts.init, torch.Tensor):
         raise ValueError("n_frozen needs initial centroids given as a tensor in `init`")
+    check_early_stop_threshold(opts.early_stop_threshold)
 
 
 def _blocks(rows: Rows, check: bool) -> Iterator[Block]:
@@ -272,14 +307,16 @@ def _blocks(rows: Rows, check: bool) -> Iterator[Block]:
 
 
 def _sums_pass(blocks: Iterator[Block], centroids: torch.Tensor, k: int, metric: str,
-               backend: str | None, clock: _Clock
+               backend: str | None, clock: _Clock, stop: StopCheck
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """assign + cluster_sums on every block; returns (objective [B] float64, sums [B, k, D]
-    float32, counts [B, k] float32) summed by the accumulation rule (module docstring)."""
+    """assign + cluster_sums on every block (whose labels ``stop`` observes); returns
+    (objective [B] float64, sums [B, k, D] float32, counts [B, k] float32) summed by the
+    accumulation rule (module docstring)."""
     totals: list[torch.Tensor] = []
     for block in blocks:
         with clock.searching():
             dist, idx = assign(block.x, centroids, metric=metric, backend=backend)
+        stop.observe(block, idx)
         sums, counts = cluster_sums(block.x, idx, k, weights=block.weights, backend=backend,
                                     check_ids=False)
         partial = (block.objective(dist), sums, counts)
@@ -360,6 +397,10 @@ class _Log:
                   f"objective={float(total.sum()):g} imbalance={float(imbalance.mean()):.3f} "
                   f"nsplit={int(nsplit.sum())}")
 
+    def stopped(self, it: int, reason: str) -> None:
+        """The line faiss prints when it stops early (with the reason, a key of REASONS)."""
+        self._say(f"  Converged at iteration {it}: {REASONS[reason]}")
+
     def _say(self, line: str) -> None:
         if self.main:
             print(line, file=sys.stderr)
@@ -367,8 +408,10 @@ class _Log:
 
 def _first_problem(res: KMeansResult) -> KMeansResult:
     """A batched result of one problem without its batch dimension."""
+    changed = None if res.changed is None else res.changed[:, 0]
     return KMeansResult(res.centroids[0], res.assignments[0], res.dist[0], res.obj[:, 0],
-                        res.nsplit[:, 0], res.imbalance[:, 0], res.times, res.search_times)
+                        res.nsplit[:, 0], res.imbalance[:, 0], res.times, res.search_times,
+                        changed, res.stop_reason)
 
 
 def _normalize(c: torch.Tensor) -> torch.Tensor:
