@@ -186,7 +186,7 @@ def test_train_torchvision_reference(mnist):
 
 def test_augmentation_alone(mnist):
     """Crops only (no model): where the pipelines differ."""
-    x = mnist._normalised(DEVICE)[:BATCH]
+    x = mnist.normalised(DEVICE)[:BATCH]
     gen = torch.Generator().manual_seed(0)
     run = measure(lambda: random_resized_crop(x, gen, scale=(0.5, 1.0), flip=False), rounds=20)
     record(TRAIN_TABLE, {"name": "fastdc crops only", "time_per_batch_s": run.best,

@@ -178,9 +178,9 @@ class TensorSource(Source):
         return self.images.shape[0]
 
     def pixels(self, device: torch.device) -> torch.Tensor:
-        return self._normalised(device).flatten(1)
+        return self.normalised(device).flatten(1)
 
-    def _normalised(self, device: torch.device) -> torch.Tensor:
+    def normalised(self, device: torch.device) -> torch.Tensor:
         """All images as normalised float32 [N, C, H, W] on ``device`` (cached: 16 MB for
         the 5 000 MNIST digits)."""
         if self._cache is None or self._cache[0] != device:
@@ -191,14 +191,14 @@ class TensorSource(Source):
         return self._cache[1]
 
     def eval_batches(self, batch_size, device, workers=0, rows=None):
-        x = self._normalised(device)
+        x = self.normalised(device)
         first, last = (0, len(self)) if rows is None else rows
         for start in range(first, last, batch_size):
             idx = torch.arange(start, min(start + batch_size, last))
             yield Batch(x[start:start + len(idx)], idx, torch.ones(len(idx), dtype=torch.bool))
 
     def train_batches(self, order, batch_size, seed, epoch, device, workers=0, start_batch=0):
-        x = self._normalised(device)
+        x = self.normalised(device)
         order_t = torch.as_tensor(np.asarray(order, dtype=np.int64))
         nbatches = math.ceil(len(order_t) / batch_size)
         for b in range(start_batch, nbatches):
