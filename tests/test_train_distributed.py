@@ -76,8 +76,9 @@ def test_leaving_the_torchrun_process_group_joins_gloo_threads(tmp_path):
 @pytest.mark.stress
 @pytest.mark.parametrize("method", list(METHODS))
 def test_torchrun_two_processes_train_and_match_one_process(tmp_path, method, capsys):
-    out2 = tmp_path / "two"
-    proc = torchrun([*TINY, *METHODS[method], "--out", str(out2)])
+    # features streamed through an on-disk cache (kept by --resume below), in both runs
+    out2, cache = tmp_path / "two", tmp_path / "cache"
+    proc = torchrun([*TINY, *METHODS[method], "--feature-cache", str(cache), "--out", str(out2)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("epoch   2/2") == 1  # only rank 0 prints
     assert "× 2 processes" in proc.stdout
@@ -91,7 +92,8 @@ def test_torchrun_two_processes_train_and_match_one_process(tmp_path, method, ca
     # one process, same seed: the same model at epoch 1, so the same clusters up to float
     # summation order (sharded embedding, all-reduced PCA and k-means)
     out1 = tmp_path / "one"
-    assert main([*TINY, *METHODS[method], "--no-plots", "--out", str(out1)]) == 0
+    assert main([*TINY, *METHODS[method], "--no-plots", "--feature-cache", str(tmp_path / "c1"),
+                 "--out", str(out1)]) == 0
     capsys.readouterr()
     a1 = np.load(out1 / "assignments" / "epoch_001.npy")
     a2 = np.load(out2 / "assignments" / "epoch_001.npy")
@@ -100,10 +102,14 @@ def test_torchrun_two_processes_train_and_match_one_process(tmp_path, method, ca
     assert r2["clustering_loss"] == pytest.approx(r1["clustering_loss"], rel=1e-4)
     assert r2["nmi_labels"] == pytest.approx(r1["nmi_labels"], abs=0.02)
 
-    # every rank resumes from rank 0's checkpoint and adds an epoch
-    proc = torchrun(["--resume", "--epochs", "3", "--no-final-eval", "--out", str(out2)])
+    # every rank resumes from rank 0's checkpoint and adds an epoch, this time with the final
+    # evaluation: every rank still exits 0
+    proc = torchrun(["--resume", "--epochs", "3", "--out", str(out2)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "resuming at epoch 3" in proc.stdout and proc.stdout.count("epoch   3/3") == 1
+    assert sorted(p.name for p in cache.glob("features.rank*.json")) == [
+        "features.rank0.json", "features.rank1.json"]
+    assert json.loads((out2 / "summary.json").read_text())["final_evaluation"]
     assert [r["epoch"] for r in read_log(out2)] == [1, 2, 3]
     assert torch.load(out2 / "checkpoint.pt", weights_only=False)["epoch"] == 3
 
