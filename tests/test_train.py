@@ -171,6 +171,9 @@ def test_bad_input_gives_clear_messages(tmp_path, capsys):
     assert "different architecture" in error(["--resume", "--arch", "alexnet", "--out",
                                                str(out)])
     assert "--resume needs --out" in error(["--resume"])
+    msg = error([*TINY, "--lr", "0.5", "--seed", "3", "--resume", "--out", str(out)])
+    assert "--lr 0.5 (the run has " in msg and "--seed 3 (the run has 0)" in msg
+    assert "another --out" in msg
 
 
 def test_resume_without_a_checkpoint_starts_the_run(tmp_path, capsys):

@@ -311,6 +311,7 @@ def resumed_config(saved: dict[str, Any], cli: Config, out: str) -> Config:
     line ``cli`` may change because it does not alter the result: more epochs, the device,
     workers, outputs (snapshots, TensorBoard, plots...), and the data folder's location."""
     cfg = Config(**saved)
+    check_resume_flags(cfg, cli)
     for key in ("epochs", "save_every", "tensorboard"):  # the command line's, when given
         if getattr(cli, key) is not None:
             setattr(cfg, key, getattr(cli, key))
@@ -319,6 +320,26 @@ def resumed_config(saved: dict[str, Any], cli: Config, out: str) -> Config:
     cfg.data = cli.data or cfg.data
     cfg.resume, cfg.out = True, out
     return cfg
+
+
+# Settings a resumed run may take from its command line; every other one is the checkpoint's.
+RESUMABLE = ("epochs", "save_every", "tensorboard", "device", "workers", "final_eval", "plots",
+             "progress", "data", "out", "resume")
+
+
+def check_resume_flags(saved: Config, cli: Config) -> None:
+    """Raise UsageError when the command line of a resumed run sets a setting (other than
+    :data:`RESUMABLE`) to a value that differs from the checkpoint's: it would be ignored."""
+    given = vars(build_parser().parse_args([]))
+    changed = [f"--{key.replace('_', '-')} {getattr(cli, key)!r} (the run has "
+               f"{getattr(saved, key)!r})"
+               for key, default in given.items()
+               if key not in RESUMABLE and getattr(cli, key) != default
+               and getattr(cli, key) != getattr(saved, key)]
+    if changed:
+        raise UsageError("--resume continues a run with its own settings, but the command line "
+                         "changes " + ", ".join(changed) + ": drop these flags, or start a new "
+                         "run in another --out (--init-from CKPT starts from its weights)")
 
 
 def pick_device(name: str) -> torch.device:
