@@ -134,3 +134,19 @@ def test_environment_naming_an_unknown_path_is_refused():
     run = _run_with("avx1024")
     assert run.returncode != 0
     assert "FASTDC_CPU_ISA=avx1024 is not a SIMD path" in run.stderr
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_path_second_best_matches_float64(isa, metric):
+    """Ragged shapes around each tile, K = 1, and exact ties between best and second."""
+    from tests.test_assign import assert_second_matches
+
+    for B, N, K, D in [(2, 13, 33, 15), (1, 25, 65, 3), (2, 7, 1, 9), (1, 40, 2, 5)]:
+        x, c = _data(B, N, K, D, seed=N + K)
+        dist, idx, dist2 = cpu.assign_cpu(x=x, centroids=c, metric=metric, isa=isa, second=True)
+        assert_second_matches(dist, idx, dist2, x, c, metric)
+    c = torch.cat([torch.randn(1, 5, 8)] * 9, dim=1)  # every centroid 5 times in 45
+    x = torch.randn(1, 30, 8)
+    dist, idx, dist2 = cpu.assign_cpu(x=x, centroids=c, metric=metric, isa=isa, second=True)
+    assert torch.equal(dist2, dist) and int(idx.max()) < 5

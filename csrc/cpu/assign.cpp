@@ -109,10 +109,12 @@ void pack_rows(const float* x, i64 N, i64 D, i64 row0, i64 rows, i64 MR, float* 
 //   j0:   index of the panel's first centroid
 //   best: [MR][NR] running minimum per row and lane (in/out)
 //   arg:  [MR][NR] centroid index of that minimum (in/out)
+//   best2: [MR][NR] running second smallest per row and lane (in/out; only with SECOND)
 // Strict "<" while panels come in increasing j keeps the smallest index per lane.
 
+template <bool SECOND>
 void tile_generic(i64 D, const float* a, const float* b, const float* bias, int j0, float* best,
-                  int* arg) {
+                  int* arg, float* best2) {
     constexpr i64 MR = MR_GENERIC, NR = NR_GENERIC;
     float acc[MR][NR] = {};
     for (i64 d = 0; d < D; ++d) {
@@ -124,9 +126,13 @@ void tile_generic(i64 D, const float* a, const float* b, const float* bias, int 
     for (i64 r = 0; r < MR; ++r) {
         for (i64 l = 0; l < NR; ++l) {
             const float s = acc[r][l] + bias[l];
-            if (s < best[r * NR + l]) {
-                best[r * NR + l] = s;
-                arg[r * NR + l] = j0 + static_cast<int>(l);
+            const i64 t = r * NR + l;
+            if (s < best[t]) {
+                if (SECOND) best2[t] = best[t];
+                best[t] = s;
+                arg[t] = j0 + static_cast<int>(l);
+            } else if (SECOND && s < best2[t]) {
+                best2[t] = s;
             }
         }
     }
@@ -152,6 +158,7 @@ struct Vec {
     FASTDC_AVX2 static F zero() { return _mm256_setzero_ps(); }
     FASTDC_AVX2 static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
     FASTDC_AVX2 static F add(F a, F b) { return _mm256_add_ps(a, b); }
+    FASTDC_AVX2 static F min(F a, F b) { return _mm256_min_ps(a, b); }
     FASTDC_AVX2 static M lt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
     FASTDC_AVX2 static F blend(M m, F a, F b) { return _mm256_blendv_ps(a, b, m); }
     FASTDC_AVX2 static I blendi(M m, I a, I b) {
@@ -182,6 +189,7 @@ struct Vec {
     FASTDC_AVX512 static F zero() { return _mm512_setzero_ps(); }
     FASTDC_AVX512 static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
     FASTDC_AVX512 static F add(F a, F b) { return _mm512_add_ps(a, b); }
+    FASTDC_AVX512 static F min(F a, F b) { return _mm512_min_ps(a, b); }
     FASTDC_AVX512 static M lt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
     FASTDC_AVX512 static F blend(M m, F a, F b) { return _mm512_mask_blend_ps(m, a, b); }
     FASTDC_AVX512 static I blendi(M m, I a, I b) { return _mm512_mask_blend_epi32(m, a, b); }
@@ -197,28 +205,33 @@ struct Vec {
 }  // namespace avx512
 #endif
 
-using TileFn = void (*)(i64, const float*, const float*, const float*, int, float*, int*);
+using TileFn = void (*)(i64, const float*, const float*, const float*, int, float*, int*,
+                        float*);
 
-// A SIMD path: its tile shape, micro-kernel and bytes of packed x per block of rows.
+// A SIMD path: its tile shape, micro-kernels (without / with the second smallest) and bytes
+// of packed x per block of rows.
 struct Path {
     i64 MR, NR;
-    TileFn tile;
+    TileFn tile, tile2;
     i64 block_bytes;
 };
 
-// The paths, indexed by Isa. Constants measured on the 2-core KVM "AMD EPYC" (Zen 4, family 25
-// model 17; 1 MiB L2 per core) with benchmarks/bench_assign.py at N = 100 000, D = 256,
-// K = 1 000 on 2 threads; the FMA peak is fma_peak_gflops (one FMA chain per accumulator).
-//   avx2:   6 x 16 (12 ymm accumulators + 2 centroid vectors + 1 broadcast of 16 registers).
-//   avx512: 12 x 32 (24 zmm accumulators; broadcasts fold into the FMA's memory operand).
-//   Block: 192 KiB of packed x stays in L2 beside the streaming centroid panels.
-// The figures behind these choices are in benchmarks/results/assign_tuning_cpu.json.
+// The paths, indexed by Isa. Tile shapes fill the register file: avx2 6 x 16 (12 ymm
+// accumulators + 2 centroid vectors + 1 broadcast = 15 of 16), avx512 12 x 32 (24 zmm
+// accumulators + 2 centroid vectors; broadcasts fold into the FMA's memory operand).
+// Measured on the shared 2-core KVM "AMD EPYC" (Zen 4, family 25 model 17, 1 MiB L2 per core),
+// N = 100 000, D = 256, K = 1 000, 2 threads (benchmarks/results/assign_sweep_cpu.json):
+// avx512 1.11 s, avx2 1.07 s, generic 4.8 s. Zen 4 splits a 512-bit FMA into two 256-bit
+// halves, so both paths have the same FMA peak here and run within noise of each other; the
+// default is still the widest path (AVX-512 doubles the FMA width on Intel cores).
+// Block: 192 KiB of packed x stays in L2 beside the streaming centroid panels; 96-384 KiB gave
+// the same speed within 2 % when the AVX2 tile was tuned on a Zen 1 VM (92-94 % of its peak).
 constexpr i64 BLOCK_BYTES = 192 * 1024;
 const Path PATHS[] = {
-    {MR_GENERIC, NR_GENERIC, tile_generic, BLOCK_BYTES},
+    {MR_GENERIC, NR_GENERIC, tile_generic<false>, tile_generic<true>, BLOCK_BYTES},
 #if FASTDC_X86
-    {6, 16, avx2::tile<6>, BLOCK_BYTES},
-    {12, 32, avx512::tile<12>, BLOCK_BYTES},
+    {6, 16, avx2::tile<6, false>, avx2::tile<6, true>, BLOCK_BYTES},
+    {12, 32, avx512::tile<12, false>, avx512::tile<12, true>, BLOCK_BYTES},
 #endif
 };
 
@@ -236,61 +249,89 @@ i64 choose_block_rows(i64 N, i64 D, const Path& path, int n_threads) {
 
 // Per-thread scratch for one block of rows.
 struct Scratch {
-    AlignedBuffer<float> xpack, xsq, best;
+    AlignedBuffer<float> xpack, xsq, best, best2;
     AlignedBuffer<int> arg;
-    Scratch(i64 rows, i64 D, i64 NR)
-        : xpack(rows * D), xsq(rows), best(rows * NR), arg(rows * NR) {}
+    Scratch(i64 rows, i64 D, i64 NR, bool second)
+        : xpack(rows * D), xsq(rows), best(rows * NR), best2(second ? rows * NR : 0),
+          arg(rows * NR) {}
 };
 
 // Smallest value over a row's NR lanes; among equal values the smallest centroid index.
-inline void reduce_row(const float* best, const int* arg, i64 NR, float* value, i64* index) {
-    float v = best[0];
-    int j = arg[0];
+// Returns the winning lane.
+inline i64 reduce_row(const float* best, const int* arg, i64 NR, float* value, i64* index) {
+    i64 win = 0;
     for (i64 l = 1; l < NR; ++l) {
-        if (best[l] < v || (best[l] == v && arg[l] < j)) {
-            v = best[l];
-            j = arg[l];
-        }
+        if (best[l] < best[win] || (best[l] == best[win] && arg[l] < arg[win])) win = l;
     }
-    *value = v;
-    *index = j;
+    *value = best[win];
+    *index = arg[win];
+    return win;
 }
+
+// Second smallest score of a row: the smallest of every lane's second and of the other
+// lanes' minima (2-of-NR reduction).
+inline float reduce_second(const float* best, const float* best2, i64 NR, i64 win) {
+    float v = INF;
+    for (i64 l = 0; l < NR; ++l) {
+        v = std::min(v, best2[l]);
+        if (l != win) v = std::min(v, best[l]);
+    }
+    return v;
+}
+
+// Final distance from a row's smallest score: IP: the inner product; L2: ||x||^2 + score,
+// clamped at 0 as the reference does (NaN stays NaN; +inf stays +inf).
+inline float finish(float score, float xsq, bool ip) {
+    if (ip) return -score;
+    const float v = xsq + score;
+    return v < 0.0f ? 0.0f : v;
+}
+
+// Outputs of one problem: dist, idx and (or nullptr) dist2, each [N].
+struct Outputs {
+    float* dist;
+    i64* idx;
+    float* dist2;
+};
 
 // Assign rows [row0, row0 + rows) of one problem.
 void assign_block(const float* x, i64 N, i64 D, const PackedCentroids& pc, bool ip, i64 row0,
-                  i64 rows, const Path& path, Scratch& s, float* dist, i64* idx) {
+                  i64 rows, const Path& path, Scratch& s, const Outputs& out) {
     const i64 MR = path.MR, NR = path.NR;
+    const bool second = out.dist2 != nullptr;
+    const TileFn tile = second ? path.tile2 : path.tile;
     const i64 slivers = (rows + MR - 1) / MR;
     pack_rows(x, N, D, row0, rows, MR, s.xpack.data(), s.xsq.data());
     for (i64 t = 0; t < slivers * MR * NR; ++t) {
         s.best[t] = INF;
         s.arg[t] = 0;
+        if (second) s.best2[t] = INF;
     }
     for (i64 p = 0; p < pc.P; ++p) {
         const float* panel = pc.panels + p * D * NR;
         const float* bias = pc.bias + p * NR;
         for (i64 sl = 0; sl < slivers; ++sl) {
-            path.tile(D, s.xpack.data() + sl * D * MR, panel, bias, static_cast<int>(p * NR),
-                      s.best.data() + sl * MR * NR, s.arg.data() + sl * MR * NR);
+            const i64 o = sl * MR * NR;
+            tile(D, s.xpack.data() + sl * D * MR, panel, bias, static_cast<int>(p * NR),
+                 s.best.data() + o, s.arg.data() + o, second ? s.best2.data() + o : nullptr);
         }
     }
     for (i64 r = 0; r < rows; ++r) {
         float v;
-        reduce_row(s.best.data() + r * NR, s.arg.data() + r * NR, NR, &v, idx + row0 + r);
-        if (ip) {
-            v = -v;
-        } else {
-            v = s.xsq[r] + v;
-            v = v < 0.0f ? 0.0f : v;  // clamp at 0 as the reference does (NaN stays NaN)
+        const float* best = s.best.data() + r * NR;
+        const i64 win = reduce_row(best, s.arg.data() + r * NR, NR, &v, out.idx + row0 + r);
+        out.dist[row0 + r] = finish(v, s.xsq[r], ip);
+        if (second) {
+            const float v2 = reduce_second(best, s.best2.data() + r * NR, NR, win);
+            out.dist2[row0 + r] = finish(v2, s.xsq[r], ip);
         }
-        dist[row0 + r] = v;
     }
 }
 
 }  // namespace
 
 void assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, float* dist,
-            i64* idx, int n_threads, Isa isa) {
+            i64* idx, float* dist2, int n_threads, Isa isa) {
     if (K < 1) throw std::invalid_argument("assign: need at least one centroid (K >= 1)");
     if (K > std::numeric_limits<int>::max() - 32)
         throw std::invalid_argument("assign: K must be below 2^31 - 32");
@@ -313,7 +354,7 @@ void assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip,
     const i64 blocks = (N + rows - 1) / rows;
     std::vector<Scratch*> scratch(nt, nullptr);
     try {  // allocate outside the parallel region: an exception inside it would terminate
-        for (int t = 0; t < nt; ++t) scratch[t] = new Scratch(rows, D, NR);
+        for (int t = 0; t < nt; ++t) scratch[t] = new Scratch(rows, D, NR, dist2 != nullptr);
     } catch (...) {
         for (Scratch* s : scratch) delete s;
         throw;
@@ -331,8 +372,9 @@ void assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip,
             const PackedCentroids pc{K, D, P, panels.data() + b * P * D * NR,
                                      bias.data() + b * P * NR};
             const i64 row0 = blk * rows;
+            const Outputs out{dist + b * N, idx + b * N, dist2 ? dist2 + b * N : nullptr};
             assign_block(x + b * N * D, N, D, pc, ip, row0, std::min(rows, N - row0), path, s,
-                         dist + b * N, idx + b * N);
+                         out);
         }
     }
     for (Scratch* s : scratch) delete s;

@@ -4,25 +4,29 @@
 // Before each inclusion the includer defines FASTDC_TILE_TARGET (the function attribute that
 // enables the path's instructions) and, in the enclosing namespace, a struct Vec of
 // always-inline vector operations on W floats: F (float vector), I (int32 vector), M (lane
-// mask), load/store (aligned), loadu, loadi/storei, set1, zero, fmadd, add, lt (s < m per
-// lane), blend/blendi (take the second argument where the mask is set), iota (j, j+1, ...).
+// mask), load/store (aligned), loadu, loadi/storei, set1, zero, fmadd, add, min, lt (s < m
+// per lane), blend/blendi (take the second argument where the mask is set), iota (j, j+1, ...).
 // No include guard: each inclusion defines tile<MR> in the includer's namespace.
 
-// Fold a vector of W scores of centroids j.. into a row's running per-lane (min, argmin).
-// Strict "<" while panels come in increasing j keeps the smallest index per lane.
+// Fold a vector of W scores of centroids j.. into a row's running per-lane (min, argmin) and,
+// with SECOND, the per-lane second smallest (the old minimum when s wins, else min(s, second):
+// a tie with the minimum makes it the second). Strict "<" while panels come in increasing j
+// keeps the smallest index per lane.
+template <bool SECOND>
 FASTDC_TILE_TARGET inline void update(typename Vec::F s, typename Vec::I j, float* best,
-                                      int* arg) {
+                                      int* arg, float* best2) {
     const typename Vec::F m = Vec::load(best);
     const typename Vec::M lt = Vec::lt(s, m);
     Vec::store(best, Vec::blend(lt, m, s));
     Vec::storei(arg, Vec::blendi(lt, Vec::loadi(arg), j));
+    if (SECOND) Vec::store(best2, Vec::blend(lt, Vec::min(Vec::load(best2), s), m));
 }
 
 // One MR x NR (NR = 2 W) tile of scores in 2 MR vector accumulators, then the epilogue;
 // arguments as tile_generic in assign.cpp. Per d: 2 vector loads of b and MR broadcasts of a.
-template <int MR>
+template <int MR, bool SECOND>
 FASTDC_TILE_TARGET void tile(i64 D, const float* a, const float* b, const float* bias, int j0,
-                             float* best, int* arg) {
+                             float* best, int* arg, float* best2) {
     constexpr int W = Vec::W, NR = 2 * W;
     typename Vec::F acc[MR][2];
 #pragma GCC unroll 16
@@ -42,7 +46,9 @@ FASTDC_TILE_TARGET void tile(i64 D, const float* a, const float* b, const float*
     const typename Vec::I j_lo = Vec::iota(j0), j_hi = Vec::iota(j0 + W);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-        update(Vec::add(acc[r][0], bias0), j_lo, best + r * NR, arg + r * NR);
-        update(Vec::add(acc[r][1], bias1), j_hi, best + r * NR + W, arg + r * NR + W);
+        const i64 o = r * NR;
+        update<SECOND>(Vec::add(acc[r][0], bias0), j_lo, best + o, arg + o, best2 + o);
+        update<SECOND>(Vec::add(acc[r][1], bias1), j_hi, best + o + W, arg + o + W,
+                       best2 + o + W);
     }
 }

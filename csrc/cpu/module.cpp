@@ -40,17 +40,23 @@ void expect(bool ok, const std::string& what) {
 }
 
 void assign_py(const Array<float>& x, const Array<float>& c, bool ip, Array<float>& dist,
-               Array<i64>& idx, int n_threads, const std::string& isa) {
+               Array<i64>& idx, int n_threads, const std::string& isa,
+               std::optional<Array<float>>& dist2) {
     const auto xs = shape_of(x, 3, "x"), cs = shape_of(c, 3, "centroids");
     const auto ds = shape_of(dist, 2, "dist"), is = shape_of(idx, 2, "idx");
     expect(cs[0] == xs[0] && cs[2] == xs[2], "centroids must be [B, K, D] matching x [B, N, D]");
     expect(ds[0] == xs[0] && ds[1] == xs[1] && is == ds, "dist and idx must be [B, N]");
     const fastdc::Isa path = fastdc::resolve_isa(isa);
+    float* d2 = nullptr;
+    if (dist2) {
+        expect(shape_of(*dist2, 2, "dist2") == ds, "dist2 must be [B, N] like dist");
+        d2 = dist2->mutable_data();
+    }
     const float *xp = x.data(), *cp = c.data();
     float* dp = dist.mutable_data();
     i64* ip_ = idx.mutable_data();
     py::gil_scoped_release release;
-    fastdc::assign(xp, cp, xs[0], xs[1], cs[1], xs[2], ip, dp, ip_, n_threads, path);
+    fastdc::assign(xp, cp, xs[0], xs[1], cs[1], xs[2], ip, dp, ip_, d2, n_threads, path);
 }
 
 void cluster_sums_py(const Array<float>& x, const Array<i64>& idx,
@@ -157,9 +163,11 @@ PYBIND11_MODULE(_C, m) {
     m.def("assign", &assign_py, py::arg("x").noconvert(), py::arg("centroids").noconvert(),
           py::arg("ip"), py::arg("dist").noconvert(), py::arg("idx").noconvert(),
           py::arg("n_threads"), py::arg("isa") = "",
+          py::arg("dist2").noconvert().none(true) = py::none(),
           "assign(x f32[B,N,D], centroids f32[B,K,D], ip, dist f32[B,N] out, idx i64[B,N] out, "
-          "n_threads, isa='' (default path) | 'generic' | 'avx2' | 'avx512'): nearest (L2) / "
-          "most similar (IP) centroid, ties -> smallest index.");
+          "n_threads, isa='' (default path) | 'generic' | 'avx2' | 'avx512', dist2 f32[B,N] out "
+          "| None): nearest (L2) / most similar (IP) centroid, ties -> smallest index; dist2: "
+          "the second best.");
     m.def("cluster_sums", &cluster_sums_py, py::arg("x").noconvert(), py::arg("idx").noconvert(),
           py::arg("weights").noconvert().none(true), py::arg("sums").noconvert(),
           py::arg("counts").noconvert(), py::arg("n_threads"),

@@ -87,18 +87,20 @@ def assign_cpu(
     metric: str,
     precision: str = "default",
     isa: str = "",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    second: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """x: [B, N, D] float32, centroids: [B, K, D] float32 -> dist [B, N] float32, idx [B, N]
     int64. ``precision`` is ignored: the CPU kernel always computes in float32. ``isa``: the
     SIMD path ("generic", "avx2", "avx512"; "" = :func:`simd`); a path this CPU lacks raises
-    ValueError naming the missing feature."""
+    ValueError naming the missing feature. ``second``: also return dist2 [B, N] float32, the
+    second best (see :func:`fastdc.ops.assign`)."""
     B, N, _ = x.shape
     dist = torch.empty(B, N, dtype=torch.float32)
     idx = torch.empty(B, N, dtype=torch.int64)
-    _C.assign(
-        _np(x), _np(centroids), metric == "ip", _np(dist), _np(idx), torch.get_num_threads(), isa
-    )
-    return dist, idx
+    dist2 = torch.empty(B, N, dtype=torch.float32) if second else None
+    _C.assign(_np(x), _np(centroids), metric == "ip", _np(dist), _np(idx),
+              torch.get_num_threads(), isa, None if dist2 is None else _np(dist2))
+    return (dist, idx) if dist2 is None else (dist, idx, dist2)
 
 
 # --- cluster_sums -----------------------------------------------------------------------------
