@@ -2,11 +2,12 @@
 // that the AVX-512 instance is the same code as the AVX2 one at twice the width.
 //
 // Before each inclusion the includer defines FASTDC_TILE_TARGET (the function attribute that
-// enables the path's instructions) and, in the enclosing namespace, a struct Vec of
-// always-inline vector operations on W floats: F (float vector), I (int32 vector), M (lane
-// mask), load/store (aligned), loadu, loadi/storei, set1, zero, fmadd, add, min, lt (s < m
-// per lane), blend/blendi (take the second argument where the mask is set), iota (j, j+1, ...).
-// No include guard: each inclusion defines tile<MR> in the includer's namespace.
+// enables the path's instructions) and opens the path's namespace, where Vec names
+// its struct of simd_vec.h, which holds the vector operations on W floats: F (float vector), I (int32 vector),
+// M (lane mask), load/store (aligned), loadu, loadi/storei, set1, zero, fmadd, add, min, lt
+// (s < m per lane), blend/blendi (take the second argument where the mask is set), iota
+// (j, j+1, ...). No include guard: each inclusion defines tile<MR, SECOND> and
+// fma_chains<REGS> in the includer's namespace.
 
 // Fold a vector of W scores of centroids j.. into a row's running per-lane (min, argmin) and,
 // with SECOND, the per-lane second smallest (the old minimum when s wins, else min(s, second):
@@ -51,4 +52,26 @@ FASTDC_TILE_TARGET void tile(i64 D, const float* a, const float* b, const float*
         update<SECOND>(Vec::add(acc[r][1], bias1), j_hi, best + o + W, arg + o + W,
                        best2 + o + W);
     }
+}
+
+// FMA throughput yardstick of this path (fma_peak.cpp): REGS independent chains
+// v = v * m + a (as many as the tile has accumulators), run by run(seconds, step) until
+// `seconds` have passed. Returns the lane FMAs done; stores a value of the chains in *sink so
+// that the loop is kept.
+template <int REGS, typename Run>
+FASTDC_TILE_TARGET i64 fma_chains(double seconds, float* sink, Run run) {
+    typename Vec::F acc[REGS];
+#pragma GCC unroll 32
+    for (auto& v : acc) v = Vec::set1(1.0f);
+    const typename Vec::F m = Vec::set1(0.999999f), add = Vec::set1(1e-6f);
+    const i64 n = run(seconds, [&](i64 inner) FASTDC_TILE_TARGET {
+        for (i64 i = 0; i < inner; ++i) {
+#pragma GCC unroll 32
+            for (auto& v : acc) v = Vec::fmadd(v, m, add);
+        }
+    });
+    alignas(64) float lanes[Vec::W];
+    Vec::store(lanes, acc[0]);
+    *sink = lanes[0];
+    return n * REGS * Vec::W;
 }

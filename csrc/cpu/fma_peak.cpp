@@ -9,10 +9,7 @@
 
 #include "common.h"
 #include "kernels.h"
-
-#if FASTDC_X86
-#include <immintrin.h>
-#endif
+#include "simd_vec.h"
 
 namespace fastdc {
 namespace {
@@ -49,41 +46,13 @@ i64 chains_generic(double seconds, float* sink) {
     return n * 8 * 4;
 }
 
-#if FASTDC_X86
-// AVX2: 12 ymm chains, as the 6 x 16 tile.
-FASTDC_AVX2 i64 chains_avx2(double seconds, float* sink) {
-    __m256 acc[12];
-    for (auto& v : acc) v = _mm256_set1_ps(1.0f);
-    const __m256 m = _mm256_set1_ps(0.999999f), a = _mm256_set1_ps(1e-6f);
-    const i64 n = run_chains(seconds, [&](i64 inner) FASTDC_AVX2 {
-        for (i64 i = 0; i < inner; ++i)
-#pragma GCC unroll 12
-            for (auto& v : acc) v = _mm256_fmadd_ps(v, m, a);
-    });
-    *sink = _mm256_cvtss_f32(acc[0]);
-    return n * 12 * 8;
-}
-
-// AVX-512: 24 zmm chains, as the 12 x 32 tile.
-FASTDC_AVX512 i64 chains_avx512(double seconds, float* sink) {
-    __m512 acc[24];
-    for (auto& v : acc) v = _mm512_set1_ps(1.0f);
-    const __m512 m = _mm512_set1_ps(0.999999f), a = _mm512_set1_ps(1e-6f);
-    const i64 n = run_chains(seconds, [&](i64 inner) FASTDC_AVX512 {
-        for (i64 i = 0; i < inner; ++i)
-#pragma GCC unroll 24
-            for (auto& v : acc) v = _mm512_fmadd_ps(v, m, a);
-    });
-    *sink = _mm512_cvtss_f32(acc[0]);
-    return n * 24 * 16;
-}
-#endif
-
-// Lane-FMAs done by one thread in `seconds` on the given path.
+// Lane-FMAs done by one thread in `seconds` on the given path (x86: as many chains as the
+// path's assign tile has accumulators, see assign.cpp).
 i64 lane_fmas(Isa isa, double seconds, float* sink) {
+    [[maybe_unused]] const auto run = [](double s, auto step) { return run_chains(s, step); };
 #if FASTDC_X86
-    if (isa == Isa::avx512) return chains_avx512(seconds, sink);
-    if (isa == Isa::avx2) return chains_avx2(seconds, sink);
+    if (isa == Isa::avx512) return avx512::fma_chains<24>(seconds, sink, run);
+    if (isa == Isa::avx2) return avx2::fma_chains<12>(seconds, sink, run);
 #endif
     return chains_generic(seconds, sink);
 }
