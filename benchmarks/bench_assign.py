@@ -1,5 +1,9 @@
 """assign on the CPU, side by side: the ``cpu`` backend vs the ``torch`` reference vs faiss's
-exhaustive search (IndexFlatL2), N=100 000 rows, D=256, K=1 000 centroids.
+exhaustive search (IndexFlatL2), N=100 000 rows, D=256, K=1 000 centroids; and a size sweep
+(N, D, K) of the cpu backend's SIMD paths with GFLOP/s and the fraction of the FMA peak
+measured in the same run, against faiss. ``pytest --benchmark`` runs a small sweep (seconds);
+``python benchmarks/bench_assign.py`` the full one (cells too big for a 2-core machine skipped,
+and named in the table's note).
 
 GPU timings of the same op (Triton, CUDA C) come from ``python benchmarks/bench_gpu.py``.
 """
@@ -7,6 +11,7 @@ GPU timings of the same op (Triton, CUDA C) come from ``python benchmarks/bench_
 from __future__ import annotations
 
 import pytest
+import torch
 
 from benchmarks.op_inputs import D, K, N, features, need
 from benchmarks.report import record
@@ -36,3 +41,92 @@ def test_assign_faiss():
     seconds = measure(lambda: index.search(xn, 1), rounds=2).best
     record(TABLE, {"name": "faiss IndexFlatL2.search", "time_s": seconds,
                    "GFLOP/s": FLOP / seconds / 1e9})
+
+
+# --- size sweep: GFLOP/s and fraction of the measured FMA peak, against faiss -----------------
+
+SWEEP_N = (10_000, 100_000, 1_000_000)
+SWEEP_D = (64, 256, 1024)
+SWEEP_K = (100, 1_000, 10_000)
+SMALL = ((10_000,), (64, 256), (100, 1_000))  # what pytest --benchmark runs: seconds
+MAX_FLOP = 6e10  # cells above this (about 1 s of fastdc on 2 cores) are skipped on this machine
+SWEEP_TABLE = "assign_sweep_cpu"
+PEAK_TRIALS = 8  # the FMA peak is the best of short trials: the machine is shared
+
+
+def sweep_cells(ns, ds, ks, max_flop=MAX_FLOP):
+    """(N, D, K) of the sweep whose 2*N*K*D flops fit in ``max_flop``, and those skipped."""
+    cells = [(n, d, k) for n in ns for d in ds for k in ks]
+    return ([c for c in cells if 2.0 * c[0] * c[1] * c[2] <= max_flop],
+            [c for c in cells if 2.0 * c[0] * c[1] * c[2] > max_flop])
+
+
+def sweep_row(n, d, k, peaks, faiss):
+    """One table row: seconds of the default path, of every narrower path, of faiss."""
+    from fastdc.ops import cpu
+
+    g = torch.Generator().manual_seed(n + d + k)
+    x = torch.randn(1, n, d, generator=g)
+    c = x[:, torch.randperm(n, generator=g)[:k]].contiguous()
+    flop = 2.0 * n * k * d
+    default = cpu.simd()
+    row = {"name": f"N={n} D={d} K={k}"}
+    for isa in reversed(cpu.isa_available()):
+        t = measure(lambda isa=isa: cpu.assign_cpu(x=x, centroids=c, metric="l2", isa=isa),
+                    rounds=1).best
+        row[f"{isa}_s"] = t
+        if isa == default:
+            row["GFLOP/s"] = flop / t / 1e9
+            row["peak_frac"] = flop / t / 1e9 / peaks[isa]
+    if faiss is not None:
+        index = faiss.IndexFlatL2(d)
+        index.add(c[0].numpy())
+        xn = x[0].numpy()
+        row["faiss_s"] = measure(lambda: index.search(xn, 1), rounds=1).best
+        row["x_vs_faiss"] = row["faiss_s"] / row[f"{default}_s"]
+    return row
+
+
+def run_sweep(ns, ds, ks, max_flop=MAX_FLOP):
+    """Record the sweep table (:mod:`benchmarks.report`); returns the skipped cells."""
+    from fastdc.ops import cpu
+
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    peaks = {isa: max(cpu.fma_peak_gflops(isa, seconds=0.05) for _ in range(PEAK_TRIALS))
+             for isa in cpu.isa_available()}
+    cells, skipped = sweep_cells(ns, ds, ks, max_flop)
+    for n, d, k in cells:
+        record(SWEEP_TABLE, sweep_row(n, d, k, peaks, faiss))
+    peak_text = ", ".join(f"{isa} {gf:.1f}" for isa, gf in peaks.items())
+    skip_text = "; ".join(f"N={n} D={d} K={k}" for n, d, k in skipped) or "none"
+    record(SWEEP_TABLE, {"name": "fma peak GFLOP/s: " + peak_text},
+           note=f"L2 assign, 1 timed call after a warm-up; default path {cpu.simd()}; "
+           f"peak_frac = GFLOP/s / measured FMA peak (best of short trials) of that path on "
+           f"{torch.get_num_threads()} threads; skipped (> {max_flop:.0e} flop): {skip_text}")
+    return skipped
+
+
+def test_assign_sweep_small():
+    need("assign", "cpu")
+    skipped = run_sweep(*SMALL)
+    assert not skipped
+
+
+class _Printer:
+    """The two methods of pytest's terminal reporter that print_tables uses, on stdout."""
+
+    def write_sep(self, sep, title):
+        print(f" {title} ".center(100, sep))
+
+    def write_line(self, line):
+        print(line)
+
+
+if __name__ == "__main__":
+    from benchmarks.report import print_tables
+
+    run_sweep(SWEEP_N, SWEEP_D, SWEEP_K)
+    print_tables(_Printer())

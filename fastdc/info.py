@@ -40,13 +40,26 @@ def report() -> str:
     for op in OPS:
         lines.append(f"  {op:14s} {', '.join(registry.available(op)) or '-'}")
     if "cpu" in registry.available("assign"):  # loaded; otherwise load_errors says why
-        from fastdc.ops.cpu import simd
-
-        lines.append(f"cpu backend SIMD path: {simd()}")
+        lines.extend(_simd_lines())
     errors = registry.load_errors()
     for name, why in sorted(errors.items()):
         lines.append(f"backend {name} not loaded: {why}")
     return "\n".join(lines)
+
+
+def _simd_lines() -> list[str]:
+    """The cpu backend's SIMD path and the ones this CPU runs (FASTDC_CPU_ISA picks another)."""
+    from fastdc.ops.cpu import isa_available, simd
+
+    try:
+        chosen = simd()
+    except ValueError as exc:  # FASTDC_CPU_ISA names a path this CPU lacks, or no path
+        chosen = f"none ({exc})"
+    forced = os.environ.get("FASTDC_CPU_ISA")
+    lines = [f"cpu backend SIMD path: {chosen}" + (f" (FASTDC_CPU_ISA={forced})" if forced else "")]
+    lines.append(f"cpu backend SIMD paths on this CPU: {', '.join(isa_available())} "
+                 "(FASTDC_CPU_ISA=generic|avx2|avx512 forces one)")
+    return lines
 
 
 if __name__ == "__main__":

@@ -285,3 +285,80 @@ def _need(backend: str) -> None:
 def _unit_rows(n, d, gen):
     x = torch.randn(n, d, generator=gen, device="cuda")
     return x / x.norm(dim=1, keepdim=True)
+
+
+# ------------------------------------------------------------------------- second best
+
+
+def second_brute_force(x, c, metric):
+    """float64 (best, second best) of every row of x [B, N, D] against c [B, K, D]."""
+    x64, c64 = x.double(), c.double()
+    if metric == "l2":
+        scores = ((x64[:, :, None] - c64[:, None]) ** 2).sum(-1)
+        top = scores.topk(min(2, c.shape[1]), dim=-1, largest=False).values
+    else:
+        top = (x64 @ c64.transpose(1, 2)).topk(min(2, c.shape[1]), dim=-1).values
+    fill = torch.inf if metric == "l2" else -torch.inf
+    second = top[..., 1] if c.shape[1] > 1 else torch.full_like(top[..., 0], fill)
+    return top[..., 0], second
+
+
+def assert_second_matches(dist, idx, dist2, x, c, metric):
+    """dist2 within float32 rounding of the float64 second best; dist, idx as assign's."""
+    assert dist2.shape == dist.shape and dist2.dtype == torch.float32
+    assert_assign_matches(dist, idx, x, c, metric)
+    _, truth2 = second_brute_force(x, c, metric)
+    scale = (x.double() ** 2).sum(-1) + (c.double() ** 2).sum(-1).amax(-1, keepdim=True)
+    finite = truth2.isfinite()
+    assert torch.equal(dist2.double()[~finite], truth2[~finite])
+    err = (dist2.double() - truth2).abs()[finite]
+    assert bool((err <= 1e-5 * scale[finite]).all())
+
+
+SECOND_BACKENDS = [p for p in backend_params("assign") if p.values[0] in ("torch", "cpu")]
+
+
+@pytest.mark.parametrize("backend,device", SECOND_BACKENDS)
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 7, 1, 5), (2, 45, 2, 3), (3, 101, 37, 19),
+                                   (1, 300, 70, 257)], ids=lambda s: "x".join(map(str, s)))
+def test_second_matches_float64_brute_force(backend, device, metric, shape):
+    B, N, K, D = shape
+    x, c = randn(B, N, D, seed=N + K), randn(B, K, D, seed=N * K + 1)
+    dist, idx, dist2 = assign(x, c, metric=metric, backend=backend, second=True)
+    assert_second_matches(dist, idx, dist2, x, c, metric)
+    if K == 1:
+        assert (dist2 == (torch.inf if metric == "l2" else -torch.inf)).all()
+    else:
+        assert bool((dist2 >= dist).all() if metric == "l2" else (dist2 <= dist).all())
+
+
+@pytest.mark.parametrize("backend,device", SECOND_BACKENDS)
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_second_equals_best_on_a_tie(backend, device, metric):
+    """Copies of the best centroid in the same and other lanes and panels: dist2 == dist."""
+    g = torch.Generator().manual_seed(2)
+    base = torch.randint(-3, 4, (5, 8), generator=g).float()
+    for copies in (2, 7):  # copies of every centroid 5 apart: 10 and 35 centroids
+        c = torch.cat([base] * copies)
+        x = torch.randint(-3, 4, (60, 8), generator=g).float()
+        dist, idx, dist2 = assign(x, c, metric=metric, backend=backend, second=True)
+        assert torch.equal(dist2, dist)
+        assert int(idx.max()) < 5
+    unique = torch.cat([base, base + 10])  # no tie: the second differs
+    dist, _, dist2 = assign(base, unique, metric="l2", backend=backend, second=True)
+    assert bool((dist2 > dist).all())
+
+
+def test_second_on_other_backends_falls_back_to_the_reference():
+    x, c = randn(40, 6, seed=1), randn(9, 6, seed=2)
+    expect = assign_ref(x[None], c[None], "l2", second=True)
+    for name in backends.available("assign"):
+        if name == "triton" and not torch.cuda.is_available():
+            continue  # under the interpreter: slow, and the same fallback
+        if name == "cuda" and not torch.cuda.is_available():
+            continue
+        device = "cpu" if name in ("torch", "cpu") else "cuda"
+        dist, idx, dist2 = assign(x.to(device), c.to(device), backend=name, second=True)
+        assert torch.equal(idx.cpu(), expect[1][0])
+        assert_close(dist2.cpu(), expect[2][0], torch.float32)

@@ -1,7 +1,8 @@
 // assign: fused distance + arg-min over cache blocks (never an N x K buffer).
 //
 // Scores are computed GEMM-style (BLIS-like): the centroids are packed once per call into
-// panels of NR = 16 centroids laid out [D][NR] and pre-scaled (L2: by -2, IP: by -1, both exact
+// panels of NR centroids (two vectors: 16 on the AVX2 and portable paths, 32 on AVX-512) laid
+// out [D][NR] and pre-scaled (L2: by -2, IP: by -1, both exact
 // in floating point), so that for every row i and centroid j
 //     score(i, j) = sum_d x[i,d] * cpack[j,d] + bias[j]
 // with bias = ||c_j||^2 (L2) or 0 (IP), and the answer is the smallest score (IP: the largest
@@ -13,7 +14,10 @@
 // (min, argmin) kept across panels; the final horizontal reduction picks the smallest value
 // and, among equal values, the smallest centroid index.
 //
-// Determinism: every score is produced by the same instruction sequence (fixed order over d)
+// SIMD paths (chosen per call, see common.h): AVX-512 and AVX2 instantiate the same
+// width-generic tile (assign_tile.h); the portable path is plain C++.
+//
+// Determinism: on a given path every score is produced by the same instruction sequence (fixed order over d)
 // whatever the block, sliver or thread, and panels are visited in increasing j, so per-row
 // results do not depend on the thread count or block sizes.
 
@@ -27,29 +31,16 @@
 #include "aligned.h"
 #include "common.h"
 #include "kernels.h"
-
-#if FASTDC_X86
-#include <immintrin.h>
-#endif
+#include "simd_vec.h"
 
 namespace fastdc {
 namespace {
 
-// Tile shape. 6 x 16 reaches 92-96 % of the FMA peak measured on one core of this Zen 1 VM
-// (a loop of 12 independent ymm FMAs: 45 GFLOP/s = 16 flop/cycle at ~2.9 GHz; 84 GFLOP/s on
-// 2 cores) for D = 256..1024 (87 % at D = 64 and D = 2048, 67 % at D = 16, where the epilogue
-// weighs more); unrolling the d loop by 4 or software-prefetching x changed nothing (+-2 %).
-constexpr i64 NR = 16;        // centroids per packed panel: two ymm registers of 8 floats
-constexpr i64 MR_AVX2 = 6;    // rows per AVX2 tile: 6 x 2 = 12 ymm accumulators + 2 for the
-                              // centroid vectors + 1 broadcast = 15 of the 16 ymm registers;
-                              // 12 independent FMA chains cover Zen 1's 5-cycle FMA latency
-constexpr i64 MR_GENERIC = 2; // rows per portable tile: 2 x 16 floats = 8 SSE registers
 constexpr float INF = std::numeric_limits<float>::infinity();
 
-// Bytes of packed x per block: 192 KiB, so the block stays in Zen 1's 512 KiB L2 beside the
-// centroid panels streaming through. Measured on one core (N = 12 000, D = 256, K = 1000):
-// 96, 192 and 384 KiB all give 92-94 % of the FMA peak, 48 KiB 88-93 %.
-constexpr i64 BLOCK_BYTES = 192 * 1024;
+// Tile shapes and block sizes per path: see PATHS below for the measurements behind them.
+constexpr i64 MR_GENERIC = 2;  // rows per portable tile: 2 x 16 floats = 8 SSE registers
+constexpr i64 NR_GENERIC = 16;
 
 // ---------------------------------------------------------------------------------------------
 // Packing
@@ -62,7 +53,8 @@ struct PackedCentroids {
 };
 
 // Pack panel p of c (float32 [K, D]) into out [D][NR] scaled by `scale`, and its bias [NR].
-void pack_panel(const float* c, i64 K, i64 D, i64 p, bool ip, float* out, float* bias) {
+void pack_panel(const float* c, i64 K, i64 D, i64 p, i64 NR, bool ip, float* out,
+                float* bias) {
     const float scale = ip ? -1.0f : -2.0f;
     for (i64 l = 0; l < NR; ++l) {
         const i64 j = p * NR + l;
@@ -114,11 +106,13 @@ void pack_rows(const float* x, i64 N, i64 D, i64 row0, i64 rows, i64 MR, float* 
 //   j0:   index of the panel's first centroid
 //   best: [MR][NR] running minimum per row and lane (in/out)
 //   arg:  [MR][NR] centroid index of that minimum (in/out)
+//   best2: [MR][NR] running second smallest per row and lane (in/out; only with SECOND)
 // Strict "<" while panels come in increasing j keeps the smallest index per lane.
 
+template <bool SECOND>
 void tile_generic(i64 D, const float* a, const float* b, const float* bias, int j0, float* best,
-                  int* arg) {
-    constexpr i64 MR = MR_GENERIC;
+                  int* arg, float* best2) {
+    constexpr i64 MR = MR_GENERIC, NR = NR_GENERIC;
     float acc[MR][NR] = {};
     for (i64 d = 0; d < D; ++d) {
         for (i64 r = 0; r < MR; ++r) {
@@ -129,160 +123,152 @@ void tile_generic(i64 D, const float* a, const float* b, const float* bias, int 
     for (i64 r = 0; r < MR; ++r) {
         for (i64 l = 0; l < NR; ++l) {
             const float s = acc[r][l] + bias[l];
-            if (s < best[r * NR + l]) {
-                best[r * NR + l] = s;
-                arg[r * NR + l] = j0 + static_cast<int>(l);
+            const i64 t = r * NR + l;
+            if (s < best[t]) {
+                if (SECOND) best2[t] = best[t];
+                best[t] = s;
+                arg[t] = j0 + static_cast<int>(l);
+            } else if (SECOND && s < best2[t]) {
+                best2[t] = s;
             }
         }
     }
 }
 
+using TileFn = void (*)(i64, const float*, const float*, const float*, int, float*, int*,
+                        float*);
+
+// A SIMD path: its tile shape, micro-kernels (without / with the second smallest) and bytes
+// of packed x per block of rows.
+struct Path {
+    i64 MR, NR;
+    TileFn tile, tile2;
+    i64 block_bytes;
+};
+
+// The paths, indexed by Isa. Tile shapes fill the register file: avx2 6 x 16 (12 ymm
+// accumulators + 2 centroid vectors + 1 broadcast = 15 of 16), avx512 12 x 32 (24 zmm
+// accumulators + 2 centroid vectors; broadcasts fold into the FMA's memory operand).
+// Measured on the shared 2-core KVM "AMD EPYC" (Zen 4, family 25 model 17, 1 MiB L2 per core),
+// N = 100 000, D = 256, K = 1 000, 2 threads (benchmarks/results/assign_sweep_cpu.json):
+// avx512 1.11 s, avx2 1.07 s, generic 4.8 s. Zen 4 splits a 512-bit FMA into two 256-bit
+// halves, so both paths have the same FMA peak here and run within noise of each other; the
+// default is still the widest path (AVX-512 doubles the FMA width on Intel cores).
+// Block: 192 KiB of packed x stays in L2 beside the streaming centroid panels; 96-384 KiB gave
+// the same speed within 2 % when the AVX2 tile was tuned on a Zen 1 VM (92-94 % of its peak).
+constexpr i64 BLOCK_BYTES = 192 * 1024;
+const Path PATHS[] = {
+    {MR_GENERIC, NR_GENERIC, tile_generic<false>, tile_generic<true>, BLOCK_BYTES},
 #if FASTDC_X86
-// Fold one row's two score vectors into its running (min, argmin).
-FASTDC_AVX2 inline void update_row(__m256 s0, __m256 s1, __m256i j_lo, __m256i j_hi, float* best,
-                                   int* arg) {
-    const __m256 m0 = _mm256_load_ps(best), m1 = _mm256_load_ps(best + 8);
-    const __m256 lt0 = _mm256_cmp_ps(s0, m0, _CMP_LT_OQ), lt1 = _mm256_cmp_ps(s1, m1, _CMP_LT_OQ);
-    _mm256_store_ps(best, _mm256_blendv_ps(m0, s0, lt0));
-    _mm256_store_ps(best + 8, _mm256_blendv_ps(m1, s1, lt1));
-    const __m256 i0 = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<__m256i*>(arg)));
-    const __m256 i1 = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<__m256i*>(arg + 8)));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(arg),
-                       _mm256_castps_si256(_mm256_blendv_ps(i0, _mm256_castsi256_ps(j_lo), lt0)));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(arg + 8),
-                       _mm256_castps_si256(_mm256_blendv_ps(i1, _mm256_castsi256_ps(j_hi), lt1)));
-}
-
-// 6 x 16 tile: 12 ymm accumulators; per d, 2 vector loads of b and 6 broadcasts of a.
-FASTDC_AVX2 void tile_avx2(i64 D, const float* a, const float* b, const float* bias, int j0,
-                           float* best, int* arg) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-    __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-    for (i64 d = 0; d < D; ++d) {
-        const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-        __m256 av = _mm256_broadcast_ss(a + 0);
-        c00 = _mm256_fmadd_ps(av, b0, c00);
-        c01 = _mm256_fmadd_ps(av, b1, c01);
-        av = _mm256_broadcast_ss(a + 1);
-        c10 = _mm256_fmadd_ps(av, b0, c10);
-        c11 = _mm256_fmadd_ps(av, b1, c11);
-        av = _mm256_broadcast_ss(a + 2);
-        c20 = _mm256_fmadd_ps(av, b0, c20);
-        c21 = _mm256_fmadd_ps(av, b1, c21);
-        av = _mm256_broadcast_ss(a + 3);
-        c30 = _mm256_fmadd_ps(av, b0, c30);
-        c31 = _mm256_fmadd_ps(av, b1, c31);
-        av = _mm256_broadcast_ss(a + 4);
-        c40 = _mm256_fmadd_ps(av, b0, c40);
-        c41 = _mm256_fmadd_ps(av, b1, c41);
-        av = _mm256_broadcast_ss(a + 5);
-        c50 = _mm256_fmadd_ps(av, b0, c50);
-        c51 = _mm256_fmadd_ps(av, b1, c51);
-        a += MR_AVX2;
-        b += NR;
-    }
-    const __m256 bias0 = _mm256_loadu_ps(bias), bias1 = _mm256_loadu_ps(bias + 8);
-    const __m256i j_lo = _mm256_add_epi32(_mm256_set1_epi32(j0),
-                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    const __m256i j_hi = _mm256_add_epi32(j_lo, _mm256_set1_epi32(8));
-    update_row(_mm256_add_ps(c00, bias0), _mm256_add_ps(c01, bias1), j_lo, j_hi, best, arg);
-    update_row(_mm256_add_ps(c10, bias0), _mm256_add_ps(c11, bias1), j_lo, j_hi, best + 16,
-               arg + 16);
-    update_row(_mm256_add_ps(c20, bias0), _mm256_add_ps(c21, bias1), j_lo, j_hi, best + 32,
-               arg + 32);
-    update_row(_mm256_add_ps(c30, bias0), _mm256_add_ps(c31, bias1), j_lo, j_hi, best + 48,
-               arg + 48);
-    update_row(_mm256_add_ps(c40, bias0), _mm256_add_ps(c41, bias1), j_lo, j_hi, best + 64,
-               arg + 64);
-    update_row(_mm256_add_ps(c50, bias0), _mm256_add_ps(c51, bias1), j_lo, j_hi, best + 80,
-               arg + 80);
-}
+    {6, 16, avx2::tile<6, false>, avx2::tile<6, true>, BLOCK_BYTES},
+    {12, 32, avx512::tile<12, false>, avx512::tile<12, true>, BLOCK_BYTES},
 #endif
-
-using TileFn = void (*)(i64, const float*, const float*, const float*, int, float*, int*);
+};
 
 // ---------------------------------------------------------------------------------------------
 // Blocking
 
-// Rows per block: BLOCK_BYTES of packed x, but at least 4 blocks per thread so that the
+// Rows per block: block_bytes of packed x, but at least 4 blocks per thread so that the
 // dynamic schedule balances (N = 1000 on 2 threads: 8 blocks). A multiple of MR.
-i64 choose_block_rows(i64 N, i64 D, i64 MR, int n_threads) {
-    i64 rows = BLOCK_BYTES / (4 * std::max<i64>(D, 1));
+i64 choose_block_rows(i64 N, i64 D, const Path& path, int n_threads) {
+    i64 rows = path.block_bytes / (4 * std::max<i64>(D, 1));
     const i64 balanced = (N + 4 * n_threads - 1) / (4 * n_threads);
     rows = std::min(rows, balanced);
-    return std::max(MR, round_up(std::max<i64>(rows, 1), MR));
+    return std::max(path.MR, round_up(std::max<i64>(rows, 1), path.MR));
 }
 
 // Per-thread scratch for one block of rows.
 struct Scratch {
-    AlignedBuffer<float> xpack, xsq, best;
+    AlignedBuffer<float> xpack, xsq, best, best2;
     AlignedBuffer<int> arg;
-    Scratch(i64 rows, i64 D) : xpack(rows * D), xsq(rows), best(rows * NR), arg(rows * NR) {}
+    Scratch(i64 rows, i64 D, i64 NR, bool second)
+        : xpack(rows * D), xsq(rows), best(rows * NR), best2(second ? rows * NR : 0),
+          arg(rows * NR) {}
 };
 
 // Smallest value over a row's NR lanes; among equal values the smallest centroid index.
-inline void reduce_row(const float* best, const int* arg, float* value, i64* index) {
-    float v = best[0];
-    int j = arg[0];
+// Returns the winning lane.
+inline i64 reduce_row(const float* best, const int* arg, i64 NR, float* value, i64* index) {
+    i64 win = 0;
     for (i64 l = 1; l < NR; ++l) {
-        if (best[l] < v || (best[l] == v && arg[l] < j)) {
-            v = best[l];
-            j = arg[l];
-        }
+        if (best[l] < best[win] || (best[l] == best[win] && arg[l] < arg[win])) win = l;
     }
-    *value = v;
-    *index = j;
+    *value = best[win];
+    *index = arg[win];
+    return win;
 }
+
+// Second smallest score of a row: the smallest of every lane's second and of the other
+// lanes' minima (2-of-NR reduction).
+inline float reduce_second(const float* best, const float* best2, i64 NR, i64 win) {
+    float v = INF;
+    for (i64 l = 0; l < NR; ++l) {
+        v = std::min(v, best2[l]);
+        if (l != win) v = std::min(v, best[l]);
+    }
+    return v;
+}
+
+// Final distance from a row's smallest score: IP: the inner product; L2: ||x||^2 + score,
+// clamped at 0 as the reference does (NaN stays NaN; +inf stays +inf).
+inline float finish(float score, float xsq, bool ip) {
+    if (ip) return -score;
+    const float v = xsq + score;
+    return v < 0.0f ? 0.0f : v;
+}
+
+// Outputs of one problem: dist, idx and (or nullptr) dist2, each [N].
+struct Outputs {
+    float* dist;
+    i64* idx;
+    float* dist2;
+};
 
 // Assign rows [row0, row0 + rows) of one problem.
 void assign_block(const float* x, i64 N, i64 D, const PackedCentroids& pc, bool ip, i64 row0,
-                  i64 rows, i64 MR, TileFn tile, Scratch& s, float* dist, i64* idx) {
+                  i64 rows, const Path& path, Scratch& s, const Outputs& out) {
+    const i64 MR = path.MR, NR = path.NR;
+    const bool second = out.dist2 != nullptr;
+    const TileFn tile = second ? path.tile2 : path.tile;
     const i64 slivers = (rows + MR - 1) / MR;
     pack_rows(x, N, D, row0, rows, MR, s.xpack.data(), s.xsq.data());
     for (i64 t = 0; t < slivers * MR * NR; ++t) {
         s.best[t] = INF;
         s.arg[t] = 0;
+        if (second) s.best2[t] = INF;
     }
     for (i64 p = 0; p < pc.P; ++p) {
         const float* panel = pc.panels + p * D * NR;
         const float* bias = pc.bias + p * NR;
         for (i64 sl = 0; sl < slivers; ++sl) {
+            const i64 o = sl * MR * NR;
             tile(D, s.xpack.data() + sl * D * MR, panel, bias, static_cast<int>(p * NR),
-                 s.best.data() + sl * MR * NR, s.arg.data() + sl * MR * NR);
+                 s.best.data() + o, s.arg.data() + o, second ? s.best2.data() + o : nullptr);
         }
     }
     for (i64 r = 0; r < rows; ++r) {
         float v;
-        reduce_row(s.best.data() + r * NR, s.arg.data() + r * NR, &v, idx + row0 + r);
-        if (ip) {
-            v = -v;
-        } else {
-            v = s.xsq[r] + v;
-            v = v < 0.0f ? 0.0f : v;  // clamp at 0 as the reference does (NaN stays NaN)
+        const float* best = s.best.data() + r * NR;
+        const i64 win = reduce_row(best, s.arg.data() + r * NR, NR, &v, out.idx + row0 + r);
+        out.dist[row0 + r] = finish(v, s.xsq[r], ip);
+        if (second) {
+            const float v2 = reduce_second(best, s.best2.data() + r * NR, NR, win);
+            out.dist2[row0 + r] = finish(v2, s.xsq[r], ip);
         }
-        dist[row0 + r] = v;
     }
 }
 
 }  // namespace
 
 void assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, float* dist,
-            i64* idx, int n_threads) {
+            i64* idx, float* dist2, int n_threads, Isa isa) {
     if (K < 1) throw std::invalid_argument("assign: need at least one centroid (K >= 1)");
-    if (K > std::numeric_limits<int>::max() - NR)
-        throw std::invalid_argument("assign: K must be below 2^31 - 16");
+    if (K > std::numeric_limits<int>::max() - 32)
+        throw std::invalid_argument("assign: K must be below 2^31 - 32");
     if (B == 0 || N == 0) return;
     const int nt = clamp_threads(n_threads);
-    const bool avx2 = has_avx2_fma();
-    const i64 MR = avx2 ? MR_AVX2 : MR_GENERIC;
-    TileFn tile = tile_generic;
-#if FASTDC_X86
-    if (avx2) tile = tile_avx2;
-#endif
+    const Path& path = PATHS[static_cast<int>(isa)];
+    const i64 NR = path.NR;
 
     // Pack every problem's centroids once: B * P panels of [D][NR] plus biases.
     const i64 P = (K + NR - 1) / NR;
@@ -290,15 +276,15 @@ void assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip,
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (i64 bp = 0; bp < B * P; ++bp) {
         const i64 b = bp / P, p = bp % P;
-        pack_panel(c + b * K * D, K, D, p, ip, panels.data() + bp * D * NR,
+        pack_panel(c + b * K * D, K, D, p, NR, ip, panels.data() + bp * D * NR,
                    bias.data() + bp * NR);
     }
 
-    const i64 rows = choose_block_rows(N, D, MR, nt);
+    const i64 rows = choose_block_rows(N, D, path, nt);
     const i64 blocks = (N + rows - 1) / rows;
     std::vector<Scratch*> scratch(nt, nullptr);
     try {  // allocate outside the parallel region: an exception inside it would terminate
-        for (int t = 0; t < nt; ++t) scratch[t] = new Scratch(rows, D);
+        for (int t = 0; t < nt; ++t) scratch[t] = new Scratch(rows, D, NR, dist2 != nullptr);
     } catch (...) {
         for (Scratch* s : scratch) delete s;
         throw;
@@ -316,8 +302,9 @@ void assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip,
             const PackedCentroids pc{K, D, P, panels.data() + b * P * D * NR,
                                      bias.data() + b * P * NR};
             const i64 row0 = blk * rows;
-            assign_block(x + b * N * D, N, D, pc, ip, row0, std::min(rows, N - row0), MR, tile, s,
-                         dist + b * N, idx + b * N);
+            const Outputs out{dist + b * N, idx + b * N, dist2 ? dist2 + b * N : nullptr};
+            assign_block(x + b * N * D, N, D, pc, ip, row0, std::min(rows, N - row0), path, s,
+                         out);
         }
     }
     for (Scratch* s : scratch) delete s;

@@ -15,10 +15,18 @@ namespace fastdc {
 //   ip:    false: squared L2 (smallest wins), true: inner product (largest wins)
 //   dist:  float32 [B, N] out     L2: max(||x||^2 + min_j(||c_j||^2 - 2 x.c_j), 0); IP: max_j x.c_j
 //   idx:   int64   [B, N] out     arg-min / arg-max, ties -> smallest j
+//   dist2: float32 [B, N] out or nullptr: the second smallest squared L2 distance (IP: second
+//          largest inner product); equals dist on a tie; +inf (IP: -inf) when K == 1
 // Memory: O(K*D) packed centroids + O(threads * block) scratch; never an N x K buffer.
-// Per-row results do not depend on n_threads.
+// Per-row results do not depend on n_threads. isa: the SIMD path (one this CPU runs: see
+// resolve_isa); paths may differ from one another in the last bits of dist.
 void assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, float* dist,
-            i64* idx, int n_threads);
+            i64* idx, float* dist2, int n_threads, Isa isa);
+
+// Measured FMA throughput of `isa` on n_threads threads, in GFLOP/s (2 flops per lane per
+// FMA): a loop of independent vector FMA chains, one per accumulator register of the path's
+// tile, run for about `seconds`. The peak the assign kernel is compared with.
+double fma_peak_gflops(Isa isa, int n_threads, double seconds);
 
 // Per-cluster sums and counts, deterministic and independent of n_threads.
 //   x:       float32 [B, N, D]

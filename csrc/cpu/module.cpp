@@ -40,16 +40,23 @@ void expect(bool ok, const std::string& what) {
 }
 
 void assign_py(const Array<float>& x, const Array<float>& c, bool ip, Array<float>& dist,
-               Array<i64>& idx, int n_threads) {
+               Array<i64>& idx, int n_threads, const std::string& isa,
+               std::optional<Array<float>>& dist2) {
     const auto xs = shape_of(x, 3, "x"), cs = shape_of(c, 3, "centroids");
     const auto ds = shape_of(dist, 2, "dist"), is = shape_of(idx, 2, "idx");
     expect(cs[0] == xs[0] && cs[2] == xs[2], "centroids must be [B, K, D] matching x [B, N, D]");
     expect(ds[0] == xs[0] && ds[1] == xs[1] && is == ds, "dist and idx must be [B, N]");
+    const fastdc::Isa path = fastdc::resolve_isa(isa);
+    float* d2 = nullptr;
+    if (dist2) {
+        expect(shape_of(*dist2, 2, "dist2") == ds, "dist2 must be [B, N] like dist");
+        d2 = dist2->mutable_data();
+    }
     const float *xp = x.data(), *cp = c.data();
     float* dp = dist.mutable_data();
     i64* ip_ = idx.mutable_data();
     py::gil_scoped_release release;
-    fastdc::assign(xp, cp, xs[0], xs[1], cs[1], xs[2], ip, dp, ip_, n_threads);
+    fastdc::assign(xp, cp, xs[0], xs[1], cs[1], xs[2], ip, dp, ip_, d2, n_threads, path);
 }
 
 void cluster_sums_py(const Array<float>& x, const Array<i64>& idx,
@@ -115,16 +122,52 @@ void sobel_py(const py::array& images, const std::optional<Array<float>>& mean,
     fastdc::sobel(ip, u8, B, H, W, mp, sp, op, type, n_threads);
 }
 
+// Names of the SIMD paths this CPU runs, narrowest first.
+std::vector<std::string> isa_available() {
+    std::vector<std::string> names;
+    for (auto isa : {fastdc::Isa::generic, fastdc::Isa::avx2, fastdc::Isa::avx512}) {
+        if (fastdc::isa_missing(isa).empty()) names.emplace_back(fastdc::isa_name(isa));
+    }
+    return names;
+}
+
+// Features a path needs that this CPU lacks ("" when it runs); ValueError for unknown names.
+std::string isa_missing_py(const std::string& name) {
+    for (auto isa : {fastdc::Isa::generic, fastdc::Isa::avx2, fastdc::Isa::avx512}) {
+        if (name == fastdc::isa_name(isa)) return fastdc::isa_missing(isa);
+    }
+    throw std::invalid_argument("unknown SIMD path " + name + "; use generic, avx2 or avx512");
+}
+
+double fma_peak_py(const std::string& isa, int n_threads, double seconds) {
+    const fastdc::Isa path = fastdc::resolve_isa(isa);
+    expect(seconds > 0 && seconds <= 60, "seconds must be in (0, 60]");
+    py::gil_scoped_release release;
+    return fastdc::fma_peak_gflops(path, n_threads, seconds);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
     m.doc() = "fastdc C++/OpenMP kernels (assign, cluster_sums, resplit_empty, sobel)";
-    m.def("simd", &fastdc::simd_name, "SIMD path used on this CPU: 'avx2' or 'generic'.");
+    m.def("simd", &fastdc::simd_name,
+          "SIMD path the kernels take by default: 'avx512', 'avx2' or 'generic' (the widest "
+          "this CPU runs, or FASTDC_CPU_ISA).");
+    m.def("isa_available", &isa_available, "SIMD paths this CPU runs, narrowest first.");
+    m.def("isa_missing", &isa_missing_py, py::arg("isa"),
+          "isa_missing(isa): CPU features the path needs that this CPU lacks ('' if none).");
+    m.def("fma_peak_gflops", &fma_peak_py, py::arg("isa") = "", py::arg("n_threads") = 1,
+          py::arg("seconds") = 0.2,
+          "fma_peak_gflops(isa='' (default path), n_threads=1, seconds=0.2): measured FMA "
+          "throughput of the path in GFLOP/s, the peak the assign benchmark compares with.");
     m.def("assign", &assign_py, py::arg("x").noconvert(), py::arg("centroids").noconvert(),
           py::arg("ip"), py::arg("dist").noconvert(), py::arg("idx").noconvert(),
-          py::arg("n_threads"),
+          py::arg("n_threads"), py::arg("isa") = "",
+          py::arg("dist2").noconvert().none(true) = py::none(),
           "assign(x f32[B,N,D], centroids f32[B,K,D], ip, dist f32[B,N] out, idx i64[B,N] out, "
-          "n_threads): nearest (L2) / most similar (IP) centroid, ties -> smallest index.");
+          "n_threads, isa='' (default path) | 'generic' | 'avx2' | 'avx512', dist2 f32[B,N] out "
+          "| None): nearest (L2) / most similar (IP) centroid, ties -> smallest index; dist2: "
+          "the second best.");
     m.def("cluster_sums", &cluster_sums_py, py::arg("x").noconvert(), py::arg("idx").noconvert(),
           py::arg("weights").noconvert().none(true), py::arg("sums").noconvert(),
           py::arg("counts").noconvert(), py::arg("n_threads"),

@@ -2,6 +2,8 @@
 
 Reference: chunked ``addmm`` + ``min``, never more than ``_CHUNK_ELEMS`` scores alive at once,
 so it never builds the N×K distance matrix. Ties go to the smallest centroid index.
+``second=True`` also returns the second best (for bound-based pruning in the Lloyd loop); the
+torch and cpu backends compute it, the others fall back to the torch reference for it.
 """
 
 from __future__ import annotations
@@ -14,35 +16,63 @@ from fastdc.ops.registry import register, select
 _CHUNK_ELEMS = 1 << 22  # scores per chunk: 16 MB of fp32, small next to any real x
 
 
+SECOND_BACKENDS = ("torch", "cpu")
+"""Backends that compute ``second=True`` themselves; the others fall back to ``torch``."""
+
+
 @register("assign", "torch")
 def assign_ref(
-    x: torch.Tensor, centroids: torch.Tensor, metric: str, precision: str = "default"
-) -> tuple[torch.Tensor, torch.Tensor]:
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    metric: str,
+    precision: str = "default",
+    second: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Reference assign on any device.
 
     x: [B, N, D] float, centroids: [B, K, D] float (same dtype and device).
     Returns dist [B, N] float32 (squared L2 distance, clamped at 0, or the inner product) and
-    idx [B, N] int64. ``precision`` is ignored: the reference computes in x's dtype.
+    idx [B, N] int64, then with ``second`` dist2 [B, N] float32: the second best (equal to
+    dist on a tie; +inf for L2, -inf for IP when K == 1). ``precision`` is ignored: the
+    reference computes in x's dtype.
     """
     B, N, _ = x.shape
     K = centroids.shape[1]
-    dist = torch.empty(B, N, dtype=torch.float32, device=x.device)
-    idx = torch.empty(B, N, dtype=torch.int64, device=x.device)
+    out = [torch.empty(B, N, dtype=dt, device=x.device)
+           for dt in (torch.float32, torch.int64, torch.float32)[: 3 if second else 2]]
     rows = max(1, _CHUNK_ELEMS // max(K, 1))
     for b in range(B):
         c = centroids[b]
         c_sq = (c * c).sum(dim=1) if metric == "l2" else None
         for start in range(0, N, rows):
             xb = x[b, start : start + rows]
-            if metric == "l2":
-                scores = torch.addmm(c_sq, xb, c.T, alpha=-2.0)
-                best, arg = scores.min(dim=1)
-                best = ((xb * xb).sum(dim=1) + best).clamp_min_(0)
-            else:
-                best, arg = (xb @ c.T).max(dim=1)
-            dist[b, start : start + rows] = best
-            idx[b, start : start + rows] = arg
-    return dist, idx
+            for o, value in zip(out, _best_two(xb, c, c_sq, metric, second), strict=False):
+                o[b, start : start + rows] = value
+    return tuple(out)
+
+
+def _best_two(xb, c, c_sq, metric, second):
+    """(best, arg[, second best]) of the rows xb [n, D] against c [K, D]."""
+    if metric == "l2":
+        scores = torch.addmm(c_sq, xb, c.T, alpha=-2.0)
+        xsq = (xb * xb).sum(dim=1, keepdim=True)
+    else:
+        scores, xsq = -(xb @ c.T), None
+    best, arg = scores.min(dim=1)  # the first minimum: ties go to the smallest index
+    found = [best, arg]
+    if second:
+        rest = scores.scatter(1, arg[:, None], float("inf"))
+        found.append(rest.min(dim=1).values if scores.shape[1] > 1 else torch.full_like(best,
+                                                                                       torch.inf))
+    if metric == "l2":
+        found[0] = (xsq[:, 0] + found[0]).clamp_min_(0)
+        if second:
+            found[2] = (xsq[:, 0] + found[2]).clamp_min_(0)
+    else:
+        found[0] = -found[0]
+        if second:
+            found[2] = -found[2]
+    return found
 
 
 def assign(
@@ -52,7 +82,8 @@ def assign(
     metric: str = "l2",
     precision: str = "default",
     backend: str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    second: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Nearest centroid of every row, without building the N×K distance matrix.
 
     x: [N, D] or [B, N, D] float; centroids: [K, D] or [B, K, D], same dtype and device.
@@ -60,8 +91,12 @@ def assign(
     precision: "default" (matches a float64 brute force except on near ties), or a faster mode
     offered by GPU backends ("tf32", "bf16"); CPU backends always compute in fp32.
     Returns (dist, idx): float32 and int64 tensors of shape [N] or [B, N]; ties go to the
-    smallest index. Not differentiable: inputs that require grad are detached, so the fast
-    backends run on them. Raises ValueError/TypeError on mismatched shapes, dtypes or devices.
+    smallest index. ``second=True`` returns (dist, idx, dist2) with dist2 float32 [N] or [B, N]
+    the second-smallest squared distance (IP: the second-largest inner product); equal to dist
+    when the best two tie; +inf (IP: -inf) when K == 1. The torch and cpu backends compute it;
+    on others (triton, cuda) it runs on the torch reference. Not differentiable: inputs that
+    require grad are detached, so the fast backends run on them. Raises ValueError/TypeError on
+    mismatched shapes, dtypes or devices.
     """
     check_metric(metric)
     xb, squeezed = as_batched(x, "x", 2)
@@ -85,7 +120,10 @@ def assign(
         cb = cb.to(xb.dtype)
     xb, cb = xb.detach().contiguous(), cb.detach().contiguous()
     impl = select("assign", backend, x=xb, centroids=cb, metric=metric, precision=precision)
-    dist, idx = impl.fn(x=xb, centroids=cb, metric=metric, precision=precision)
-    if squeezed:
-        return dist[0], idx[0]
-    return dist, idx
+    if not second:
+        out = impl.fn(x=xb, centroids=cb, metric=metric, precision=precision)
+    elif impl.backend in SECOND_BACKENDS:
+        out = impl.fn(x=xb, centroids=cb, metric=metric, precision=precision, second=True)
+    else:
+        out = assign_ref(xb, cb, metric, precision, second=True)
+    return tuple(t[0] for t in out) if squeezed else tuple(out)

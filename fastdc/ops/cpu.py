@@ -22,8 +22,28 @@ _SOBEL_OUT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 def simd() -> str:
-    """The SIMD path the kernels take on this CPU: "avx2" or "generic"."""
+    """The SIMD path the kernels take by default: "avx512", "avx2" or "generic" (the widest
+    this CPU runs, or the one named by the environment variable ``FASTDC_CPU_ISA``). Raises
+    ValueError when ``FASTDC_CPU_ISA`` names an unknown path or one this CPU lacks."""
     return _C.simd()
+
+
+def isa_available() -> list[str]:
+    """The SIMD paths this CPU runs, narrowest first (e.g. ["generic", "avx2", "avx512"])."""
+    return list(_C.isa_available())
+
+
+def isa_missing(isa: str) -> str:
+    """The CPU features the path ``isa`` needs that this CPU lacks, space-separated ("" when it
+    runs here). Raises ValueError for a name other than generic, avx2, avx512."""
+    return _C.isa_missing(isa)
+
+
+def fma_peak_gflops(isa: str = "", threads: int | None = None, seconds: float = 0.2) -> float:
+    """Measured FMA throughput of the SIMD path ``isa`` ("" = the default path) on ``threads``
+    threads (default ``torch.get_num_threads()``), in GFLOP/s: independent vector FMA chains,
+    as many as the path's assign tile has accumulators, run for ``seconds``."""
+    return _C.fma_peak_gflops(isa, threads or torch.get_num_threads(), seconds)
 
 
 def _kernel_reasons(**tensors: tuple[torch.Tensor | None, torch.dtype]) -> list[str]:
@@ -62,15 +82,25 @@ def _assign_reasons(x, centroids, metric, precision="default") -> list[str]:
 
 @register("assign", "cpu", _assign_reasons)
 def assign_cpu(
-    x: torch.Tensor, centroids: torch.Tensor, metric: str, precision: str = "default"
-) -> tuple[torch.Tensor, torch.Tensor]:
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    metric: str,
+    precision: str = "default",
+    isa: str = "",
+    second: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """x: [B, N, D] float32, centroids: [B, K, D] float32 -> dist [B, N] float32, idx [B, N]
-    int64. ``precision`` is ignored: the CPU kernel always computes in float32."""
+    int64. ``precision`` is ignored: the CPU kernel always computes in float32. ``isa``: the
+    SIMD path ("generic", "avx2", "avx512"; "" = :func:`simd`); a path this CPU lacks raises
+    ValueError naming the missing feature. ``second``: also return dist2 [B, N] float32, the
+    second best (see :func:`fastdc.ops.assign`)."""
     B, N, _ = x.shape
     dist = torch.empty(B, N, dtype=torch.float32)
     idx = torch.empty(B, N, dtype=torch.int64)
-    _C.assign(_np(x), _np(centroids), metric == "ip", _np(dist), _np(idx), torch.get_num_threads())
-    return dist, idx
+    dist2 = torch.empty(B, N, dtype=torch.float32) if second else None
+    _C.assign(_np(x), _np(centroids), metric == "ip", _np(dist), _np(idx),
+              torch.get_num_threads(), isa, None if dist2 is None else _np(dist2))
+    return (dist, idx) if dist2 is None else (dist, idx, dist2)
 
 
 # --- cluster_sums -----------------------------------------------------------------------------

@@ -1,0 +1,77 @@
+// Width-generic micro-kernel of assign (see assign.cpp), included once per x86 SIMD path, so
+// that the AVX-512 instance is the same code as the AVX2 one at twice the width.
+//
+// Before each inclusion the includer defines FASTDC_TILE_TARGET (the function attribute that
+// enables the path's instructions) and opens the path's namespace, where Vec names
+// its struct of simd_vec.h, which holds the vector operations on W floats: F (float vector), I (int32 vector),
+// M (lane mask), load/store (aligned), loadu, loadi/storei, set1, zero, fmadd, add, min, lt
+// (s < m per lane), blend/blendi (take the second argument where the mask is set), iota
+// (j, j+1, ...). No include guard: each inclusion defines tile<MR, SECOND> and
+// fma_chains<REGS> in the includer's namespace.
+
+// Fold a vector of W scores of centroids j.. into a row's running per-lane (min, argmin) and,
+// with SECOND, the per-lane second smallest (the old minimum when s wins, else min(s, second):
+// a tie with the minimum makes it the second). Strict "<" while panels come in increasing j
+// keeps the smallest index per lane.
+template <bool SECOND>
+FASTDC_TILE_TARGET inline void update(typename Vec::F s, typename Vec::I j, float* best,
+                                      int* arg, float* best2) {
+    const typename Vec::F m = Vec::load(best);
+    const typename Vec::M lt = Vec::lt(s, m);
+    Vec::store(best, Vec::blend(lt, m, s));
+    Vec::storei(arg, Vec::blendi(lt, Vec::loadi(arg), j));
+    if (SECOND) Vec::store(best2, Vec::blend(lt, Vec::min(Vec::load(best2), s), m));
+}
+
+// One MR x NR (NR = 2 W) tile of scores in 2 MR vector accumulators, then the epilogue;
+// arguments as tile_generic in assign.cpp. Per d: 2 vector loads of b and MR broadcasts of a.
+template <int MR, bool SECOND>
+FASTDC_TILE_TARGET void tile(i64 D, const float* a, const float* b, const float* bias, int j0,
+                             float* best, int* arg, float* best2) {
+    constexpr int W = Vec::W, NR = 2 * W;
+    typename Vec::F acc[MR][2];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = Vec::zero();
+    for (i64 d = 0; d < D; ++d) {
+        const typename Vec::F b0 = Vec::load(b), b1 = Vec::load(b + W);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+            const typename Vec::F av = Vec::set1(a[r]);
+            acc[r][0] = Vec::fmadd(av, b0, acc[r][0]);
+            acc[r][1] = Vec::fmadd(av, b1, acc[r][1]);
+        }
+        a += MR;
+        b += NR;
+    }
+    const typename Vec::F bias0 = Vec::loadu(bias), bias1 = Vec::loadu(bias + W);
+    const typename Vec::I j_lo = Vec::iota(j0), j_hi = Vec::iota(j0 + W);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+        const i64 o = r * NR;
+        update<SECOND>(Vec::add(acc[r][0], bias0), j_lo, best + o, arg + o, best2 + o);
+        update<SECOND>(Vec::add(acc[r][1], bias1), j_hi, best + o + W, arg + o + W,
+                       best2 + o + W);
+    }
+}
+
+// FMA throughput yardstick of this path (fma_peak.cpp): REGS independent chains
+// v = v * m + a (as many as the tile has accumulators), run by run(seconds, step) until
+// `seconds` have passed. Returns the lane FMAs done; stores a value of the chains in *sink so
+// that the loop is kept.
+template <int REGS, typename Run>
+FASTDC_TILE_TARGET i64 fma_chains(double seconds, float* sink, Run run) {
+    typename Vec::F acc[REGS];
+#pragma GCC unroll 32
+    for (auto& v : acc) v = Vec::set1(1.0f);
+    const typename Vec::F m = Vec::set1(0.999999f), add = Vec::set1(1e-6f);
+    const i64 n = run(seconds, [&](i64 inner) FASTDC_TILE_TARGET {
+        for (i64 i = 0; i < inner; ++i) {
+#pragma GCC unroll 32
+            for (auto& v : acc) v = Vec::fmadd(v, m, add);
+        }
+    });
+    alignas(64) float lanes[Vec::W];
+    Vec::store(lanes, acc[0]);
+    *sink = lanes[0];
+    return n * REGS * Vec::W;
+}

@@ -1,0 +1,152 @@
+"""The cpu backend's SIMD paths (generic, AVX2, AVX-512), each against the float64 brute force
+on odd shapes, ties and thread counts; paths this CPU lacks are skipped with the feature they
+need. Also the path choice: FASTDC_CPU_ISA, unknown names, fastdc.info."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+cpu = pytest.importorskip("fastdc.ops.cpu", reason="the fastdc._C extension is not built")
+
+from tests.helpers import ODD_SHAPE_IDS, ODD_SHAPES, assert_assign_matches  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ISAS = ["generic", "avx2", "avx512"]
+
+
+def _isa_param(isa: str):
+    missing = cpu.isa_missing(isa)
+    marks = [pytest.mark.skip(reason=f"this CPU lacks {missing}")] if missing else []
+    return pytest.param(isa, id=isa, marks=marks)
+
+
+ISA_PARAMS = [_isa_param(isa) for isa in ISAS]
+
+
+def _data(B, N, K, D, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, N, D, generator=g), torch.randn(B, K, D, generator=g)
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=ODD_SHAPE_IDS)
+def test_path_matches_float64_brute_force(isa, metric, shape):
+    x, c = _data(*shape, seed=sum(shape))
+    dist, idx = cpu.assign_cpu(x=x, centroids=c, metric=metric, isa=isa)
+    assert dist.shape == idx.shape == shape[:2]
+    assert_assign_matches(dist, idx, x, c, metric)
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_path_ragged_shapes_around_its_tile(isa, metric):
+    """N, K, D one off the AVX-512 12 x 32 and the AVX2 6 x 16 tiles, B = 2, K = 1."""
+    for B, N, K, D in [(2, 11, 31, 17), (2, 13, 33, 15), (1, 25, 65, 1), (2, 37, 1, 9)]:
+        x, c = _data(B, N, K, D, seed=N * K)
+        dist, idx = cpu.assign_cpu(x=x, centroids=c, metric=metric, isa=isa)
+        assert_assign_matches(dist, idx, x, c, metric)
+        if K == 1:
+            assert (idx == 0).all()
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_path_ties_go_to_the_smallest_index(isa, metric):
+    """Exact copies of centroids in other lanes, vectors and 32-wide panels."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.randint(-3, 4, (5, 8), generator=g).float()
+    c = torch.cat([base] * 14)  # centroid j equals j + 5, j + 10, ... up to 69
+    x = torch.randint(-3, 4, (50, 8), generator=g).float()
+    _, idx = cpu.assign_cpu(x=x[None], centroids=c[None], metric=metric, isa=isa)
+    scores = ((x[:, None] - c[None]) ** 2).sum(-1) if metric == "l2" else -(x @ c.T)
+    expected = [row.tolist().index(min(row.tolist())) for row in scores]
+    assert max(expected) < 5
+    assert idx[0].tolist() == expected
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+def test_path_results_do_not_depend_on_the_thread_count(isa):
+    x, c = _data(1, 2_000, 40, 70, seed=3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        d1, i1 = cpu.assign_cpu(x=x, centroids=c, metric="l2", isa=isa)
+        torch.set_num_threads(3)
+        d3, i3 = cpu.assign_cpu(x=x, centroids=c, metric="l2", isa=isa)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(i1, i3) and torch.equal(d1, d3)
+
+
+def test_default_path_is_the_widest_available():
+    available = cpu.isa_available()
+    assert available[0] == "generic" and set(available) <= set(ISAS)
+    assert available == [isa for isa in ISAS if not cpu.isa_missing(isa)]
+    if "FASTDC_CPU_ISA" not in os.environ and "FASTDC_CPU_SIMD" not in os.environ:
+        assert cpu.simd() == available[-1]
+
+
+def test_unknown_or_missing_path_is_a_clear_error():
+    x, c = _data(1, 5, 3, 4, seed=0)
+    with pytest.raises(ValueError, match="generic, avx2 or avx512"):
+        cpu.assign_cpu(x=x, centroids=c, metric="l2", isa="sse9")
+    with pytest.raises(ValueError, match="generic, avx2 or avx512"):
+        cpu.isa_missing("sse9")
+    lacking = [isa for isa in ISAS if cpu.isa_missing(isa)]
+    for isa in lacking:
+        with pytest.raises(ValueError, match=f"lacks {cpu.isa_missing(isa)}"):
+            cpu.assign_cpu(x=x, centroids=c, metric="l2", isa=isa)
+
+
+def test_fma_peak_is_positive_for_every_path():
+    for isa in cpu.isa_available():
+        assert cpu.fma_peak_gflops(isa, threads=1, seconds=0.01) > 0
+
+
+ENV_SCRIPT = """
+from fastdc.info import report
+from fastdc.ops import cpu
+print(cpu.simd())
+print(report())
+"""
+
+
+def _run_with(value: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FASTDC_CPU_ISA=value, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-c", ENV_SCRIPT], env=env, capture_output=True,
+                          text=True, cwd=ROOT)
+
+
+def test_environment_forces_a_narrower_path_and_info_names_it():
+    run = _run_with("generic")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[0] == "generic"
+    assert "cpu backend SIMD path: generic (FASTDC_CPU_ISA=generic)" in run.stdout
+    assert f"SIMD paths on this CPU: {', '.join(cpu.isa_available())}" in run.stdout
+
+
+def test_environment_naming_an_unknown_path_is_refused():
+    run = _run_with("avx1024")
+    assert run.returncode != 0
+    assert "FASTDC_CPU_ISA=avx1024 is not a SIMD path" in run.stderr
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_path_second_best_matches_float64(isa, metric):
+    """Ragged shapes around each tile, K = 1, and exact ties between best and second."""
+    from tests.test_assign import assert_second_matches
+
+    for B, N, K, D in [(2, 13, 33, 15), (1, 25, 65, 3), (2, 7, 1, 9), (1, 40, 2, 5)]:
+        x, c = _data(B, N, K, D, seed=N + K)
+        dist, idx, dist2 = cpu.assign_cpu(x=x, centroids=c, metric=metric, isa=isa, second=True)
+        assert_second_matches(dist, idx, dist2, x, c, metric)
+    c = torch.cat([torch.randn(1, 5, 8)] * 9, dim=1)  # every centroid 5 times in 45
+    x = torch.randn(1, 30, 8)
+    dist, idx, dist2 = cpu.assign_cpu(x=x, centroids=c, metric=metric, isa=isa, second=True)
+    assert torch.equal(dist2, dist) and int(idx.max()) < 5
