@@ -18,7 +18,6 @@
 #include <algorithm>
 #include <limits>
 #include <stdexcept>
-#include <vector>
 
 #include "aligned.h"
 #include "common.h"
@@ -72,16 +71,13 @@ void pack_rows(const float* x, i64 D, i64 row0, i64 rows, i64 MR, float* out, fl
 
 // MR x NR tile of scores: out[r * NR + l] = sum_d a[d * MR + r] * b[d * NR + l] + bias[l].
 void tile_generic(i64 D, const float* a, const float* b, const float* bias, float* out) {
-    constexpr i64 MR = MR_GENERIC;
-    float acc[MR][NR] = {};
-    for (i64 d = 0; d < D; ++d) {
-        for (i64 r = 0; r < MR; ++r) {
-            const float av = a[d * MR + r];
-            for (i64 l = 0; l < NR; ++l) acc[r][l] += av * b[d * NR + l];
+    for (i64 r = 0; r < MR_GENERIC; ++r) {
+        float acc[NR] = {};
+        for (i64 d = 0; d < D; ++d) {
+            const float av = a[d * MR_GENERIC + r];
+            for (i64 l = 0; l < NR; ++l) acc[l] += av * b[d * NR + l];
         }
-    }
-    for (i64 r = 0; r < MR; ++r) {
-        for (i64 l = 0; l < NR; ++l) out[r * NR + l] = acc[r][l] + bias[l];
+        for (i64 l = 0; l < NR; ++l) out[r * NR + l] = acc[l] + bias[l];
     }
 }
 
@@ -110,6 +106,14 @@ FASTDC_AVX2 void tile_avx2(i64 D, const float* a, const float* b, const float* b
 
 using TileFn = void (*)(i64, const float*, const float*, const float*, float*);
 
+// The micro-kernel for this CPU (MR_AVX2 rows with AVX2 + FMA, MR_GENERIC rows otherwise).
+TileFn pick_tile() {
+#if FASTDC_X86
+    if (has_avx2_fma()) return tile_avx2;
+#endif
+    return tile_generic;
+}
+
 // Fold NR scores (database rows j0..j0+NR-1) into one row's sorted list of k entries.
 inline void fold_scores(const float* s, i64 j0, i64 k, float* best, i64* arg) {
     for (i64 l = 0; l < NR; ++l) {
@@ -126,9 +130,12 @@ inline void fold_scores(const float* s, i64 j0, i64 k, float* best, i64* arg) {
     }
 }
 
+// One thread's scratch: packed rows, their norms and one tile of scores (views into buffers
+// shared by all threads, allocated before the parallel region).
 struct Scratch {
-    AlignedBuffer<float> xpack, xsq, tile;
-    Scratch(i64 rows, i64 D) : xpack(rows * D), xsq(rows), tile(MR_AVX2 * NR) {}
+    float* xpack;
+    float* xsq;
+    float* tile;
 };
 
 struct Problem {
@@ -140,10 +147,10 @@ struct Problem {
 };
 
 // The k best database rows of query rows [row0, row0 + rows).
-void knn_block(const Problem& pr, i64 row0, i64 rows, i64 MR, TileFn tile, Scratch& s,
+void knn_block(const Problem& pr, i64 row0, i64 rows, i64 MR, TileFn tile, const Scratch& s,
                float* dist, i64* idx) {
     const i64 D = pr.D, k = pr.k;
-    pack_rows(pr.x, D, row0, rows, MR, s.xpack.data(), s.xsq.data());
+    pack_rows(pr.x, D, row0, rows, MR, s.xpack, s.xsq);
     float* best = dist + row0 * k;
     i64* arg = idx + row0 * k;
     std::fill(best, best + rows * k, INF);
@@ -151,11 +158,11 @@ void knn_block(const Problem& pr, i64 row0, i64 rows, i64 MR, TileFn tile, Scrat
     for (i64 p = 0; p < pr.P; ++p) {
         const float* panel = pr.panels + p * D * NR;
         for (i64 sl = 0; sl * MR < rows; ++sl) {
-            tile(D, s.xpack.data() + sl * D * MR, panel, pr.bias + p * NR, s.tile.data());
+            tile(D, s.xpack + sl * D * MR, panel, pr.bias + p * NR, s.tile);
             const i64 live = std::min(MR, rows - sl * MR);
             for (i64 r = 0; r < live; ++r) {
                 const i64 row = sl * MR + r;
-                fold_scores(s.tile.data() + r * NR, p * NR, k, best + row * k, arg + row * k);
+                fold_scores(s.tile + r * NR, p * NR, k, best + row * k, arg + row * k);
             }
         }
     }
@@ -174,12 +181,8 @@ void knn(const float* x, const float* y, i64 B, i64 N, i64 M, i64 D, i64 k, bool
     if (k < 1 || k > M) throw std::invalid_argument("knn: need 1 <= k <= M");
     if (B == 0 || N == 0) return;
     const int nt = clamp_threads(n_threads);
-    const bool avx2 = has_avx2_fma();
-    const i64 MR = avx2 ? MR_AVX2 : MR_GENERIC;
-    TileFn tile = tile_generic;
-#if FASTDC_X86
-    if (avx2) tile = tile_avx2;
-#endif
+    const i64 MR = has_avx2_fma() ? MR_AVX2 : MR_GENERIC;
+    const TileFn tile = pick_tile();
     const i64 P = (M + NR - 1) / NR;
     AlignedBuffer<float> panels(B * P * D * NR), bias(B * P * NR);
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -190,20 +193,18 @@ void knn(const float* x, const float* y, i64 B, i64 N, i64 M, i64 D, i64 k, bool
     i64 rows = std::min(BLOCK_BYTES / (4 * std::max<i64>(D, 1)), (N + 4 * nt - 1) / (4 * nt));
     rows = std::max(MR, round_up(std::max<i64>(rows, 1), MR));
     const i64 blocks = (N + rows - 1) / rows;
-    std::vector<Scratch*> scratch(nt, nullptr);
-    try {  // allocate outside the parallel region: an exception inside it would terminate
-        for (int t = 0; t < nt; ++t) scratch[t] = new Scratch(rows, D);
-    } catch (...) {
-        for (Scratch* s : scratch) delete s;
-        throw;
-    }
+    // Every thread's scratch in three buffers (an allocation failure throws here, outside the
+    // parallel region, where an exception would terminate).
+    AlignedBuffer<float> xpack(nt * rows * D), xsq(nt * rows), tiles(nt * MR_AVX2 * NR);
 #pragma omp parallel num_threads(nt)
     {
 #if defined(_OPENMP)
-        Scratch& s = *scratch[omp_get_thread_num()];
+        const i64 t = omp_get_thread_num();
 #else
-        Scratch& s = *scratch[0];
+        const i64 t = 0;
 #endif
+        Scratch s{xpack.data() + t * rows * D, xsq.data() + t * rows,
+                  tiles.data() + t * MR_AVX2 * NR};
 #pragma omp for schedule(dynamic, 1)
         for (i64 task = 0; task < B * blocks; ++task) {
             const i64 b = task / blocks, row0 = (task % blocks) * rows;
@@ -213,7 +214,6 @@ void knn(const float* x, const float* y, i64 B, i64 N, i64 M, i64 D, i64 k, bool
                       idx + b * N * k);
         }
     }
-    for (Scratch* s : scratch) delete s;
 }
 
 }  // namespace fastdc

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fastdc.ops.checks import as_batched, check_float, check_metric, check_same_device
+from fastdc.ops.checks import batched_pair, check_metric
 from fastdc.ops.registry import register, select
 
 _CHUNK_ELEMS = 1 << 22  # scores per chunk: 16 MB of fp32
@@ -31,20 +31,16 @@ def knn_ref(
     dist = torch.empty(B, N, k, dtype=torch.float32, device=x.device)
     idx = torch.empty(B, N, k, dtype=torch.int64, device=x.device)
     rows = max(1, _CHUNK_ELEMS // max(M, 1))
+    l2 = metric == "l2"
     for b in range(B):
-        c = y[b]
-        c_sq = (c * c).sum(dim=1) if metric == "l2" else torch.zeros_like(c[:, 0])
+        c, x_sq = y[b], (x[b] * x[b]).sum(dim=1, keepdim=True)
+        c_sq = (c * c).sum(dim=1) if l2 else torch.zeros_like(c[:, 0])
         for start in range(0, N, rows):
-            xb = x[b, start : start + rows]
-            scores = torch.addmm(c_sq, xb, c.T, alpha=-2.0 if metric == "l2" else -1.0)
+            end = min(start + rows, N)
+            scores = torch.addmm(c_sq, x[b, start:end], c.T, alpha=-2.0 if l2 else -1.0)
             best, arg = torch.sort(scores, dim=1, stable=True)
-            best, arg = best[:, :k], arg[:, :k]
-            if metric == "l2":
-                best = ((xb * xb).sum(dim=1, keepdim=True) + best).clamp_min_(0)
-            else:
-                best = -best
-            dist[b, start : start + rows] = best
-            idx[b, start : start + rows] = arg
+            best = (x_sq[start:end] + best[:, :k]).clamp_min_(0) if l2 else -best[:, :k]
+            dist[b, start:end], idx[b, start:end] = best, arg[:, :k]
     return dist, idx
 
 
@@ -67,30 +63,13 @@ def knn(
     devices or a k outside [1, M].
     """
     check_metric(metric)
-    xb, squeezed = as_batched(x, "x", 2)
-    yb, y_squeezed = as_batched(y, "y", 2)
-    if squeezed != y_squeezed:
-        raise ValueError(
-            f"x {tuple(x.shape)} and y {tuple(y.shape)} must both be batched "
-            "([B, N, D] and [B, M, D]) or both not"
-        )
-    check_float(xb, "x")
-    check_float(yb, "y")
-    check_same_device(x=xb, y=yb)
-    if xb.shape[0] != yb.shape[0] or xb.shape[2] != yb.shape[2]:
-        raise ValueError(
-            f"x {tuple(x.shape)} and y {tuple(y.shape)} disagree: they need the same batch "
-            "size and the same feature dimension D"
-        )
+    xb, yb, squeezed = batched_pair(x, y, "y", "M")
     M = yb.shape[1]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= M:
         raise ValueError(
             f"k must be an int in [1, M] = [1, {M}] (the database rows), got {k!r}; "
             "ask for fewer neighbours or pass a larger y"
         )
-    if yb.dtype != xb.dtype:
-        yb = yb.to(xb.dtype)
-    xb, yb = xb.detach().contiguous(), yb.detach().contiguous()
     impl = select("knn", backend, x=xb, y=yb, k=k, metric=metric)
     dist, idx = impl.fn(x=xb, y=yb, k=k, metric=metric)
     if squeezed:
