@@ -128,3 +128,27 @@ def test_nan_rows_are_refused():
     x[4, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         pic(x)
+
+
+def test_trainer_clusters_with_pic_sizes_the_head_and_resumes(tmp_path):
+    from fastdc.deepcluster import load_checkpoint, main
+
+    out = tmp_path / "run"
+    tiny = ["--subset", "300", "--batch-size", "64", "--pca-dim", "16", "--clustering", "pic",
+            "--no-final-eval", "--no-plots", "--out", str(out)]
+    assert main([*tiny, "--epochs", "1"]) == 0
+    state = load_checkpoint(out / "checkpoint.pt")
+    found = state["records"][-1]["pic_clusters"]
+    assert state["config"]["clustering"] == "pic" and found > 1
+    assert state["model"]["top_layer.weight"].shape[0] == found
+    assert state["records"][-1]["nonempty_clusters"] == found
+    assert main([*tiny, "--epochs", "2", "--resume"]) == 0  # the head is found's size again
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+
+
+def test_trainer_refuses_pic_with_deepercluster(tmp_path, capsys):
+    from fastdc.deepcluster import main
+
+    assert main(["--subset", "100", "--epochs", "1", "--method", "deepercluster",
+                 "--clustering", "pic", "--out", str(tmp_path / "o")]) == 2
+    assert "--clustering pic runs with --method deepcluster" in capsys.readouterr().err
