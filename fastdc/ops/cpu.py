@@ -78,7 +78,10 @@ def assign_cpu(
 
 
 def _knn_reasons(x, y, k, metric) -> list[str]:
-    return _assign_reasons(x, y, metric)
+    reasons = _kernel_reasons(x=(x, torch.float32), y=(y, torch.float32))
+    if metric not in ("l2", "ip"):
+        reasons.append(f"unknown metric {metric!r}")
+    return reasons
 
 
 @register("knn", "cpu", _knn_reasons)
