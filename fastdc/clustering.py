@@ -4,7 +4,8 @@
 Differences from the original, all deliberate: random choices take a ``seed`` instead of calling
 ``np.random`` behind the caller's back; features may be NumPy arrays or torch tensors (a CUDA
 tensor is clustered on its GPU); ``UnifLabelSampler`` lives here too (the original keeps it in
-``util.py``). ``PIC`` (the graph-clustering alternative) is not provided.
+``util.py``). ``PIC`` (the graph-clustering alternative) runs on fastdc's fused k-NN op and
+never builds an N×N matrix.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from fastdc.engine import kmeans, pca_whiten, to_tensor
+from fastdc.engine import kmeans, pca_whiten, pic, to_tensor
 from fastdc.ops import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "Kmeans",
+    "PIC",
     "preprocess_features",
     "run_kmeans",
     "arrange_clustering",
@@ -100,6 +102,37 @@ class Kmeans:
         if verbose:
             print(f"k-means time: {time.perf_counter() - start:.0f} s", file=sys.stderr)
         return loss
+
+
+class PIC:
+    """DeepCluster's power iteration clustering: ``PIC().cluster(features)`` fills
+    ``images_lists`` (see :func:`fastdc.engine.pic` for the algorithm).
+
+    args: ignored (DeepCluster's ``main.py`` passes the number of clusters to both classes;
+    PIC finds its own). sigma: the Gaussian kernel's bandwidth; nnn: neighbours per row;
+    alpha: the power iteration's damping; distribute_singletons: move singletons into their
+    nearest neighbour's cluster. images_lists: one non-empty list of row indices per cluster.
+    """
+
+    def __init__(self, args=None, sigma: float = 0.2, nnn: int = 5, alpha: float = 0.001,
+                 distribute_singletons: bool = True, *, pca: int = 256, niter: int = 200,
+                 backend: str | None = None):
+        self.sigma, self.nnn, self.alpha = sigma, nnn, alpha
+        self.distribute_singletons, self.pca, self.niter = distribute_singletons, pca, niter
+        self.backend = backend
+        self.images_lists: list[list[int]] = []
+
+    def cluster(self, data, verbose: bool = False) -> int:
+        """PCA-whiten + L2-normalise ``data`` (N, D), cluster it; returns 0 (as the reference:
+        PIC has no loss)."""
+        start = time.perf_counter()
+        xb, _ = _features(preprocess_features(data, pca=self.pca))
+        res = pic(xb, nnn=self.nnn, sigma=self.sigma, alpha=self.alpha, niter=self.niter,
+                  distribute_singletons=self.distribute_singletons, backend=self.backend)
+        self.images_lists = images_lists_from_labels(res.labels.cpu().tolist(), res.n_clusters)
+        if verbose:
+            print(f"pic time: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        return 0
 
 
 def images_lists_from_labels(labels: Sequence[int], k: int) -> list[list[int]]:

@@ -28,6 +28,14 @@ void assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip,
 // tile, run for about `seconds`. The peak the assign kernel is compared with.
 double fma_peak_gflops(Isa isa, int n_threads, double seconds);
 
+// The k nearest (L2) / most similar (IP) database rows of each row.
+//   x:    float32 [B, N, D]; y: float32 [B, M, D] database; 1 <= k <= M
+//   dist: float32 [B, N, k] out  L2: max(||x||^2 + ||y_j||^2 - 2 x.y_j, 0); IP: x.y_j
+//   idx:  int64   [B, N, k] out  best first, equal scores -> smaller j first
+// Memory: O(M*D) packed y + O(threads * block) scratch; never an N x M buffer.
+void knn(const float* x, const float* y, i64 B, i64 N, i64 M, i64 D, i64 k, bool ip,
+         float* dist, i64* idx, int n_threads);
+
 // Per-cluster sums and counts, deterministic and independent of n_threads.
 //   x:       float32 [B, N, D]
 //   idx:     int64   [B, N]    cluster of each row, in [0, k) (checked: throws otherwise)

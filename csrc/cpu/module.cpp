@@ -59,6 +59,20 @@ void assign_py(const Array<float>& x, const Array<float>& c, bool ip, Array<floa
     fastdc::assign(xp, cp, xs[0], xs[1], cs[1], xs[2], ip, dp, ip_, d2, n_threads, path);
 }
 
+void knn_py(const Array<float>& x, const Array<float>& y, i64 k, bool ip, Array<float>& dist,
+            Array<i64>& idx, int n_threads) {
+    const auto xs = shape_of(x, 3, "x"), ys = shape_of(y, 3, "y");
+    const auto ds = shape_of(dist, 3, "dist"), is = shape_of(idx, 3, "idx");
+    expect(ys[0] == xs[0] && ys[2] == xs[2], "y must be [B, M, D] matching x [B, N, D]");
+    expect(ds[0] == xs[0] && ds[1] == xs[1] && ds[2] == k && is == ds,
+           "dist and idx must be [B, N, k]");
+    const float *xp = x.data(), *yp = y.data();
+    float* dp = dist.mutable_data();
+    i64* ip_ = idx.mutable_data();
+    py::gil_scoped_release release;
+    fastdc::knn(xp, yp, xs[0], xs[1], ys[1], xs[2], k, ip, dp, ip_, n_threads);
+}
+
 void cluster_sums_py(const Array<float>& x, const Array<i64>& idx,
                      const std::optional<Array<float>>& weights, Array<float>& sums,
                      Array<float>& counts, int n_threads) {
@@ -149,7 +163,7 @@ double fma_peak_py(const std::string& isa, int n_threads, double seconds) {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-    m.doc() = "fastdc C++/OpenMP kernels (assign, cluster_sums, resplit_empty, sobel)";
+    m.doc() = "fastdc C++/OpenMP kernels (assign, knn, cluster_sums, resplit_empty, sobel)";
     m.def("simd", &fastdc::simd_name,
           "SIMD path the kernels take by default: 'avx512', 'avx2' or 'generic' (the widest "
           "this CPU runs, or FASTDC_CPU_ISA).");
@@ -168,6 +182,11 @@ PYBIND11_MODULE(_C, m) {
           "n_threads, isa='' (default path) | 'generic' | 'avx2' | 'avx512', dist2 f32[B,N] out "
           "| None): nearest (L2) / most similar (IP) centroid, ties -> smallest index; dist2: "
           "the second best.");
+    m.def("knn", &knn_py, py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("k"),
+          py::arg("ip"), py::arg("dist").noconvert(), py::arg("idx").noconvert(),
+          py::arg("n_threads"),
+          "knn(x f32[B,N,D], y f32[B,M,D], k, ip, dist f32[B,N,k] out, idx i64[B,N,k] out, "
+          "n_threads): k best rows of y per row of x, best first, ties -> smallest index.");
     m.def("cluster_sums", &cluster_sums_py, py::arg("x").noconvert(), py::arg("idx").noconvert(),
           py::arg("weights").noconvert().none(true), py::arg("sums").noconvert(),
           py::arg("counts").noconvert(), py::arg("n_threads"),

@@ -73,6 +73,7 @@ class Config:
     progress: bool | None = None
     in_channels: int = 0  # filled in from the data
     method: str = "deepcluster"
+    clustering: str = "kmeans"  # deepcluster: "kmeans" or "pic" (power iteration clustering)
     super_classes: int | None = None  # deepercluster only
     rotations: bool = True  # deepercluster only
     reassign_every: int = 1
@@ -145,6 +146,10 @@ def _clustering_flags(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model and clustering")
     m.add_argument("--method", choices=METHODS, default="deepcluster",
                    help="deepercluster: rotation × super-class and sub-class targets")
+    m.add_argument("--clustering", choices=("kmeans", "pic"), default="kmeans",
+                   help="deepcluster: k-means with --k clusters, or power iteration clustering "
+                        "on a 5-NN graph (as many clusters as it finds, the head sized to them "
+                        "every epoch; single process, features in memory)")
     m.add_argument("--super-classes", type=int, metavar="S",
                    help="deepercluster: super-classes (default 4); --k is then the number "
                         "of sub-classes per super-class (default 25 for MNIST, 2500)")

@@ -4,7 +4,9 @@
    images' features (:func:`fastdc.engine.pca_whiten`, or :func:`fastdc.engine.
    pca_whiten_streaming` ``--kmeans-chunk`` rows at a time for features in a host store);
 3. the method's clustering (:mod:`fastdc.deepcluster.methods`): k-means with ``--k`` clusters
-   and ``--kmeans-iters`` Lloyd iterations, or DeeperCluster's two-level k-means; in a group
+   and ``--kmeans-iters`` Lloyd iterations, or DeeperCluster's two-level k-means, or with
+   ``--clustering pic`` power iteration clustering (:func:`fastdc.engine.pic`, DeepCluster's
+   defaults: 5 neighbours, sigma 0.2), whose cluster count sizes the head; in a group
    each rank brings its shard, PCA and k-means run over the group and every rank gets every
    image's target;
 4. ``--reassign`` × N images drawn uniformly over the non-empty targets
@@ -21,7 +23,7 @@ from fastdc.deepcluster.config import Config, UsageError
 from fastdc.deepcluster.distribution import Distribution
 from fastdc.deepcluster.methods import Clusters, Method
 from fastdc.deepcluster.seeds import STREAM_KMEANS, STREAM_SAMPLER, derive_seed
-from fastdc.engine import FeatureStore, pca_whiten, pca_whiten_streaming
+from fastdc.engine import FeatureStore, pca_whiten, pca_whiten_streaming, pic
 
 
 class PseudoLabels:
@@ -29,6 +31,9 @@ class PseudoLabels:
 
     def __init__(self, cfg: Config, method: Method, dist: Distribution) -> None:
         self.cfg, self.method, self.dist = cfg, method, dist
+        if cfg.clustering == "pic" and (cfg.method != "deepcluster" or dist.group is not None):
+            raise UsageError("--clustering pic runs with --method deepcluster in one process "
+                             "(not under torchrun); use --clustering kmeans there")
 
     def assign(self, feats: torch.Tensor | FeatureStore, ok: np.ndarray, epoch: int
                ) -> tuple[np.ndarray, Clusters]:
@@ -45,10 +50,22 @@ class PseudoLabels:
             raise UsageError(f"{self.method.min_rows_flag} {self.method.min_rows} is larger "
                              f"than the number of readable images ({n_rows} of {len(ok_all)})")
         seed = derive_seed(self.cfg.seed, STREAM_KMEANS, epoch) % (2**31)
-        clusters = self.method.cluster(self.whiten(feats, ok), seed, n_rows)
+        if self.cfg.clustering == "pic":
+            clusters = self.pic(self.whiten(feats, ok))
+        else:
+            clusters = self.method.cluster(self.whiten(feats, ok), seed, n_rows)
         assignment = np.full(len(ok_all), -1, dtype=np.int64)
         assignment[np.flatnonzero(ok_all)] = clusters.labels.cpu().numpy()
         return assignment, clusters
+
+    def pic(self, x: torch.Tensor | FeatureStore) -> Clusters:
+        """Power iteration clustering of the whitened rows x [n, d]; the method's targets and
+        head become the clusters it finds. PIC has no loss (None)."""
+        if isinstance(x, FeatureStore):
+            x = x.data.to(self.dist.device, torch.float32)
+        res = pic(x)
+        self.method.n_targets = self.method.head_outputs = res.n_clusters
+        return Clusters(res.labels, None, {"pic_clusters": res.n_clusters})
 
     def whiten(self, feats: torch.Tensor | FeatureStore, ok: np.ndarray
                ) -> torch.Tensor | FeatureStore:

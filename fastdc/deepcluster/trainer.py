@@ -140,6 +140,10 @@ class Trainer:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load a checkpoint written by :meth:`state` (architecture already checked)."""
+        head = state["model"]["top_layer.weight"].shape[0]
+        if head != self.method.head_outputs:  # --clustering pic sizes the head to its clusters
+            self.method.n_targets = self.method.head_outputs = head
+            self.model.reset_head(head)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.head_optimizer = self._head_optimizer()

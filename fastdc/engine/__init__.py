@@ -15,7 +15,8 @@ Modules, from the bottom up:
   early_stop_threshold);
 - ``lloyd``: the loop, :func:`kmeans` (in memory) and :func:`kmeans_streaming` (a store);
 - ``pca``: PCA-whitening of a tensor or of a streamed store;
-- ``hierarchy``: DeeperCluster's two-level k-means; ``index``: a flat nearest-neighbour index.
+- ``hierarchy``: DeeperCluster's two-level k-means; ``index``: a flat nearest-neighbour index;
+- ``pic``: power iteration clustering on a k-NN graph (DeepCluster's ``--clustering pic``).
 
 Code outside the engine imports these names from ``fastdc.engine`` itself, never from its
 modules, so the engine can be reorganised behind them.
@@ -28,6 +29,7 @@ from fastdc.engine.hierarchy import pack_groups, two_level_kmeans
 from fastdc.engine.index import FlatIndex, to_tensor
 from fastdc.engine.lloyd import KMeansResult, kmeans, kmeans_streaming
 from fastdc.engine.pca import PCA, l2_normalize_rows, pca_whiten, pca_whiten_streaming
+from fastdc.engine.pic import PICResult, knn_graph, pic
 from fastdc.engine.seeding import initial_centroids
 from fastdc.engine.store import DTYPES as STORE_DTYPES
 from fastdc.engine.store import FeatureStore
@@ -39,15 +41,18 @@ __all__ = [
     "FlatIndex",
     "Group",
     "KMeansResult",
+    "PICResult",
     "check_early_stop_threshold",
     "collectives",
     "initial_centroids",
     "kmeans",
     "kmeans_streaming",
+    "knn_graph",
     "l2_normalize_rows",
     "pack_groups",
     "pca_whiten",
     "pca_whiten_streaming",
+    "pic",
     "to_tensor",
     "two_level_kmeans",
 ]

@@ -10,6 +10,7 @@ from fastdc.ops import registry
 from fastdc.ops.assign import assign
 from fastdc.ops.checks import first_nonfinite_row
 from fastdc.ops.cluster_sums import cluster_sums, means_from_sums, update_centroids
+from fastdc.ops.knn import knn
 from fastdc.ops.resplit_empty import resplit_empty
 from fastdc.ops.sobel import IMAGENET_MEAN, IMAGENET_STD, Sobel, sobel, sobel_weights
 
@@ -20,6 +21,7 @@ __all__ = [
     "assign",
     "cluster_sums",
     "first_nonfinite_row",
+    "knn",
     "means_from_sums",
     "registry",
     "resplit_empty",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fastdc.ops.checks import as_batched, check_float, check_metric, check_same_device
+from fastdc.ops.checks import batched_pair, check_metric
 from fastdc.ops.registry import register, select
 
 _CHUNK_ELEMS = 1 << 22  # scores per chunk: 16 MB of fp32, small next to any real x
@@ -99,26 +99,9 @@ def assign(
     mismatched shapes, dtypes or devices.
     """
     check_metric(metric)
-    xb, squeezed = as_batched(x, "x", 2)
-    cb, c_squeezed = as_batched(centroids, "centroids", 2)
-    if squeezed != c_squeezed:
-        raise ValueError(
-            f"x {tuple(x.shape)} and centroids {tuple(centroids.shape)} must both be batched "
-            "([B, N, D] and [B, K, D]) or both not"
-        )
-    check_float(xb, "x")
-    check_float(cb, "centroids")
-    check_same_device(x=xb, centroids=cb)
-    if xb.shape[0] != cb.shape[0] or xb.shape[2] != cb.shape[2]:
-        raise ValueError(
-            f"x {tuple(x.shape)} and centroids {tuple(centroids.shape)} disagree: they need the "
-            "same batch size and the same feature dimension D"
-        )
+    xb, cb, squeezed = batched_pair(x, centroids, "centroids", "K")
     if cb.shape[1] < 1:
         raise ValueError("centroids must hold at least one centroid (K >= 1)")
-    if cb.dtype != xb.dtype:
-        cb = cb.to(xb.dtype)
-    xb, cb = xb.detach().contiguous(), cb.detach().contiguous()
     impl = select("assign", backend, x=xb, centroids=cb, metric=metric, precision=precision)
     if not second:
         out = impl.fn(x=xb, centroids=cb, metric=metric, precision=precision)

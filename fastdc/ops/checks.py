@@ -33,6 +33,29 @@ def check_float(t: torch.Tensor, name: str) -> None:
         )
 
 
+def batched_pair(x: torch.Tensor, y: torch.Tensor, y_name: str, y_rows: str
+                 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Check rows x ([N, D] or [B, N, D] float) against a second set y ([R, D] or [B, R, D],
+    named ``y_name``, its rows called ``y_rows`` in messages) on the same device; return both
+    batched, y in x's dtype, detached and contiguous, and whether a batch dim was added."""
+    xb, squeezed = as_batched(x, "x", 2)
+    yb, y_squeezed = as_batched(y, y_name, 2)
+    if squeezed != y_squeezed:
+        raise ValueError(
+            f"x {tuple(x.shape)} and {y_name} {tuple(y.shape)} must both be batched "
+            f"([B, N, D] and [B, {y_rows}, D]) or both not"
+        )
+    check_float(xb, "x")
+    check_float(yb, y_name)
+    check_same_device(**{"x": xb, y_name: yb})
+    if xb.shape[0] != yb.shape[0] or xb.shape[2] != yb.shape[2]:
+        raise ValueError(
+            f"x {tuple(x.shape)} and {y_name} {tuple(y.shape)} disagree: they need the "
+            "same batch size and the same feature dimension D"
+        )
+    return xb.detach().contiguous(), yb.detach().to(xb.dtype).contiguous(), squeezed
+
+
 def check_metric(metric: str) -> None:
     """Raise ValueError unless ``metric`` is "l2" or "ip"."""
     if metric not in ("l2", "ip"):

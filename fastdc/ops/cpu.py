@@ -1,7 +1,8 @@
 """The ``cpu`` backend: C++/OpenMP kernels from the pybind11 extension :mod:`fastdc._C`.
 
-Registers ``assign``, ``cluster_sums``, ``resplit_empty`` and ``sobel``. Each implementation
-takes the same keyword arguments as the op's reference (batched, contiguous tensors), passes
+Registers ``assign``, ``knn``, ``cluster_sums``, ``resplit_empty`` and ``sobel``. Each
+implementation takes the same keyword arguments as the op's reference (batched, contiguous
+tensors), passes
 them to C++ as zero-copy NumPy views, allocates the outputs with torch and runs on
 ``torch.get_num_threads()`` threads. The kernels compute in float32; other dtypes fall back
 to the ``torch`` reference (the ``reasons`` functions say why). Importing this module fails
@@ -101,6 +102,28 @@ def assign_cpu(
     _C.assign(_np(x), _np(centroids), metric == "ip", _np(dist), _np(idx),
               torch.get_num_threads(), isa, None if dist2 is None else _np(dist2))
     return (dist, idx) if dist2 is None else (dist, idx, dist2)
+
+
+# --- knn --------------------------------------------------------------------------------------
+
+
+def _knn_reasons(x, y, k, metric) -> list[str]:
+    reasons = _kernel_reasons(x=(x, torch.float32), y=(y, torch.float32))
+    if metric not in ("l2", "ip"):
+        reasons.append(f"unknown metric {metric!r}")
+    return reasons
+
+
+@register("knn", "cpu", _knn_reasons)
+def knn_cpu(x: torch.Tensor, y: torch.Tensor, k: int, metric: str
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: [B, N, D] float32, y: [B, M, D] float32 -> dist [B, N, k] float32, idx [B, N, k]
+    int64, best first (the fused top-k kernel; float32 throughout)."""
+    B, N, _ = x.shape
+    dist = torch.empty(B, N, k, dtype=torch.float32)
+    idx = torch.empty(B, N, k, dtype=torch.int64)
+    _C.knn(_np(x), _np(y), k, metric == "ip", _np(dist), _np(idx), torch.get_num_threads())
+    return dist, idx
 
 
 # --- cluster_sums -----------------------------------------------------------------------------
