@@ -62,7 +62,7 @@ from fastdc.deepcluster.config import Config, UsageError, parse_config, resolve_
 from fastdc.deepcluster.data import DataError, Source, load_mnist, load_source
 from fastdc.deepcluster.launch import prepare, train
 from fastdc.deepcluster.models import DeepClusterNet, build_model, initial_model, min_input_size
-from fastdc.deepcluster.run_control import Interrupted
+from fastdc.deepcluster.run_control import Interrupted, progress_bar
 from fastdc.deepcluster.seeds import STREAM_INIT, derive_seed
 from fastdc.deepcluster.trainer import Trainer
 from fastdc.deepcluster.weights import LAYOUTS, Weights, load_into, read_weights, write_weights
@@ -90,6 +90,7 @@ __all__ = [
     "min_input_size",
     "parse_config",
     "prepare",
+    "progress_bar",
     "read_weights",
     "resolve_defaults",
     "train",
