@@ -1,8 +1,9 @@
 """``python -m fastdc.eval_linear --checkpoint RUN/checkpoint.pt [--data DIR]``: linear probes.
 
-Two protocols. ``--protocol probe`` (the default, for small data): for every conv layer of a trained DeepCluster net (and of the same net at its random init, the
-baseline), the frozen ReLU outputs are average-pooled to about 9–10k dims and a multinomial
-logistic regression is fitted on a training split and scored on a held-out split. The pooling
+Two protocols. ``--protocol probe`` (the default, for small data): for every conv layer of a
+trained DeepCluster net (and of the same net at its random init, the baseline), the frozen ReLU
+outputs are average-pooled to about 9–10k dims and a multinomial logistic regression is fitted
+on a training split and scored on a held-out split. The pooling
 for AlexNet is the reference's (DeepCluster ``eval_linear.py``): conv1 AvgPool(6, 6, pad 3)
 -> 9600, conv2 AvgPool(4, 4) -> 9216, conv3/conv4 AvgPool(3, 3, pad 1) -> 9600, conv5
 AvgPool(2, 2) -> 9216 dims. Other nets use an adaptive average pool to s×s with

@@ -116,8 +116,9 @@ def train_linear_protocol(embed: Callable[[torch.Tensor], torch.Tensor], dims: i
 
     embed: float [B, C, H, W] -> float [B, dims] (frozen, no gradient needed); ``train(e)``
     yields epoch e's augmented (images, int64 labels) batches; ``val()`` the validation batches
-    (centre crops); the head lives on ``device``. It starts at N(0, 0.01), zero bias. ``on_epoch`` receives each epoch's
-    record, ``on_batch`` is called after each training step. Raises ValueError for epochs < 1.
+    (centre crops); the head lives on ``device`` and starts at N(0, 0.01), zero bias.
+    ``on_epoch`` receives each epoch's record, ``on_batch`` is called after each step.
+    Raises ValueError for epochs < 1.
     """
     if sgd.epochs < 1:
         raise ValueError(f"the linear protocol needs at least 1 epoch, got {sgd.epochs}")
