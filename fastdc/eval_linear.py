@@ -178,27 +178,6 @@ def evaluate(args: argparse.Namespace) -> dict:
             "layers": results}
 
 
-def conv_count(model: DeepClusterNet) -> int:
-    """The number of conv layers of ``model`` (one ReLU after each)."""
-    return sum(isinstance(m, torch.nn.ReLU) for m in model.body)
-
-
-def conv_output(model: DeepClusterNet, x: torch.Tensor, conv: int) -> torch.Tensor:
-    """The ReLU output of conv layer ``conv`` (1-based): float [B, C, H, W] -> [B, C_l, H_l,
-    W_l], running the body only as far as that layer."""
-    if model.sobel is not None:
-        x = model.sobel(x)
-    seen = 0
-    for layer in model.body:
-        x = layer(x)
-        if isinstance(layer, torch.nn.ReLU):
-            seen += 1
-            if seen == conv:
-                return x
-    raise ValueError(f"--conv {conv} is out of range for {model.arch}: it has conv layers "
-                     f"1 to {seen}")
-
-
 def _labelled(batches, labels: np.ndarray, keep: np.ndarray | None = None):
     """(images, int64 labels) of the readable images of ``batches`` (only rows in ``keep``
     when given)."""
@@ -218,10 +197,9 @@ def paper_protocol(args: argparse.Namespace) -> dict:
     ValueError for a --conv out of range, DataError / CheckpointError for unusable inputs."""
     weights, device, train_src, val_src = _inputs(args)
     model = _models(weights, str(args.checkpoint))["trained"].to(device).eval()
-    n_conv = conv_count(model)
-    if not 1 <= args.conv <= n_conv:
+    if not 1 <= args.conv <= model.conv_count:
         raise ValueError(f"--conv {args.conv} is out of range for {weights.arch}: choose 1 to "
-                         f"{n_conv}")
+                         f"{model.conv_count}")
     for p in model.parameters():
         p.requires_grad_(False)
     train_idx = np.arange(len(train_src))
@@ -231,7 +209,7 @@ def paper_protocol(args: argparse.Namespace) -> dict:
     val_of = val_src or train_src
 
     def embed(x: torch.Tensor) -> torch.Tensor:
-        return pool_layer(conv_output(model, x, args.conv), args.conv - 1, weights.arch)
+        return pool_layer(model.conv_output(x, args.conv), args.conv - 1, weights.arch)
 
     side = train_src.side
     with torch.no_grad():

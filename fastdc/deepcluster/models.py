@@ -116,6 +116,23 @@ class DeepClusterNet(nn.Module):
         head = {id(p) for p in self.top_layer.parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in head]
 
+    @property
+    def conv_count(self) -> int:
+        """The number of conv layers (each followed by one ReLU in ``body``)."""
+        return sum(isinstance(m, nn.ReLU) for m in self.body)
+
+    def conv_output(self, x: torch.Tensor, conv: int) -> torch.Tensor:
+        """The ReLU output of conv layer ``conv`` (1-based), running the body only that far:
+        float [B, C, H, W] -> [B, C_l, H_l, W_l]. Raises ValueError when ``conv`` is out of
+        range (the message gives the valid range)."""
+        if not 1 <= conv <= self.conv_count:
+            raise ValueError(f"conv layer {conv} is out of range for {self.arch}: choose 1 to "
+                             f"{self.conv_count}")
+        if self.sobel is not None:
+            x = self.sobel(x)
+        relus = [i for i, m in enumerate(self.body) if isinstance(m, nn.ReLU)]
+        return self.body[:relus[conv - 1] + 1](x)
+
     def conv_layers(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The ReLU output of every conv layer, in order: float [B, C_i, H_i, W_i] each."""
         if self.sobel is not None:
