@@ -102,12 +102,21 @@ class DeepClusterNet(nn.Module):
         """Pseudo-label logits: float [B, C, H, W] -> [B, k]."""
         return self.top_layer(F.relu(self.features(x)))
 
-    def reset_head(self, k: int, generator: torch.Generator | None = None) -> nn.Linear:
-        """Replace ``top_layer`` by a fresh ``Linear(feature_dim, k)``: N(0, 0.01), zero bias."""
-        head = nn.Linear(self.feature_dim, k).to(self.top_layer.weight.device)
+    def reset_head(self, k: int, generator: torch.Generator | None = None,
+                   normal: bool = True) -> nn.Linear:
+        """Replace ``top_layer`` by a fresh ``Linear(feature_dim, k)``: N(0, 0.01) weights and
+        zero bias (``normal``, DeepCluster), else PyTorch's default Linear init (DeeperCluster),
+        drawn from ``generator`` either way."""
+        head = nn.Linear(self.feature_dim, k)
         with torch.no_grad():
-            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.01)
-            head.bias.zero_()
+            if normal:
+                head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.01)
+                head.bias.zero_()
+            else:
+                bound = 1 / math.sqrt(self.feature_dim)
+                head.weight.uniform_(-bound, bound, generator=generator)
+                head.bias.uniform_(-bound, bound, generator=generator)
+        head = head.to(self.top_layer.weight.device)
         self.top_layer = head
         return head
 
