@@ -142,17 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad input)."""
     args = build_parser().parse_args(argv)
+    limit = ("--iterations", args.iterations) if args.command == "filters" else (
+        "--count", args.count)
     try:
-        if args.command == "filters" and args.iterations < 1:
-            raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
-        if args.command == "top-images" and args.count < 1:
-            raise ValueError(f"--count must be >= 1, got {args.count}")
+        if limit[1] < 1:
+            raise ValueError(f"{limit[0]} must be >= 1, got {limit[1]}")
         path = run_filters(args) if args.command == "filters" else run_top_images(args)
     except (DataError, CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err)
     print(f"wrote {path}")
     return 0
+
+
+def _fail(err: Exception) -> int:
+    """Print ``err`` as one line on stderr; returns the exit status for bad input (2)."""
+    print(f"error: {err}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -3,25 +3,18 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from fastdc import eval_linear
 from fastdc.deepcluster import Weights, build_model, write_weights
 from fastdc.evaluation import ten_crops, topk_correct
+from tests.test_weights import rgb_folder
 
 
-def image_folder(root, classes=2, per_class=4, side=32):
-    """root/<class>/<i>.png: RGB noise with a per-class tint."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"c{c}").mkdir(parents=True)
-        for i in range(per_class):
-            px = rng.integers(0, 128, (side, side, 3), dtype=np.uint8)
-            px[..., c % 3] += 100
-            Image.fromarray(px).save(root / f"c{c}" / f"{i}.png")
+def image_folder(root, per_class=4):
+    """root/<class>/<i>.png: two classes of 32×32 RGB noise."""
+    rgb_folder(root, per_class=per_class, size=32)
     return root
 
 
