@@ -63,8 +63,9 @@ def run_filters(args: argparse.Namespace) -> str:
     model = load_net(args.checkpoint).to(_device(args.device))
     n = check_filters(model, args.conv, [])
     filters = _filters(args.filters, n)
-    side = args.size or read_weights(args.checkpoint).config.get(
-        "image_size", 28 if model.arch == "small" else 224)
+    cfg = read_weights(args.checkpoint).config
+    # A folder run's images are --image-size pixels; the built-in MNIST digits are 28.
+    side = args.size or (cfg.get("image_size", 224) if cfg.get("data") else 28)
     bar = progress_bar("ascent", args.iterations, enabled=not args.quiet)
     try:
         imgs = filter_images(model, args.conv, filters, side, iterations=args.iterations,
