@@ -182,3 +182,60 @@ def test_method_objects_give_each_method_its_targets_head_inputs_and_loss():
     torch.testing.assert_close(deeper.loss(logits, targets, rot), want)
     metrics = deeper.metrics(assignment, assignment // 5)
     assert metrics == {"nmi_labels_super": 1.0, "nonempty_super_classes": 3}
+
+
+def _folder(root, n=4):
+    from PIL import Image
+
+    (root / "a").mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(np.full((40, 40, 3), 40 * i, dtype=np.uint8)).save(root / "a" / f"{i}.png")
+    return root
+
+
+def test_folder_runs_of_deepercluster_take_the_reference_settings(tmp_path):
+    from fastdc.deepcluster import load_source
+
+    src = load_source(str(_folder(tmp_path / "d")), None, image_size=32)
+    cfg = resolve_defaults(parse_config(["--method", "deepercluster", "--data", str(tmp_path),
+                                         "--super-classes", "2", "--k", "1",
+                                         "--image-size", "32"]), src)
+    assert (cfg.arch, cfg.lr, cfg.batch_size, cfg.reassign_every, cfg.pca_dim,
+            cfg.kmeans_iters, cfg.sync_bn, cfg.head_momentum, cfg.head_init) == (
+        "vgg16", 0.1, 48, 3, 4096, 10, True, 0.9, "default")
+    own = resolve_defaults(parse_config(["--method", "deepercluster", "--data", str(tmp_path),
+                                         "--super-classes", "2", "--k", "1", "--image-size",
+                                         "32", "--no-sync-bn", "--kmeans-iters", "7"]), src)
+    assert (own.sync_bn, own.kmeans_iters) == (False, 7)
+    plain = resolve_defaults(parse_config(["--data", str(tmp_path), "--k", "2",
+                                           "--image-size", "32", "--arch", "small"]), src)
+    assert (plain.reassign_every, plain.kmeans_iters, plain.sync_bn, plain.head_momentum,
+            plain.head_init) == (1, 20, False, 0.0, "normal")
+
+
+def test_the_builtin_deepercluster_run_keeps_its_own_settings():
+    cfg = resolve_defaults(parse_config(["--method", "deepercluster"]), load_mnist(300))
+    assert (cfg.arch, cfg.kmeans_iters, cfg.reassign_every, cfg.head_init) == (
+        "small", 20, 1, "normal")
+
+
+def test_help_documents_the_reference_flags(capsys, monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no line breaks inside a flag
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--super_classes 16 --k 10000 is --super-classes 4 --k 2500" in text
+    assert "--head-momentum 0.9" in text and "--reassign-every 3" in text
+
+
+def test_a_default_init_head_differs_from_the_normal_one():
+    from fastdc.deepcluster import build_model
+
+    model = build_model("small", 3, 1)
+    normal = model.reset_head(5, torch.Generator().manual_seed(0)).weight.detach().clone()
+    default = model.reset_head(5, torch.Generator().manual_seed(0), normal=False)
+    bound = 1 / model.feature_dim ** 0.5
+    assert normal.abs().max() < 0.06 and default.bias.abs().max() > 0
+    assert default.weight.abs().max() <= bound and default.weight.std() > 0.3 * bound

@@ -27,6 +27,8 @@ Modules, from the command line down:
   :mod:`~fastdc.deepcluster.models`, :mod:`~fastdc.deepcluster.checkpoint`,
   :mod:`~fastdc.deepcluster.weights` (fastdc's and the reference code's weight layouts),
   :mod:`~fastdc.deepcluster.run_control` (progress bars, stop signals),
+  :mod:`~fastdc.deepcluster.visualization` (``python -m fastdc.visualize``: filters by
+  gradient ascent, top images per filter),
   :mod:`~fastdc.deepcluster.seeds` (the random streams).
 
 Outputs in ``--out``: checkpoint.pt (and checkpoint_epochNNN.pt with ``--save-every``),
@@ -62,9 +64,16 @@ from fastdc.deepcluster.config import Config, UsageError, parse_config, resolve_
 from fastdc.deepcluster.data import DataError, Source, load_mnist, load_source
 from fastdc.deepcluster.launch import prepare, train
 from fastdc.deepcluster.models import DeepClusterNet, build_model, initial_model, min_input_size
-from fastdc.deepcluster.run_control import Interrupted
+from fastdc.deepcluster.run_control import Interrupted, progress_bar
 from fastdc.deepcluster.seeds import STREAM_INIT, derive_seed
 from fastdc.deepcluster.trainer import Trainer
+from fastdc.deepcluster.visualization import (
+    check_filters,
+    filter_images,
+    load_net,
+    save_grid,
+    top_images,
+)
 from fastdc.deepcluster.weights import LAYOUTS, Weights, load_into, read_weights, write_weights
 
 __all__ = [
@@ -80,18 +89,24 @@ __all__ = [
     "UsageError",
     "Weights",
     "build_model",
+    "check_filters",
     "derive_seed",
+    "filter_images",
     "initial_model",
     "load_checkpoint",
     "load_into",
     "load_mnist",
+    "load_net",
     "load_source",
     "main",
     "min_input_size",
     "parse_config",
     "prepare",
+    "progress_bar",
     "read_weights",
     "resolve_defaults",
+    "save_grid",
+    "top_images",
     "train",
     "write_weights",
 ]

@@ -24,9 +24,19 @@ MNIST_DEFAULTS = {"arch": "small", "k": 100, "epochs": 12, "pca_dim": 32, "batch
 FOLDER_DEFAULTS = {"arch": "alexnet", "k": 10_000, "epochs": 200, "pca_dim": 256,
                    "batch_size": 256, "lr": 0.05}
 # DeeperCluster: --k is the number of sub-classes per super-class. MNIST: 4 × 25 = 100 targets
-# (DeepCluster's k there); folders: 4 × 2 500 = DeepCluster's 10 000.
+# (DeepCluster's k there). Folders get the reference's own settings (DeeperCluster main.py and
+# its ImageNet/YFCC scripts): VGG16, lr 0.1, batch 48 per process, re-clustering every 3 epochs,
+# PCA 4096, 10 Lloyd iterations, head SGD with momentum 0.9, PyTorch's default Linear init for
+# the heads, SyncBatchNorm. The reference's --super_classes counts clusters × rotations and its
+# --k is the total number of sub-classes: reference S_ref = 4·S, k_ref = S·k here.
+# Settings that DeepCluster and the MNIST runs leave at these values:
+COMMON_DEFAULTS = {"kmeans_iters": 20, "reassign_every": 1, "sync_bn": False,
+                   "head_momentum": 0.0, "head_init": "normal"}
 DEEPER_MNIST_DEFAULTS = {"super_classes": 4, "k": 25}
-DEEPER_FOLDER_DEFAULTS = {"super_classes": 4, "k": 2_500}
+DEEPER_FOLDER_DEFAULTS = {"super_classes": 4, "k": 2_500, "arch": "vgg16", "lr": 0.1,
+                          "batch_size": 48, "reassign_every": 3, "pca_dim": 4096,
+                          "kmeans_iters": 10, "sync_bn": True, "head_momentum": 0.9,
+                          "head_init": "default"}
 # Integer settings and their smallest allowed value: (attribute, flag, minimum).
 AT_LEAST = (("k", "--k", 1), ("super_classes", "--super-classes", 1),
             ("reassign_every", "--reassign-every", 1), ("epochs", "--epochs", 1),
@@ -51,7 +61,7 @@ class Config:
     sobel: bool = False
     k: int | None = None
     pca_dim: int | None = None
-    kmeans_iters: int = 20
+    kmeans_iters: int | None = 20
     reassign: float = 1.0
     epochs: int | None = None
     batch_size: int | None = None
@@ -76,8 +86,10 @@ class Config:
     clustering: str = "kmeans"  # deepcluster: "kmeans" or "pic" (power iteration clustering)
     super_classes: int | None = None  # deepercluster only
     rotations: bool = True  # deepercluster only
-    reassign_every: int = 1
-    sync_bn: bool = False
+    reassign_every: int | None = 1
+    sync_bn: bool | None = False
+    head_momentum: float | None = 0.0  # the head's SGD momentum
+    head_init: str | None = "normal"  # a new head: "normal" N(0, 0.01), or "default" (PyTorch)
     feature_dtype: str = "float32"  # float16: features kept in fp16 on the host, streamed
     feature_cache: str | None = None  # a directory: features in an on-disk memmap, streamed
     kmeans_chunk: int = 65536  # rows per chunk of the streamed PCA / k-means
@@ -145,26 +157,35 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
 def _clustering_flags(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model and clustering")
     m.add_argument("--method", choices=METHODS, default="deepcluster",
-                   help="deepercluster: rotation × super-class and sub-class targets")
+                   help="deepercluster: rotation × super-class and sub-class targets; with "
+                        "--data it takes the reference's settings (vgg16, lr 0.1, batch 48, "
+                        "--reassign-every 3, --pca-dim 4096, --kmeans-iters 10, "
+                        "--head-momentum 0.9, --head-init default, --sync-bn)")
     m.add_argument("--clustering", choices=("kmeans", "pic"), default="kmeans",
                    help="deepcluster: k-means with --k clusters, or power iteration clustering "
                         "on a 5-NN graph (as many clusters as it finds, the head sized to them "
                         "every epoch; single process, features in memory)")
     m.add_argument("--super-classes", type=int, metavar="S",
                    help="deepercluster: super-classes (default 4); --k is then the number "
-                        "of sub-classes per super-class (default 25 for MNIST, 2500)")
+                        "of sub-classes per super-class (default 25 for MNIST, 2500). The "
+                        "reference's --super_classes counts super-classes × 4 rotations and "
+                        "its --k is the total: its --super_classes 16 --k 10000 is "
+                        "--super-classes 4 --k 2500 here")
     m.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=True,
                    help="deepercluster: rotate inputs by 0/90/180/270 degrees")
-    m.add_argument("--reassign-every", type=int, default=1, metavar="E",
-                   help="epochs between re-clusterings")
+    m.add_argument("--reassign-every", type=int, metavar="E",
+                   help="epochs between re-clusterings (default 1; deepercluster --data: 3)")
     sides = ", ".join(f"{arch} {min_input_size(arch)}" for arch in ARCHS)
     m.add_argument("--arch", choices=ARCHS,
-                   help="default: small for MNIST, alexnet for --data (the checkpoint's with "
+                   help="default: small for MNIST, alexnet for --data (vgg16 for "
+                        "deepercluster --data; the checkpoint's with "
                         f"--init-from). Smallest image side in pixels: {sides}")
     m.add_argument("--sobel", action="store_true", help="fixed Sobel filter in front")
     m.add_argument("--k", type=int, help="clusters (default 100 for MNIST, 10000 for --data)")
-    m.add_argument("--pca-dim", type=int, help="PCA whitening dims (default 32 for MNIST, 256)")
-    m.add_argument("--kmeans-iters", type=int, default=20, help="Lloyd iterations per epoch")
+    m.add_argument("--pca-dim", type=int, help="PCA whitening dims (default 32 for MNIST, 256; "
+                                                "deepercluster --data: 4096)")
+    m.add_argument("--kmeans-iters", type=int,
+                   help="Lloyd iterations per epoch (default 20; deepercluster --data: 10)")
     m.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32",
                    help="float16: keep the epoch's features in fp16 on the host and stream "
                         "PCA + k-means through the device in chunks")
@@ -180,8 +201,10 @@ def _clustering_flags(p: argparse.ArgumentParser) -> None:
 def _training_flags(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, help="default 12 for MNIST, 200 for --data")
-    t.add_argument("--batch-size", type=int, help="default 128 for MNIST, 256 for --data")
-    t.add_argument("--lr", type=float, help="default 0.1 for MNIST, 0.05 for --data")
+    t.add_argument("--batch-size", type=int, help="default 128 for MNIST, 256 for --data (48 per "
+                                                   "process for deepercluster --data)")
+    t.add_argument("--lr", type=float, help="default 0.1 for MNIST, 0.05 for --data (0.1 "
+                                                 "for deepercluster --data)")
     t.add_argument("--momentum", type=float, default=0.9)
     t.add_argument("--wd", type=float, default=1e-5,
                    help="weight decay, the value itself (DeepCluster's script takes the "
@@ -189,8 +212,15 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only)")
-    t.add_argument("--sync-bn", action="store_true",
-                   help="SyncBatchNorm across torchrun processes (CUDA only)")
+    t.add_argument("--sync-bn", action=argparse.BooleanOptionalAction,
+                   help="SyncBatchNorm across torchrun processes (CUDA only; default off, on "
+                        "for deepercluster --data)")
+    t.add_argument("--head-momentum", type=float,
+                   help="momentum of the head's SGD (default 0 as DeepCluster; deepercluster "
+                        "--data: 0.9)")
+    t.add_argument("--head-init", choices=("normal", "default"),
+                   help="a new head's weights: normal N(0, 0.01) as DeepCluster (default), or "
+                        "PyTorch's default Linear init (deepercluster --data)")
     t.add_argument("--init-from", metavar="CKPT",
                    help="start a new run from these weights, head dropped: a fastdc "
                         "checkpoint, or a reference DeepCluster checkpoint (AlexNet/VGG16, "
@@ -250,8 +280,9 @@ def check_settings(cfg: Config, side: int | None) -> None:
     for flag, value in (("--lr", cfg.lr), ("--reassign", cfg.reassign)):
         if value is not None and not value > 0:
             raise UsageError(f"{flag} must be > 0, got {value}")
-    if not 0 <= cfg.momentum < 1:
-        raise UsageError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+    for flag, value in (("--momentum", cfg.momentum), ("--head-momentum", cfg.head_momentum)):
+        if value is not None and not 0 <= value < 1:
+            raise UsageError(f"{flag} must be in [0, 1), got {value}")
     if not cfg.wd >= 0:
         raise UsageError(_negative_wd(cfg.wd))
     crop_range(cfg.crop_scale)
@@ -291,7 +322,7 @@ def resolve_defaults(cfg: Config, source: Source) -> Config:
     mnist = isinstance(source, TensorSource)
     if cfg.method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
-    defaults = dict(MNIST_DEFAULTS if mnist else FOLDER_DEFAULTS)
+    defaults = {**COMMON_DEFAULTS, **(MNIST_DEFAULTS if mnist else FOLDER_DEFAULTS)}
     if cfg.method == "deepercluster":
         defaults.update(DEEPER_MNIST_DEFAULTS if mnist else DEEPER_FOLDER_DEFAULTS)
     elif cfg.super_classes is not None:

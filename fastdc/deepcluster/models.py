@@ -102,12 +102,21 @@ class DeepClusterNet(nn.Module):
         """Pseudo-label logits: float [B, C, H, W] -> [B, k]."""
         return self.top_layer(F.relu(self.features(x)))
 
-    def reset_head(self, k: int, generator: torch.Generator | None = None) -> nn.Linear:
-        """Replace ``top_layer`` by a fresh ``Linear(feature_dim, k)``: N(0, 0.01), zero bias."""
-        head = nn.Linear(self.feature_dim, k).to(self.top_layer.weight.device)
+    def reset_head(self, k: int, generator: torch.Generator | None = None,
+                   normal: bool = True) -> nn.Linear:
+        """Replace ``top_layer`` by a fresh ``Linear(feature_dim, k)``: N(0, 0.01) weights and
+        zero bias (``normal``, DeepCluster), else PyTorch's default Linear init (DeeperCluster),
+        drawn from ``generator`` either way."""
+        head = nn.Linear(self.feature_dim, k)
         with torch.no_grad():
-            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.01)
-            head.bias.zero_()
+            if normal:
+                head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.01)
+                head.bias.zero_()
+            else:
+                bound = 1 / math.sqrt(self.feature_dim)
+                head.weight.uniform_(-bound, bound, generator=generator)
+                head.bias.uniform_(-bound, bound, generator=generator)
+        head = head.to(self.top_layer.weight.device)
         self.top_layer = head
         return head
 
@@ -115,6 +124,23 @@ class DeepClusterNet(nn.Module):
         """Trainable parameters of everything but the head (the head has its own optimiser)."""
         head = {id(p) for p in self.top_layer.parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in head]
+
+    @property
+    def conv_count(self) -> int:
+        """The number of conv layers (each followed by one ReLU in ``body``)."""
+        return sum(isinstance(m, nn.ReLU) for m in self.body)
+
+    def conv_output(self, x: torch.Tensor, conv: int) -> torch.Tensor:
+        """The ReLU output of conv layer ``conv`` (1-based), running the body only that far:
+        float [B, C, H, W] -> [B, C_l, H_l, W_l]. Raises ValueError when ``conv`` is out of
+        range (the message gives the valid range)."""
+        if not 1 <= conv <= self.conv_count:
+            raise ValueError(f"conv layer {conv} is out of range for {self.arch}: choose 1 to "
+                             f"{self.conv_count}")
+        if self.sobel is not None:
+            x = self.sobel(x)
+        relus = [i for i, m in enumerate(self.body) if isinstance(m, nn.ReLU)]
+        return self.body[:relus[conv - 1] + 1](x)
 
     def conv_layers(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The ReLU output of every conv layer, in order: float [B, C_i, H_i, W_i] each."""

@@ -104,8 +104,10 @@ class Trainer:
         return self.place.model(model)
 
     def _head_optimizer(self) -> torch.optim.SGD:
-        # DeepCluster: SGD(top_layer.parameters(), lr, weight_decay), no momentum.
+        # DeepCluster: SGD(top_layer.parameters(), lr, weight_decay), no momentum;
+        # DeeperCluster's reference: momentum 0.9 (--head-momentum).
         return torch.optim.SGD(self.model.top_layer.parameters(), lr=self.cfg.lr,
+                               momentum=self.cfg.head_momentum or 0.0,
                                weight_decay=self.cfg.wd)
 
     # ---- checkpoints
@@ -217,7 +219,8 @@ class Trainer:
         record = self._record(epoch, assignment, clusters, times)
         order = self.pseudo_labels.sample_order(assignment, epoch)
         head_gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, STREAM_HEAD, epoch))
-        self.model.reset_head(self.method.head_outputs, head_gen)
+        self.model.reset_head(self.method.head_outputs, head_gen,
+                              normal=self.cfg.head_init != "default")
         self.head_optimizer = self._head_optimizer()
         self.dist.new_head()
         self.partial = Partial(epoch, 0, assignment, order, 0.0, 0, record)

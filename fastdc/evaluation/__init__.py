@@ -4,15 +4,26 @@ engine:
 - :mod:`fastdc.evaluation.metrics` — NMI, ARI, purity and the contingency table
   (scikit-learn's), NMI over readable positions only, k-means NMI of features;
 - :mod:`fastdc.evaluation.probes` — linear probes of frozen features, the fixed train / test
-  split, and the side-by-side comparison of feature sets the trainer prints at the end.
+  split, and the side-by-side comparison of feature sets the trainer prints at the end;
+- :mod:`fastdc.evaluation.linear_protocol` — the paper's linear evaluation: SGD on crops for
+  one frozen conv layer, top-1 / top-5 on centre or ten crops, the best epoch.
 
 Code outside this package imports these names from ``fastdc.evaluation`` itself.
 """
 
+from fastdc.evaluation.linear_protocol import (
+    ProtocolResult,
+    SGDSettings,
+    ten_crops,
+    topk_correct,
+    train_linear_protocol,
+)
 from fastdc.evaluation.metrics import ari, contingency, kmeans_nmi, masked_nmi, nmi, purity
 from fastdc.evaluation.probes import compare_features, linear_probe, split_indices
 
 __all__ = [
+    "ProtocolResult",
+    "SGDSettings",
     "ari",
     "compare_features",
     "contingency",
@@ -22,4 +33,7 @@ __all__ = [
     "nmi",
     "purity",
     "split_indices",
+    "ten_crops",
+    "topk_correct",
+    "train_linear_protocol",
 ]
