@@ -119,16 +119,20 @@ print("compiled")
 """
 
 
-# Every autotune candidate of the default mode's TF32 main pass at D = 256: no stack frame
-# (spills live there), shared memory within one H100 block's limit, wgmma in the PTX.
+# Every autotune candidate of the default mode's TF32 main pass and of its fp32 re-check at
+# D = 256: no stack frame (spills live there), shared memory within one H100 block's limit,
+# wgmma in the main pass's PTX.
 _ASSIGN_CONFIGS_SCRIPT = _PRELUDE + r"""
 import os, re, subprocess, tempfile
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
-for cfg in A.assign_configs():
+runs = [(cfg, "tf32") for cfg in A.assign_configs()]
+runs += [(cfg, "ieee") for cfg in A._prune_assign_configs(
+    A.assign_configs(), dict(N=1281167, K=10000), D=256, DOT_MODE="ieee")]
+for cfg, mode in runs:
     kw = dict(cfg.kwargs)
     kw["BLOCK_D"] = A._resolve_block_d(dict(kw, D=256))
-    const = dict(D=256, IS_L2=True, DOT_MODE="tf32", TRACK_TIES=True, GATHER=False,
-                 UPCAST_BF16=False, **kw)
+    const = dict(D=256, IS_L2=True, DOT_MODE=mode, TRACK_TIES=mode == "tf32",
+                 GATHER=mode == "ieee", UPCAST_BF16=False, **kw)
     k = build(A._assign_kernel, sig_a, const, num_warps=cfg.num_warps,
               num_stages=cfg.num_stages)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -139,7 +143,7 @@ for cfg in A.assign_configs():
     stack = int(re.search(r"STACK:(\d+)", res).group(1))
     assert stack == 0, (cfg, res)
     assert k.metadata.shared <= SMEM_LIMIT, (cfg, k.metadata.shared)
-    assert "wgmma" in k.asm["ptx"], cfg
+    assert mode == "ieee" or "wgmma" in k.asm["ptx"], cfg
 print("compiled")
 """
 
