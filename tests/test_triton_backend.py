@@ -48,7 +48,7 @@ def test_sobel_declines_images_that_require_grad():
 
 # ------------------------------------------------------------------- sm_90 compile (no GPU)
 
-_COMPILE_SCRIPT = r"""
+_PRELUDE = r"""
 import sys
 sys.path.insert(0, {root!r})
 from fastdc.ops.registry import import_kernels
@@ -73,6 +73,9 @@ sig_a = dict(x_ptr=P("fp32"), c_ptr=P("fp32"), csq_ptr=P("fp32"), cmax_ptr=P("fp
 consts = ["D", "IS_L2", "DOT_MODE", "TRACK_TIES", "GATHER", "UPCAST_BF16", "BLOCK_N",
           "BLOCK_K", "BLOCK_D"]
 sig_a.update({{k: "constexpr" for k in consts}})
+"""
+
+_COMPILE_SCRIPT = _PRELUDE + r"""
 fits = 0
 for mode, track, gather, D, dtype in [("tf32", True, False, 256, "fp32"),
                                       ("ieee", False, True, 256, "fp32"),
@@ -116,17 +119,58 @@ print("compiled")
 """
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU run compiles them for real")
-def test_triton_kernels_compile_for_sm90(tmp_path):
-    """The interpreter runs kernels as Python and misses compile-only errors (constexpr
-    rules, shared-memory size): compile every kernel for sm_90 with Triton's own ptxas."""
+# Every autotune candidate of the default mode's TF32 main pass and of its fp32 re-check at
+# D = 256: no stack frame (spills live there), shared memory within one H100 block's limit,
+# wgmma in the main pass's PTX.
+_ASSIGN_CONFIGS_SCRIPT = _PRELUDE + r"""
+import os, re, subprocess, tempfile
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+runs = [(cfg, "tf32") for cfg in A.assign_configs()]
+runs += [(cfg, "ieee") for cfg in A._prune_assign_configs(
+    A.assign_configs(), dict(N=1281167, K=10000), D=256, DOT_MODE="ieee")]
+for cfg, mode in runs:
+    kw = dict(cfg.kwargs)
+    kw["BLOCK_D"] = A._resolve_block_d(dict(kw, D=256))
+    const = dict(D=256, IS_L2=True, DOT_MODE=mode, TRACK_TIES=mode == "tf32",
+                 GATHER=mode == "ieee", UPCAST_BF16=False, **kw)
+    k = build(A._assign_kernel, sig_a, const, num_warps=cfg.num_warps,
+              num_stages=cfg.num_stages)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        res = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True,
+                             text=True, check=True).stdout
+    stack = int(re.search(r"STACK:(\d+)", res).group(1))
+    assert stack == 0, (cfg, res)
+    assert k.metadata.shared <= SMEM_LIMIT, (cfg, k.metadata.shared)
+    assert mode == "ieee" or "wgmma" in k.asm["ptx"], cfg
+print("compiled")
+"""
+
+
+def _compile_in_subprocess(script: str, tmp_path) -> None:
+    """Run a compile script without the interpreter; skip when Triton ships no ptxas."""
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SCRIPT.format(root=str(ROOT))],
+        [sys.executable, "-c", script.format(root=str(ROOT))],
         capture_output=True, text=True, env=env, timeout=600,
     )
     if "ptxas" in proc.stderr and "not found" in proc.stderr:
         pytest.skip("Triton's ptxas is not available")
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU run compiles them for real")
+def test_triton_kernels_compile_for_sm90(tmp_path):
+    """The interpreter runs kernels as Python and misses compile-only errors (constexpr
+    rules, shared-memory size): compile every kernel for sm_90 with Triton's own ptxas."""
+    _compile_in_subprocess(_COMPILE_SCRIPT, tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU run compiles them for real")
+def test_assign_configs_do_not_spill_on_sm90(tmp_path):
+    """Each autotune tile of the TF32 main pass compiles for sm_90 without a stack frame,
+    within the shared-memory limit, and on wgmma (about 25 s on 2 cores)."""
+    _compile_in_subprocess(_ASSIGN_CONFIGS_SCRIPT, tmp_path)
