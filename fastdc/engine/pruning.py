@@ -1,0 +1,228 @@
+"""Exact bound-based pruning of the Lloyd loop's assignment step (squared L2 only).
+
+From the second pass on, a row keeps the centroid ``a`` it had in the previous pass unless a
+bound fails to prove that ``assign`` would give it ``a`` again; only the rows that fail are
+gathered and re-assigned. The assignments are those of the unpruned loop, bit for bit.
+
+Per pass and row, with ``u = ||x - c_a||`` computed directly (one gather and one dot product per
+row, also the row's distance for the objective) and ``E`` a bound on the rounding error of the
+kernel's squared distances (below), the row is pruned when one of these holds:
+
+- centres (Elkan's test): ``4 s (s - u) > 2E`` with ``s = 1/2 min_{j != a} ||c_a - c_j||``
+  (K x K centroid distances per pass). Then for every j != a, ``||x - c_j|| >= 2s - u``, so
+  ``d_j - d_a >= 4 s (s - u) > 2E``;
+- second (Hamerly's bound, ``bounds="second"``): ``l^2 - u^2 > 2E`` with ``l`` a lower bound
+  on ``min_{j != a} ||x - c_j||``, set when the row was last re-assigned (its second-smallest
+  distance) and lowered after every update by the largest shift of the other centroids.
+
+Exactness. ``assign`` computes ``||x||^2 - 2 x.c + ||c||^2`` in float32: each of the D products
+and D + 2 additions rounds by at most 2^-24 relative, so its error on one squared distance is at
+most ``(D + 2) 2^-24 (||x|| + ||c||)^2`` (Higham, Accuracy and Stability of Numerical
+Algorithms, 2002, section 3.1), in any summation order. ``E = gamma (||x|| + max_j ||c_j||)^2``
+with ``gamma = 2 (D + 2) 2^-24`` (twice that bound). A margin of 2E between the true distances
+means the kernel cannot rank them the other way, nor tie them (ties go to the smallest index,
+so a tight test is never a pruned row). The bounds themselves are rounded outwards: ``u^2`` and
+the shifts (computed directly: relative error <= (D + 2) 2^-24) are scaled by ``1 + gamma``,
+the centre distances (expansion form) lowered by ``gamma (2 max ||c||)^2``, and the tests are
+evaluated in float64, whose own rounding (~1e-16 relative) is far below E.
+
+Re-split centroids jump; their shift is large, the K x K distances are recomputed every pass,
+and ``l`` drops by the jump, so the bounds loosen by themselves. The pruned rows' distances are
+computed directly, not by the kernel's expansion: the objective equals the unpruned one up to
+float32 rounding. The per-row state (previous labels int64, row norms float32, and ``l``
+float64 with ``second``) lives on the rows' ``out_device``, like the stop test's labels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastdc.engine.rows import Block, Rows
+from fastdc.ops import assign
+
+PRUNE_BOUNDS = ("centres", "second")
+"""The bounds :class:`Assigner` can prune with (module docstring)."""
+
+_ROUNDING = 2.0**-24  # float32 unit roundoff
+_CHUNK_ELEMS = 1 << 22  # gathered centroid values / scores alive at once (16 MB of float32)
+
+
+def error_coefficient(d: int) -> float:
+    """gamma for rows of d features: twice the (d + 2) 2^-24 bound of the module docstring."""
+    return 2.0 * (d + 2) * _ROUNDING
+
+
+def check_prune(prune: bool | str | None) -> None:
+    """Raise ValueError unless ``prune`` is None, a bool or one of :data:`PRUNE_BOUNDS`."""
+    if prune is None or isinstance(prune, bool) or prune in PRUNE_BOUNDS:
+        return
+    raise ValueError(
+        f"prune must be None (automatic), True, False or one of {PRUNE_BOUNDS}, got {prune!r}"
+    )
+
+
+def nearest_two(x: torch.Tensor, c: torch.Tensor, err: torch.Tensor, backend: str | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest centroid and second-smallest squared distance of every row.
+
+    x: [m, D] float32, c: [K, D] float32, err: [m] float64 (the rows' kernel error bound E).
+    Returns (dist [m] float32, idx [m] int64, dist2 [m] float64): idx equals ``assign``'s, dist
+    is within E of its value, and ``dist2 - E`` is a lower bound on the squared distance to every
+    centroid but idx (+inf for K == 1). The fallback until ``assign`` returns the second
+    distance itself: top-2 of chunked torch ``addmm`` scores; rows whose two best are within 4E
+    (the kernel might rank them otherwise) take ``assign``'s answer, and their dist2 is the
+    smallest score.
+    """
+    m, K = x.shape[0], c.shape[0]
+    dist = torch.empty(m, dtype=torch.float32, device=x.device)
+    idx = torch.empty(m, dtype=torch.int64, device=x.device)
+    dist2 = torch.full((m,), float("inf"), dtype=torch.float64, device=x.device)
+    c_sq = (c * c).sum(dim=1)
+    step = max(1, _CHUNK_ELEMS // K)
+    for start in range(0, m, step):
+        xb = x[start : start + step]
+        scores = torch.addmm(c_sq, xb, c.T, alpha=-2.0)
+        best, arg = scores.topk(min(2, K), dim=1, largest=False)
+        best = best + (xb * xb).sum(dim=1, keepdim=True)
+        dist[start : start + step] = best[:, 0].clamp_min(0)
+        idx[start : start + step] = arg[:, 0]
+        if K > 1:
+            dist2[start : start + step] = best[:, 1]
+    if K > 1:
+        near = (dist2 - dist.double() <= 4 * err).nonzero().flatten()
+        if near.numel():
+            dist2[near] = dist[near].double()
+            dist[near], idx[near] = assign(x[near], c, backend=backend)
+    return dist, idx, dist2
+
+
+class Assigner:
+    """The assignment step of one Lloyd run: ``assign`` on every block, or pruned by bounds.
+
+    rows: the source (shape [B, N, D], devices). bounds: None (no pruning; ``metric`` as given)
+    or one of :data:`PRUNE_BOUNDS` (squared L2). Per pass: :meth:`begin` with the pass's
+    centroids [B, K, D] float32, one call per block, :meth:`end_pass`; after each centroid
+    update, :meth:`moved`.
+    """
+
+    def __init__(self, rows: Rows, metric: str, backend: str | None, bounds: str | None) -> None:
+        self.metric, self.backend, self.bounds = metric, backend, bounds
+        self.device = rows.device
+        B, N, D = rows.shape
+        self.gamma = error_coefficient(D)
+        self.pruned = torch.zeros(B, dtype=torch.int64, device=rows.device)
+        self.ready = False  # labels hold a previous pass
+        self.lower: torch.Tensor | None = None
+        if bounds is None:
+            return
+        out = rows.out_device
+        self.labels = torch.zeros(B, N, dtype=torch.int64, device=out)
+        self.norms = torch.zeros(B, N, dtype=torch.float32, device=out)
+        if bounds == "second":
+            self.lower = torch.zeros(B, N, dtype=torch.float64, device=out)
+
+    def begin(self, centroids: torch.Tensor) -> None:
+        """Prepare a pass with centroids [B, K, D] float32: max norms, half centre gaps."""
+        if self.bounds is None or not self.ready:
+            return
+        c_sq = (centroids * centroids).sum(dim=2)
+        self.c_max = c_sq.max(dim=1).values.double().sqrt()
+        gap = _nearest_other_sq(centroids, c_sq).double()
+        gap -= self.gamma * (2 * self.c_max[:, None]) ** 2
+        self.half_gap = 0.5 * gap.clamp_min(0).sqrt()
+
+    def __call__(self, block: Block, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dist [B, m] float32, idx [B, m] int64) of the block's rows: ``assign``'s result."""
+        if self.bounds is None:
+            return assign(block.x, centroids, metric=self.metric, backend=self.backend)
+        rows = slice(block.start, block.start + block.x.shape[1])
+        if not self.ready:
+            dist, idx = assign(block.x, centroids, metric="l2", backend=self.backend)
+            self.norms[:, rows] = torch.linalg.vector_norm(block.x.float(), dim=2).to(
+                self.norms.device, non_blocking=True)
+            self.labels[:, rows] = idx.to(self.labels.device, non_blocking=True)
+            return dist, idx
+        idx = self.labels[:, rows].to(self.device, non_blocking=True, copy=True)
+        dist = _own_sq_dist(block.x, centroids, idx)
+        c_max = self.c_max[:, None]
+        err = self.gamma * (self.norms[:, rows].to(self.device).double() + c_max) ** 2
+        u_sq = dist.double() * (1 + self.gamma)
+        s = self.half_gap.gather(1, idx)
+        keep = 4 * s * (s - u_sq.sqrt()) > 2 * err
+        lower = None
+        if self.lower is not None:
+            lower = self.lower[:, rows].to(self.device, copy=True)
+            keep |= lower * lower - u_sq > 2 * err
+        real = keep if block.mask is None else keep & block.mask
+        self.pruned += real.sum(dim=1)
+        self._reassign(block.x, centroids, ~keep, err, (dist, idx, lower))
+        self.labels[:, rows] = idx.to(self.labels.device, non_blocking=True)
+        if lower is not None:
+            self.lower[:, rows] = lower.to(self.lower.device, non_blocking=True)
+        return dist, idx
+
+    def _reassign(self, x: torch.Tensor, centroids: torch.Tensor, fail: torch.Tensor,
+                  err: torch.Tensor, out: tuple) -> None:
+        """Re-assign the rows where fail [B, m] is True, in place in out = (dist, idx, lower)."""
+        dist, idx, lower = out
+        for b, count in enumerate(fail.sum(dim=1).tolist()):
+            if not count:
+                continue
+            sel = fail[b].nonzero().flatten()
+            xs = x[b, sel].float()
+            if lower is None:
+                dist[b, sel], idx[b, sel] = assign(xs, centroids[b], backend=self.backend)
+                continue
+            e = err[b, sel]
+            dist[b, sel], idx[b, sel], d2 = nearest_two(xs, centroids[b], e, self.backend)
+            lower[b, sel] = (d2 - e).clamp_min(0).sqrt()
+
+    def end_pass(self) -> torch.Tensor:
+        """Close a pass: returns the real rows pruned in it, [B] int64 (this rank)."""
+        pruned, self.pruned = self.pruned, torch.zeros_like(self.pruned)
+        self.ready = self.bounds is not None
+        return pruned
+
+    def moved(self, old: torch.Tensor, new: torch.Tensor) -> None:
+        """Centroids went from old to new ([B, K, D] float32): lower the bounds ``l`` by the
+        largest shift of a centroid other than each row's own."""
+        if self.lower is None or not self.ready:
+            return
+        shift = torch.linalg.vector_norm(new - old, dim=2).double() * (1 + self.gamma)
+        if shift.shape[1] == 1:
+            return  # no other centroid: l stays +inf
+        top, arg = shift.topk(2, dim=1)
+        top, arg = top.to(self.lower.device), arg.to(self.lower.device)
+        own_is_max = self.labels == arg[:, :1]
+        other = torch.where(own_is_max, top[:, 1:], top[:, :1])
+        self.lower.sub_(other).clamp_min_(0)
+
+
+def _own_sq_dist(x: torch.Tensor, centroids: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """||x_i - c_{idx_i}||^2 computed directly: x [B, m, D], centroids [B, K, D], idx [B, m]
+    -> [B, m] float32, in chunks of rows (no [B, m, D] temporary)."""
+    B, m, D = x.shape
+    out = torch.empty(B, m, dtype=torch.float32, device=x.device)
+    step = max(1, _CHUNK_ELEMS // max(1, B * D))
+    for start in range(0, m, step):
+        rows = idx[:, start : start + step]
+        diff = torch.gather(centroids, 1, rows[:, :, None].expand(-1, -1, D))
+        diff.sub_(x[:, start : start + step])
+        out[:, start : start + step] = torch.linalg.vecdot(diff, diff, dim=2)
+    return out
+
+
+def _nearest_other_sq(c: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
+    """min over j != a of the squared distance c_a..c_j (expansion form, float32): c [B, K, D],
+    c_sq [B, K] -> [B, K] (+inf for K == 1), in chunks of centroids."""
+    B, K, _ = c.shape
+    out = torch.empty(B, K, dtype=torch.float32, device=c.device)
+    step = max(1, _CHUNK_ELEMS // max(1, B * K))
+    for start in range(0, K, step):
+        part = c[:, start : start + step]
+        sq = torch.baddbmm(c_sq[:, start : start + step, None] + c_sq[:, None, :], part,
+                           c.transpose(1, 2), alpha=-2.0)
+        rows = torch.arange(part.shape[1], device=c.device)
+        sq[:, rows, rows + start] = float("inf")
+        out[:, start : start + step] = sq.min(dim=2).values
+    return out
