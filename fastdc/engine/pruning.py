@@ -44,7 +44,8 @@ PRUNE_BOUNDS = ("centres", "second")
 """The bounds :class:`Assigner` can prune with (module docstring)."""
 
 _ROUNDING = 2.0**-24  # float32 unit roundoff
-_CHUNK_ELEMS = 1 << 22  # gathered centroid values / scores alive at once (16 MB of float32)
+_CHUNK_ELEMS = 1 << 22  # scores alive at once (16 MB of float32)
+_GATHER_ELEMS = 1 << 20  # gathered centroid values alive at once (4 MB: stays in cache)
 
 
 def error_coefficient(d: int) -> float:
@@ -200,15 +201,16 @@ class Assigner:
 
 def _own_sq_dist(x: torch.Tensor, centroids: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """||x_i - c_{idx_i}||^2 computed directly: x [B, m, D], centroids [B, K, D], idx [B, m]
-    -> [B, m] float32, in chunks of rows (no [B, m, D] temporary)."""
+    -> [B, m] float32, in cache-sized chunks of rows (no [B, m, D] temporary; index_select of
+    whole rows is several times faster than an element-wise gather)."""
     B, m, D = x.shape
     out = torch.empty(B, m, dtype=torch.float32, device=x.device)
-    step = max(1, _CHUNK_ELEMS // max(1, B * D))
-    for start in range(0, m, step):
-        rows = idx[:, start : start + step]
-        diff = torch.gather(centroids, 1, rows[:, :, None].expand(-1, -1, D))
-        diff.sub_(x[:, start : start + step])
-        out[:, start : start + step] = torch.linalg.vecdot(diff, diff, dim=2)
+    step = max(1, _GATHER_ELEMS // D)
+    for b in range(B):
+        for start in range(0, m, step):
+            diff = centroids[b].index_select(0, idx[b, start : start + step])
+            diff.sub_(x[b, start : start + step])
+            out[b, start : start + step] = (diff * diff).sum(dim=1)
     return out
 
 
