@@ -139,8 +139,9 @@ def kmeans(
     prune: exact bound-based pruning of the assignment step from the second iteration on
     (:mod:`fastdc.engine.pruning`; same assignments and centroids as without, objective and
     dist equal up to float32 rounding). None (default): on for float32 L2 k-means on the CPU
-    with k <= N / 4, where it was measured to win; True: on ("centres" bounds); "centres" or
-    "second" (adds Hamerly's second-distance bound): those bounds; False: off. Ignored
+    with k <= N / 4, where it was measured to win; True: on ("second" bounds); "centres"
+    (Elkan's centre-centre test alone) or "second" (adds Hamerly's second-distance bound):
+    those bounds; False: off. Ignored
     (no pruning) for spherical k-means and non-float32 rows.
     Raises ValueError (shapes, k, NaN/inf or too large rows with the row index, bad weights,
     early_stop_threshold, prune) or TypeError.
@@ -324,8 +325,8 @@ def _prune_bounds(rows: Rows, k: int, opts: LloydOptions, per_rank: torch.Tensor
         return None
     if opts.prune is None:
         n_min = int(per_rank.sum(dim=0).min())
-        return "centres" if rows.device.type == "cpu" and 4 * k <= n_min else None
-    return "centres" if opts.prune is True else opts.prune
+        return "second" if rows.device.type == "cpu" and 4 * k <= n_min else None
+    return "second" if opts.prune is True else opts.prune
 
 
 def _blocks(rows: Rows, check: bool) -> Iterator[Block]:

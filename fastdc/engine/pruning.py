@@ -29,8 +29,10 @@ evaluated in float64, whose own rounding (~1e-16 relative) is far below E.
 Re-split centroids jump; their shift is large, the K x K distances are recomputed every pass,
 and ``l`` drops by the jump, so the bounds loosen by themselves. The pruned rows' distances are
 computed directly, not by the kernel's expansion: the objective equals the unpruned one up to
-float32 rounding. The per-row state (previous labels int64, row norms float32, and ``l``
-float64 with ``second``) lives on the rows' ``out_device``, like the stop test's labels.
+float32 rounding. The per-row state (previous labels int64, which the pass
+returns as its labels, and ``l`` float32 with ``second``, rounded down) lives on the rows'
+``out_device``, like the stop test's labels; ``||x||`` in E is the largest row norm of the
+problem.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ PRUNE_BOUNDS = ("centres", "second")
 
 _ROUNDING = 2.0**-24  # float32 unit roundoff
 _CHUNK_ELEMS = 1 << 22  # scores alive at once (16 MB of float32)
+_WHOLE_BLOCK = 0.5  # above this fraction of failing rows, re-assign a problem without gathering
+_SECOND_PAYS = 0.1  # seed the second bound while the previous pass pruned this fraction of rows
+_TEST_ROWS = 1 << 16  # rows tested at once: float64 temporaries stay at a few MB
+_LOWER_SHRINK = 2.0**-22  # l is stored in float32: 4 roundings of 2^-24, outwards
 _GATHER_ELEMS = 1 << 20  # gathered centroid values alive at once (4 MB: stays in cache)
 
 
@@ -103,7 +109,10 @@ class Assigner:
     rows: the source (shape [B, N, D], devices). bounds: None (no pruning; ``metric`` as given)
     or one of :data:`PRUNE_BOUNDS` (squared L2). Per pass: :meth:`begin` with the pass's
     centroids [B, K, D] float32, one call per block, :meth:`end_pass`; after each centroid
-    update, :meth:`moved`.
+    update, :meth:`moved`. Two measured policies (benchmarks/bench_kmeans.py, AMD EPYC Zen 4):
+    a problem where more than half the rows fail is re-assigned whole; with the second bound,
+    failing rows get the (slower) top-2 only in the first bound pass and while the previous
+    pass pruned >= 10% of the rows (on structureless data it prunes ~1% and would cost 2.5x).
     """
 
     def __init__(self, rows: Rows, metric: str, backend: str | None, bounds: str | None) -> None:
@@ -113,14 +122,16 @@ class Assigner:
         self.gamma = error_coefficient(D)
         self.pruned = torch.zeros(B, dtype=torch.int64, device=rows.device)
         self.ready = False  # labels hold a previous pass
+        self.seed_second = True  # re-assign with nearest_two (the first pass, then while it pays)
+        self.real_rows = int(rows.real_counts().sum())
         self.lower: torch.Tensor | None = None
         if bounds is None:
             return
         out = rows.out_device
         self.labels = torch.zeros(B, N, dtype=torch.int64, device=out)
-        self.norms = torch.zeros(B, N, dtype=torch.float32, device=out)
+        self.x_max = torch.zeros(B, dtype=torch.float64, device=rows.device)
         if bounds == "second":
-            self.lower = torch.zeros(B, N, dtype=torch.float64, device=out)
+            self.lower = torch.zeros(B, N, dtype=torch.float32, device=out)
 
     def begin(self, centroids: torch.Tensor) -> None:
         """Prepare a pass with centroids [B, K, D] float32: max norms, half centre gaps."""
@@ -133,54 +144,78 @@ class Assigner:
         self.half_gap = 0.5 * gap.clamp_min(0).sqrt()
 
     def __call__(self, block: Block, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dist [B, m] float32, idx [B, m] int64) of the block's rows: ``assign``'s result."""
+        """(dist [B, m] float32, idx [B, m] int64) of the block's rows: ``assign``'s result.
+        Pruned, idx is a view of the per-row labels (valid until the next pass)."""
         if self.bounds is None:
             return assign(block.x, centroids, metric=self.metric, backend=self.backend)
-        rows = slice(block.start, block.start + block.x.shape[1])
+        B, m, _ = block.x.shape
+        labels = self.labels[:, block.start : block.start + m]
         if not self.ready:
             dist, idx = assign(block.x, centroids, metric="l2", backend=self.backend)
-            self.norms[:, rows] = torch.linalg.vector_norm(block.x.float(), dim=2).to(
-                self.norms.device, non_blocking=True)
-            self.labels[:, rows] = idx.to(self.labels.device, non_blocking=True)
+            norm = torch.linalg.vector_norm(block.x.float(), dim=2).amax(dim=1).double()
+            torch.maximum(self.x_max, norm, out=self.x_max)
+            labels.copy_(idx, non_blocking=True)
             return dist, idx
-        idx = self.labels[:, rows].to(self.device, non_blocking=True, copy=True)
-        dist = _own_sq_dist(block.x, centroids, idx)
-        c_max = self.c_max[:, None]
-        err = self.gamma * (self.norms[:, rows].to(self.device).double() + c_max) ** 2
+        dist = torch.empty(B, m, dtype=torch.float32, device=self.device)
+        idx = labels.to(self.device, non_blocking=True)
+        lower = None
+        if self.lower is not None:
+            lower = self.lower[:, block.start : block.start + m].to(self.device)
+        err = (self.gamma * (self.x_max + self.c_max) ** 2)[:, None]
+        for start in range(0, m, _TEST_ROWS):
+            part = slice(start, start + _TEST_ROWS)
+            mask = None if block.mask is None else block.mask[:, part]
+            self._test(block.x[:, part], centroids, err, mask,
+                       (dist[:, part], idx[:, part], None if lower is None else lower[:, part]))
+        if idx is not labels:  # state on another device: write it back
+            labels.copy_(idx, non_blocking=True)
+            if lower is not None:
+                self.lower[:, block.start : block.start + m].copy_(lower, non_blocking=True)
+        return dist, idx
+
+    def _test(self, x: torch.Tensor, centroids: torch.Tensor, err: torch.Tensor,
+              mask: torch.Tensor | None, out: tuple) -> None:
+        """Bound tests and re-assignment of rows x [B, r, D], in place in out = (dist, idx,
+        lower) views [B, r]; err [B, 1] float64."""
+        dist, idx, lower = out
+        dist.copy_(_own_sq_dist(x, centroids, idx))
         u_sq = dist.double() * (1 + self.gamma)
         s = self.half_gap.gather(1, idx)
         keep = 4 * s * (s - u_sq.sqrt()) > 2 * err
-        lower = None
-        if self.lower is not None:
-            lower = self.lower[:, rows].to(self.device, copy=True)
-            keep |= lower * lower - u_sq > 2 * err
-        real = keep if block.mask is None else keep & block.mask
-        self.pruned += real.sum(dim=1)
-        self._reassign(block.x, centroids, ~keep, err, (dist, idx, lower))
-        self.labels[:, rows] = idx.to(self.labels.device, non_blocking=True)
         if lower is not None:
-            self.lower[:, rows] = lower.to(self.lower.device, non_blocking=True)
-        return dist, idx
+            keep |= lower.double() ** 2 - u_sq > 2 * err
+        real = keep if mask is None else keep & mask
+        self.pruned += real.sum(dim=1)
+        self._reassign(x, centroids, ~keep, err, out)
 
     def _reassign(self, x: torch.Tensor, centroids: torch.Tensor, fail: torch.Tensor,
                   err: torch.Tensor, out: tuple) -> None:
-        """Re-assign the rows where fail [B, m] is True, in place in out = (dist, idx, lower)."""
+        """Re-assign the rows where fail [B, m] is True, in place in out = (dist, idx, lower):
+        the gathered rows, or the whole problem when most rows fail (no gather); with the second
+        bound, by :func:`nearest_two` while it pays (:attr:`seed_second`), else by ``assign``
+        (rows whose label changes then lose their bound l)."""
         dist, idx, lower = out
+        m = x.shape[1]
         for b, count in enumerate(fail.sum(dim=1).tolist()):
             if not count:
                 continue
-            sel = fail[b].nonzero().flatten()
+            sel = fail[b].nonzero().flatten() if count <= _WHOLE_BLOCK * m else slice(None)
             xs = x[b, sel].float()
-            if lower is None:
-                dist[b, sel], idx[b, sel] = assign(xs, centroids[b], backend=self.backend)
+            if lower is not None and self.seed_second:
+                e = err[b].expand(xs.shape[0])
+                dist[b, sel], idx[b, sel], d2 = nearest_two(xs, centroids[b], e, self.backend)
+                lower[b, sel] = _round_down((d2 - e).clamp_min(0).sqrt())
                 continue
-            e = err[b, sel]
-            dist[b, sel], idx[b, sel], d2 = nearest_two(xs, centroids[b], e, self.backend)
-            lower[b, sel] = (d2 - e).clamp_min(0).sqrt()
+            new_dist, new_idx = assign(xs, centroids[b], backend=self.backend)
+            if lower is not None:
+                lower[b, sel] = lower[b, sel].masked_fill(new_idx != idx[b, sel], 0.0)
+            dist[b, sel], idx[b, sel] = new_dist, new_idx
 
     def end_pass(self) -> torch.Tensor:
         """Close a pass: returns the real rows pruned in it, [B] int64 (this rank)."""
         pruned, self.pruned = self.pruned, torch.zeros_like(self.pruned)
+        if self.ready:
+            self.seed_second = bool(pruned.sum() >= _SECOND_PAYS * self.real_rows)
         self.ready = self.bounds is not None
         return pruned
 
@@ -195,8 +230,13 @@ class Assigner:
         top, arg = shift.topk(2, dim=1)
         top, arg = top.to(self.lower.device), arg.to(self.lower.device)
         own_is_max = self.labels == arg[:, :1]
-        other = torch.where(own_is_max, top[:, 1:], top[:, :1])
-        self.lower.sub_(other).clamp_min_(0)
+        other = torch.where(own_is_max, top[:, 1:], top[:, :1]) * (1 + _LOWER_SHRINK)
+        self.lower.sub_(other.float()).mul_(1 - _LOWER_SHRINK).clamp_min_(0)
+
+
+def _round_down(value: torch.Tensor) -> torch.Tensor:
+    """float64 [m] -> float32 [m] no larger than the value (a lower bound stays one)."""
+    return (value * (1 - _LOWER_SHRINK)).float()
 
 
 def _own_sq_dist(x: torch.Tensor, centroids: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
