@@ -189,7 +189,7 @@ def kmeans_streaming(
     float64 (summed over ranks), nsplit [niter] int64, imbalance [niter] float64 on
     ``device`` (n_iter entries with an early stop). early_stop_threshold: as in :func:`kmeans`
     (the previous labels stay in host memory, pinned on CUDA). prune: as in :func:`kmeans` (the
-    bounds' per-row state, 12 bytes a row, 20 with "second", stays in host memory). Raises
+    bounds' per-row state, 8 bytes a row, 12 with "second", stays in host memory). Raises
     ValueError as :func:`kmeans` does.
     """
     rows = StoreRows(store, torch.device(device), chunk_rows, group=group)
