@@ -11,6 +11,7 @@ A third gives the peak memory beyond the input for N=1 000 000 (measured in a fr
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,60 @@ def test_peak_memory_1m(impl):
         note="peak RSS beyond the input, fresh process, 1 iteration + final assignment",
     )
     assert result["extra_mb"] > 0
+
+
+PRUNE_N = int(os.environ.get("FASTDC_BENCH_PRUNE_N", "20000"))  # 100000 for the full table
+PRUNE_NITER = 20
+PRUNE_FEATURES = os.environ.get("FASTDC_BENCH_PRUNE_FEATURES")  # a FeatureStore folder
+
+
+def _prune_data(name: str) -> tuple[np.ndarray, int]:
+    """(rows [n, d] float32, k) of one pruning data set: an L2-normalised Gaussian mixture
+    (K = N / 100), uniform rows, or the trainer's whitened, L2-normalised features
+    (``python -m fastdc.train --feature-cache DIR`` leaves them in DIR; K = N / 50)."""
+    rng = np.random.default_rng(1)
+    if name == "mixture":
+        k = PRUNE_N // 100
+        centres = rng.standard_normal((k, D), dtype=np.float32)
+        x = centres[rng.integers(k, size=PRUNE_N)]
+        x += 0.3 * rng.standard_normal((PRUNE_N, D), dtype=np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True), k
+    if name == "uniform":
+        return rng.random((PRUNE_N, D), dtype=np.float32), PRUNE_N // 100
+    if not PRUNE_FEATURES:
+        pytest.skip("set FASTDC_BENCH_PRUNE_FEATURES to a trainer's --feature-cache folder")
+    meta = json.loads((Path(PRUNE_FEATURES) / "whitened.json").read_text())
+    x = np.fromfile(Path(PRUNE_FEATURES) / meta["file"], dtype=np.float32)
+    x = x.reshape(meta["shape"])
+    return x / np.linalg.norm(x, axis=1, keepdims=True), len(x) // 50
+
+
+@pytest.mark.parametrize("name", ["mixture", "deepcluster", "uniform"])
+def test_pruning(name):
+    """PRUNE_NITER Lloyd iterations from the same initial rows: fastdc pruned ("centres",
+    "second") and unpruned against faiss.Kmeans; assignments checked equal to the unpruned
+    run's, pruned fractions per iteration recorded."""
+    x, k = _prune_data(name)
+    init = x[np.random.default_rng(2).choice(len(x), k, replace=False)].copy()
+    xt, it = torch.from_numpy(x), torch.from_numpy(init)
+    table = f"kmeans_prune_{name}_{len(x)}_{x.shape[1]}_{k}"
+    note = (f"N={len(x)} D={x.shape[1]} K={k} niter={PRUNE_NITER}, same init; "
+            "ratio = total time")
+    runs = {}
+    for prune in (False, "centres", "second"):
+        run = measure(lambda p=prune: kmeans(xt, k, niter=PRUNE_NITER, init=it, prune=p),
+                      rounds=1, warmup=0)
+        runs[prune] = res = run.result
+        pruned = [] if res.pruned is None else [round(float(v), 3) for v in res.pruned]
+        record(table, {"name": f"fastdc prune={prune}", "total_s": run.best,
+                       "objective": objective(x, res.centroids.numpy()),
+                       "same_assignments": bool(torch.equal(res.assignments,
+                                                            runs[False].assignments)),
+                       "pruned_per_iter": pruned}, note=note)
+    faiss = pytest.importorskip("faiss")
+    km = faiss.Kmeans(x.shape[1], k, niter=PRUNE_NITER, seed=1, max_points_per_centroid=10**7,
+                      early_stop_threshold=-1.0)
+    run = measure(lambda: km.train(x, init_centroids=init), rounds=1, warmup=0)
+    record(table, {"name": "faiss-cpu", "total_s": run.best,
+                   "objective": objective(x, km.centroids)}, reference="faiss-cpu", note=note)
+    assert all(torch.equal(r.assignments, runs[False].assignments) for r in runs.values())

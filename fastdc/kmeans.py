@@ -26,6 +26,7 @@ from fastdc.engine import (
     FlatIndex,
     KMeansResult,
     check_early_stop_threshold,
+    check_prune,
     initial_centroids,
     kmeans,
     to_tensor,
@@ -115,12 +116,15 @@ class Kmeans:
 
     ``Kmeans(d, k, **params)``: params are :class:`ClusteringParameters` fields, plus ``gpu``
     (True or a GPU count: cluster NumPy input on the current CUDA device — one GPU per process;
-    for several GPUs run one process each with ``fastdc.kmeans.kmeans(..., group=...)``) and
-    ``backend`` (force a fastdc backend). As in faiss, giving ``progressive_dim_steps`` makes
+    for several GPUs run one process each with ``fastdc.kmeans.kmeans(..., group=...)``),
+    ``backend`` (force a fastdc backend) and ``prune`` (exact bound-based pruning of the
+    assignment step: None = automatic, True/False, "centres" or "second"; see
+    :func:`fastdc.kmeans.kmeans`). As in faiss, giving ``progressive_dim_steps`` makes
     niter default to 10, and ``apply_pca`` is only accepted with it.
     An unknown keyword raises TypeError. After :meth:`train`: ``centroids`` (k, d) float32,
     ``obj`` (iterations run, over all redos and steps,) float64, ``iteration_stats`` (one dict
-    per iteration run, with obj, time, time_search, imbalance_factor, nsplit), ``converged_at``
+    per iteration run, with obj, time, time_search, imbalance_factor, nsplit, pruned: the
+    fraction of rows whose distances the bounds skipped, None without pruning), ``converged_at``
     (one entry per k-means run, i.e. per redo and per progressive step: the iteration where
     early_stop_threshold stopped it, None when it ran all niter), ``index`` holding the
     centroids.
@@ -138,12 +142,14 @@ class Kmeans:
         self.d = int(d)
         self.gpu: bool | int = kwargs.pop("gpu", False)
         self.backend: str | None = kwargs.pop("backend", None)
+        self.prune: bool | str | None = kwargs.pop("prune", None)
+        check_prune(self.prune)
         known = {f.name for f in dataclasses.fields(ClusteringParameters)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(
                 f"unknown Kmeans parameter(s) {unknown}; valid ones: {sorted(known)} "
-                "plus gpu and backend"
+                "plus gpu, backend and prune"
             )
         if "progressive_dim_steps" in kwargs:
             kwargs.setdefault("niter", _PROGRESSIVE_NITER)
@@ -228,6 +234,7 @@ class Kmeans:
                 record_times=True,
                 check_finite=cp.check_input_data_for_NaNs,
                 early_stop_threshold=cp.early_stop_threshold,
+                prune=self.prune,
             )
             obj = res.obj.cpu().numpy()
             self.obj = np.concatenate([self.obj, obj])
@@ -310,6 +317,7 @@ def _better(a: float, b: float, spherical: bool) -> bool:
 def _stats(res: KMeansResult, obj: np.ndarray) -> list[dict]:
     imbalance = res.imbalance.cpu().numpy()
     nsplit = res.nsplit.cpu().numpy()
+    pruned = None if res.pruned is None else res.pruned.cpu().numpy()
     return [
         {
             "obj": float(obj[i]),
@@ -317,6 +325,7 @@ def _stats(res: KMeansResult, obj: np.ndarray) -> list[dict]:
             "time_search": res.search_times[i],
             "imbalance_factor": float(imbalance[i]),
             "nsplit": int(nsplit[i]),
+            "pruned": None if pruned is None else float(pruned[i]),
         }
         for i in range(len(obj))
     ]

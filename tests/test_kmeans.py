@@ -163,7 +163,7 @@ def test_faiss_attributes_and_shapes():
     assert km.obj.shape == (8,) and obj == km.obj[-1]
     assert len(km.iteration_stats) == 8
     assert set(km.iteration_stats[0]) == {"obj", "time", "time_search", "imbalance_factor",
-                                          "nsplit"}
+                                          "nsplit", "pruned"}
     D, I = km.assign(x[:7])
     assert D.shape == (7,) and I.shape == (7,) and I.dtype == np.int64
     D, I = km.index.search(x[:7], 3)

@@ -13,6 +13,7 @@ Modules, from the bottom up:
 - ``seeding``: initial centroids ("random" incl. the sharded draw, k-means++, given);
 - ``convergence``: when the loop stops before niter (a fixed point, faiss's
   early_stop_threshold);
+- ``pruning``: exact bound-based pruning of the loop's assignment step;
 - ``lloyd``: the loop, :func:`kmeans` (in memory) and :func:`kmeans_streaming` (a store);
 - ``pca``: PCA-whitening of a tensor or of a streamed store;
 - ``hierarchy``: DeeperCluster's two-level k-means; ``index``: a flat nearest-neighbour index;
@@ -30,12 +31,14 @@ from fastdc.engine.index import FlatIndex, to_tensor
 from fastdc.engine.lloyd import KMeansResult, kmeans, kmeans_streaming
 from fastdc.engine.pca import PCA, l2_normalize_rows, pca_whiten, pca_whiten_streaming
 from fastdc.engine.pic import PICResult, knn_graph, pic
+from fastdc.engine.pruning import PRUNE_BOUNDS, check_prune
 from fastdc.engine.seeding import initial_centroids
 from fastdc.engine.store import DTYPES as STORE_DTYPES
 from fastdc.engine.store import FeatureStore
 
 __all__ = [
     "PCA",
+    "PRUNE_BOUNDS",
     "STORE_DTYPES",
     "FeatureStore",
     "FlatIndex",
@@ -43,6 +46,7 @@ __all__ = [
     "KMeansResult",
     "PICResult",
     "check_early_stop_threshold",
+    "check_prune",
     "collectives",
     "initial_centroids",
     "kmeans",

@@ -43,10 +43,11 @@ import torch
 from fastdc.engine import collectives as fdist
 from fastdc.engine.checks import as_batched_float, check_k, check_mask, check_rows, check_weights
 from fastdc.engine.convergence import REASONS, StopCheck, check_early_stop_threshold
+from fastdc.engine.pruning import Assigner, check_prune
 from fastdc.engine.rows import Block, MaskedRows, Rows, StoreRows, TensorRows
 from fastdc.engine.seeding import seed_centroids
 from fastdc.engine.store import DEFAULT_CHUNK_ROWS, FeatureStore
-from fastdc.ops import assign, cluster_sums, means_from_sums, resplit_empty
+from fastdc.ops import cluster_sums, means_from_sums, resplit_empty
 
 
 @dataclass
@@ -64,7 +65,9 @@ class KMeansResult:
     changed in each iteration (over all ranks; iteration 0 counts every row), or None when no
     stop test ran. stop_reason: None, or why the loop stopped ("converged": a fixed point, the
     result equals the full run's; "threshold": early_stop_threshold), set even when that
-    happened in the last iteration.
+    happened in the last iteration. pruned: [n_iter] float64, the fraction of real rows (over
+    all ranks) whose assignment the bounds proved without computing distances in each iteration
+    (0 in iteration 0), or None when the run did not prune.
     """
 
     centroids: torch.Tensor
@@ -77,6 +80,7 @@ class KMeansResult:
     search_times: list[float] = field(default_factory=list)
     changed: torch.Tensor | None = None
     stop_reason: str | None = None
+    pruned: torch.Tensor | None = None
 
     @property
     def n_iter(self) -> int:
@@ -103,6 +107,7 @@ def kmeans(
     group: fdist.Group | None = None,
     chunk_rows: int | None = None,
     early_stop_threshold: float | None = None,
+    prune: bool | str | None = None,
 ) -> KMeansResult:
     """Lloyd's k-means with faiss's empty-cluster re-split, on x's device.
 
@@ -131,8 +136,15 @@ def kmeans(
     stop at the first fixed point (the full run's result; obj/nsplit/imbalance cut to n_iter);
     > 0: also once the relative objective change is <= it (faiss). Costs an int32 label per
     row and a flag read (host sync) per iteration (:mod:`fastdc.engine.convergence`).
+    prune: exact bound-based pruning of the assignment step from the second iteration on
+    (:mod:`fastdc.engine.pruning`; same assignments and centroids as without, objective and
+    dist equal up to float32 rounding). None (default): on for float32 L2 k-means on the CPU
+    with k <= N / 4, where it was measured to win; True: on ("second" bounds); "centres"
+    (Elkan's centre-centre test alone) or "second" (adds Hamerly's second-distance bound):
+    those bounds; False: off. Ignored
+    (no pruning) for spherical k-means and non-float32 rows.
     Raises ValueError (shapes, k, NaN/inf or too large rows with the row index, bad weights,
-    early_stop_threshold) or TypeError.
+    early_stop_threshold, prune) or TypeError.
     """
     x, squeezed = as_batched_float(x)
     B, N, _ = x.shape
@@ -143,7 +155,7 @@ def kmeans(
     opts = LloydOptions(niter=niter, seed=seed, init=init, spherical=spherical,
                         n_frozen=n_frozen, int_centroids=int_centroids, backend=backend,
                         verbose=verbose, record_times=record_times, check_finite=check_finite,
-                        early_stop_threshold=early_stop_threshold)
+                        early_stop_threshold=early_stop_threshold, prune=prune)
     res = lloyd(rows, k, opts)
     return _first_problem(res) if squeezed else res
 
@@ -161,6 +173,7 @@ def kmeans_streaming(
     backend: str | None = None,
     group: fdist.Group | None = None,
     early_stop_threshold: float | None = None,
+    prune: bool | str | None = None,
 ) -> KMeansResult:
     """:func:`kmeans` of the rows of a store, streamed through ``device`` in chunks.
 
@@ -175,12 +188,13 @@ def kmeans_streaming(
     assignments [N] int64 and dist [N] float32 on the CPU (this rank's rows); obj [niter]
     float64 (summed over ranks), nsplit [niter] int64, imbalance [niter] float64 on
     ``device`` (n_iter entries with an early stop). early_stop_threshold: as in :func:`kmeans`
-    (the previous labels stay in host memory, pinned on CUDA). Raises ValueError as :func:`kmeans`
-    does.
+    (the previous labels stay in host memory, pinned on CUDA). prune: as in :func:`kmeans` (the
+    bounds' per-row state, 8 bytes a row, 12 with "second", stays in host memory). Raises
+    ValueError as :func:`kmeans` does.
     """
     rows = StoreRows(store, torch.device(device), chunk_rows, group=group)
     opts = LloydOptions(niter=niter, seed=seed, init=init, spherical=spherical, backend=backend,
-                        early_stop_threshold=early_stop_threshold)
+                        early_stop_threshold=early_stop_threshold, prune=prune)
     return _first_problem(lloyd(rows, k, opts))
 
 
@@ -199,6 +213,7 @@ class LloydOptions:
     record_times: bool = False
     check_finite: bool = True
     early_stop_threshold: float | None = None
+    prune: bool | str | None = None
 
 
 def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
@@ -206,7 +221,8 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
 
     Returns a batched :class:`KMeansResult`: centroids [B, k, D] float32 on the rows' device,
     assignments [B, N] int64 and dist [B, N] float32 on ``rows.out_device``, obj and imbalance
-    [n_iter, B] float64, nsplit and changed [n_iter, B] int64 (n_iter <= niter: the loop stops
+    [n_iter, B] float64, nsplit and changed [n_iter, B] int64, pruned [n_iter, B] float64 or
+    None (n_iter <= niter: the loop stops
     early when ``opts.early_stop_threshold`` says so). Raises ValueError or TypeError (k,
     niter, n_frozen, init, early_stop_threshold, rows with NaN/inf or too large when
     ``opts.check_finite``).
@@ -229,28 +245,33 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
     clock = _Clock(opts.record_times or opts.verbose, dev)
     log = _Log(opts.verbose, rows, k, opts.niter)
     stop = StopCheck(rows, opts.early_stop_threshold)
+    assigner = Assigner(rows, metric, opts.backend, _prune_bounds(rows, k, opts, per_rank))
+    pruned = torch.zeros(shape, dtype=torch.float64, device=dev)
     n_iter = 0
     for it in range(opts.niter):
         n_iter = it + 1
         blocks = _blocks(rows, opts.check_finite and it == 0)
-        obj[it], sums, counts = _sums_pass(blocks, centroids, k, metric, opts.backend, clock,
-                                           stop)
+        obj[it], sums, counts = _sums_pass(blocks, centroids, k, assigner, clock, stop)
+        pruned[it] = assigner.end_pass()
         sums, counts = fdist.all_reduce_sum_packed([sums, counts], rows.group)
-        centroids, imbalance[it], nsplit[it] = finish_iteration(
+        new, imbalance[it], nsplit[it] = finish_iteration(
             centroids, sums, counts, split_gen=split_gen, n_frozen=opts.n_frozen,
             spherical=opts.spherical, int_centroids=opts.int_centroids, backend=opts.backend,
         )
+        assigner.moved(centroids, new)
+        centroids = new
         clock.lap()
         log.iteration(it, clock, obj[it], imbalance[it], nsplit[it])
         if stop.end_iteration(obj[it], nsplit[it]):
             log.stopped(it, stop.reason)
             break
     blocks = _blocks(rows, opts.check_finite and opts.niter == 0)
-    dist, idx = _labels_pass(blocks, rows, centroids, metric, opts.backend)
+    dist, idx = _labels_pass(blocks, rows, centroids, assigner)
     obj, nsplit, imbalance = obj[:n_iter], nsplit[:n_iter], imbalance[:n_iter]
-    fdist.all_reduce_sum(obj, rows.group)
+    obj, pruned = fdist.all_reduce_sum_packed([obj, pruned[:n_iter]], rows.group)
+    pruned = None if assigner.bounds is None else pruned / per_rank.sum(dim=0).to(dev)
     return KMeansResult(centroids, idx, dist, obj, nsplit, imbalance, clock.times,
-                        clock.search_times, stop.changed_rows(), stop.reason)
+                        clock.search_times, stop.changed_rows(), stop.reason, pruned)
 
 
 def finish_iteration(
@@ -295,6 +316,17 @@ def _check_options(k: int, opts: LloydOptions) -> None:
     if opts.n_frozen and not isinstance(opts.init, torch.Tensor):
         raise ValueError("n_frozen needs initial centroids given as a tensor in `init`")
     check_early_stop_threshold(opts.early_stop_threshold)
+    check_prune(opts.prune)
+
+
+def _prune_bounds(rows: Rows, k: int, opts: LloydOptions, per_rank: torch.Tensor) -> str | None:
+    """The bounds the run prunes with (:mod:`fastdc.engine.pruning`), or None."""
+    if opts.prune is False or opts.spherical or rows.dtype != torch.float32:
+        return None
+    if opts.prune is None:
+        n_min = int(per_rank.sum(dim=0).min())
+        return "second" if rows.device.type == "cpu" and 4 * k <= n_min else None
+    return "second" if opts.prune is True else opts.prune
 
 
 def _blocks(rows: Rows, check: bool) -> Iterator[Block]:
@@ -306,19 +338,19 @@ def _blocks(rows: Rows, check: bool) -> Iterator[Block]:
         yield block
 
 
-def _sums_pass(blocks: Iterator[Block], centroids: torch.Tensor, k: int, metric: str,
-               backend: str | None, clock: _Clock, stop: StopCheck
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _sums_pass(blocks: Iterator[Block], centroids: torch.Tensor, k: int, assigner: Assigner,
+               clock: _Clock, stop: StopCheck) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """assign + cluster_sums on every block (whose labels ``stop`` observes); returns
     (objective [B] float64, sums [B, k, D] float32, counts [B, k] float32) summed by the
     accumulation rule (module docstring)."""
     totals: list[torch.Tensor] = []
+    assigner.begin(centroids)
     for block in blocks:
         with clock.searching():
-            dist, idx = assign(block.x, centroids, metric=metric, backend=backend)
+            dist, idx = assigner(block, centroids)
         stop.observe(block, idx)
-        sums, counts = cluster_sums(block.x, idx, k, weights=block.weights, backend=backend,
-                                    check_ids=False)
+        sums, counts = cluster_sums(block.x, idx, k, weights=block.weights,
+                                    backend=assigner.backend, check_ids=False)
         partial = (block.objective(dist), sums, counts)
         if not totals:
             totals = list(partial)  # one block: float64 of it rounds back to itself
@@ -330,12 +362,13 @@ def _sums_pass(blocks: Iterator[Block], centroids: torch.Tensor, k: int, metric:
     return obj, sums.float(), counts.float()
 
 
-def _labels_pass(blocks: Iterator[Block], rows: Rows, centroids: torch.Tensor, metric: str,
-                 backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _labels_pass(blocks: Iterator[Block], rows: Rows, centroids: torch.Tensor,
+                 assigner: Assigner) -> tuple[torch.Tensor, torch.Tensor]:
     """The final assignment: (dist [B, N] float32, idx [B, N] int64) on ``rows.out_device``."""
     parts = []
+    assigner.begin(centroids)
     for block in blocks:
-        dist, idx = assign(block.x, centroids, metric=metric, backend=backend)
+        dist, idx = assigner(block, centroids)
         parts.append((dist.to(rows.out_device), idx.to(rows.out_device)))
     return rows.collect(parts)
 
@@ -409,9 +442,10 @@ class _Log:
 def _first_problem(res: KMeansResult) -> KMeansResult:
     """A batched result of one problem without its batch dimension."""
     changed = None if res.changed is None else res.changed[:, 0]
+    pruned = None if res.pruned is None else res.pruned[:, 0]
     return KMeansResult(res.centroids[0], res.assignments[0], res.dist[0], res.obj[:, 0],
                         res.nsplit[:, 0], res.imbalance[:, 0], res.times, res.search_times,
-                        changed, res.stop_reason)
+                        changed, res.stop_reason, pruned)
 
 
 def _normalize(c: torch.Tensor) -> torch.Tensor:

@@ -55,12 +55,13 @@ class Block:
 class Rows(ABC):
     """The rows one Lloyd loop clusters: B problems of D features each, this rank's shard.
 
-    shape: (B, N, D) on this rank, padding rows included. device: where blocks and centroids
-    live. group: process group or None. out_device: where the final assignments are gathered.
-    min_rows_per_rank: the fewest rows a rank may hold.
+    shape: (B, N, D) on this rank, padding rows included. dtype: the blocks' dtype. device:
+    where blocks and centroids live. group: process group or None. out_device: where the final
+    assignments are gathered. min_rows_per_rank: the fewest rows a rank may hold.
     """
 
     min_rows_per_rank = 0
+    dtype = torch.float32  # of the blocks' rows
 
     def __init__(self, shape: tuple[int, int, int], device: torch.device,
                  group: fdist.Group | None, out_device: torch.device) -> None:
@@ -106,7 +107,7 @@ class TensorRows(Rows):
     def __init__(self, x: torch.Tensor, weights: torch.Tensor | None = None, *,
                  chunk_rows: int | None = None, group: fdist.Group | None = None) -> None:
         super().__init__(tuple(x.shape), x.device, group, x.device)
-        self.x, self.weights = x, weights
+        self.x, self.weights, self.dtype = x, weights, x.dtype
         self.step = x.shape[1] if chunk_rows is None else check_chunk_rows(chunk_rows)
 
     def blocks(self) -> Iterator[Block]:

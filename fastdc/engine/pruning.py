@@ -1,0 +1,270 @@
+"""Exact bound-based pruning of the Lloyd loop's assignment step (squared L2 only).
+
+From the second pass on, a row keeps the centroid ``a`` it had in the previous pass unless a
+bound fails to prove that ``assign`` would give it ``a`` again; only the rows that fail are
+gathered and re-assigned. The assignments are those of the unpruned loop, bit for bit.
+
+Per pass and row, with ``u = ||x - c_a||`` computed directly (one gather and one dot product per
+row, also the row's distance for the objective) and ``E`` a bound on the rounding error of the
+kernel's squared distances (below), the row is pruned when one of these holds:
+
+- centres (Elkan's test): ``4 s (s - u) > 2E`` with ``s = 1/2 min_{j != a} ||c_a - c_j||``
+  (K x K centroid distances per pass). Then for every j != a, ``||x - c_j|| >= 2s - u``, so
+  ``d_j - d_a >= 4 s (s - u) > 2E``;
+- second (Hamerly's bound, ``bounds="second"``): ``l^2 - u^2 > 2E`` with ``l`` a lower bound
+  on ``min_{j != a} ||x - c_j||``, set when the row was last re-assigned (its second-smallest
+  distance) and lowered after every update by the largest shift of the other centroids.
+
+Exactness. ``assign`` computes ``||x||^2 - 2 x.c + ||c||^2`` in float32: each of the D products
+and D + 2 additions rounds by at most 2^-24 relative, so its error on one squared distance is at
+most ``(D + 2) 2^-24 (||x|| + ||c||)^2`` (Higham, Accuracy and Stability of Numerical
+Algorithms, 2002, section 3.1), in any summation order. ``E = gamma (||x|| + max_j ||c_j||)^2``
+with ``gamma = 2 (D + 2) 2^-24`` (twice that bound). A margin of 2E between the true distances
+means the kernel cannot rank them the other way, nor tie them (ties go to the smallest index,
+so a tight test is never a pruned row). The bounds themselves are rounded outwards: ``u^2`` and
+the shifts (computed directly: relative error <= (D + 2) 2^-24) are scaled by ``1 + gamma``,
+the centre distances (expansion form) lowered by ``gamma (2 max ||c||)^2``, and the tests are
+evaluated in float64, whose own rounding (~1e-16 relative) is far below E.
+
+Re-split centroids jump; their shift is large, the K x K distances are recomputed every pass,
+and ``l`` drops by the jump, so the bounds loosen by themselves. The pruned rows' distances are
+computed directly, not by the kernel's expansion: the objective equals the unpruned one up to
+float32 rounding. The per-row state (previous labels int64, which the pass
+returns as its labels, and ``l`` float32 with ``second``, rounded down) lives on the rows'
+``out_device``, like the stop test's labels; ``||x||`` in E is the largest row norm of the
+problem.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastdc.engine.rows import Block, Rows
+from fastdc.ops import assign
+
+PRUNE_BOUNDS = ("centres", "second")
+"""The bounds :class:`Assigner` can prune with (module docstring)."""
+
+_ROUNDING = 2.0**-24  # float32 unit roundoff
+_CHUNK_ELEMS = 1 << 22  # scores alive at once (16 MB of float32)
+_WHOLE_BLOCK = 0.5  # above this fraction of failing rows, re-assign a problem without gathering
+_SECOND_PAYS = 0.1  # seed the second bound while the previous pass pruned this fraction of rows
+_TEST_ROWS = 1 << 16  # rows tested at once: float64 temporaries stay at a few MB
+_LOWER_SHRINK = 2.0**-22  # l is stored in float32: 4 roundings of 2^-24, outwards
+_GATHER_ELEMS = 1 << 20  # gathered centroid values alive at once (4 MB: stays in cache)
+
+
+def error_coefficient(d: int) -> float:
+    """gamma for rows of d features: twice the (d + 2) 2^-24 bound of the module docstring."""
+    return 2.0 * (d + 2) * _ROUNDING
+
+
+def check_prune(prune: bool | str | None) -> None:
+    """Raise ValueError unless ``prune`` is None, a bool or one of :data:`PRUNE_BOUNDS`."""
+    if prune is None or isinstance(prune, bool) or prune in PRUNE_BOUNDS:
+        return
+    raise ValueError(
+        f"prune must be None (automatic), True, False or one of {PRUNE_BOUNDS}, got {prune!r}"
+    )
+
+
+def nearest_two(x: torch.Tensor, c: torch.Tensor, err: torch.Tensor, backend: str | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest centroid and second-smallest squared distance of every row.
+
+    x: [m, D] float32, c: [K, D] float32, err: [m] float64 (the rows' kernel error bound E).
+    Returns (dist [m] float32, idx [m] int64, dist2 [m] float64): idx equals ``assign``'s, dist
+    is within E of its value, and ``dist2 - E`` is a lower bound on the squared distance to every
+    centroid but idx (+inf for K == 1). The fallback until ``assign`` returns the second
+    distance itself: top-2 of chunked torch ``addmm`` scores; rows whose two best are within 4E
+    (the kernel might rank them otherwise) take ``assign``'s answer, and their dist2 is the
+    smallest score.
+    """
+    m, K = x.shape[0], c.shape[0]
+    dist = torch.empty(m, dtype=torch.float32, device=x.device)
+    idx = torch.empty(m, dtype=torch.int64, device=x.device)
+    dist2 = torch.full((m,), float("inf"), dtype=torch.float64, device=x.device)
+    c_sq = (c * c).sum(dim=1)
+    step = max(1, _CHUNK_ELEMS // K)
+    for start in range(0, m, step):
+        xb = x[start : start + step]
+        scores = torch.addmm(c_sq, xb, c.T, alpha=-2.0)
+        best, arg = scores.topk(min(2, K), dim=1, largest=False)
+        best = best + (xb * xb).sum(dim=1, keepdim=True)
+        dist[start : start + step] = best[:, 0].clamp_min(0)
+        idx[start : start + step] = arg[:, 0]
+        if K > 1:
+            dist2[start : start + step] = best[:, 1]
+    if K > 1:
+        near = (dist2 - dist.double() <= 4 * err).nonzero().flatten()
+        if near.numel():
+            dist2[near] = dist[near].double()
+            dist[near], idx[near] = assign(x[near], c, backend=backend)
+    return dist, idx, dist2
+
+
+class Assigner:
+    """The assignment step of one Lloyd run: ``assign`` on every block, or pruned by bounds.
+
+    rows: the source (shape [B, N, D], devices). bounds: None (no pruning; ``metric`` as given)
+    or one of :data:`PRUNE_BOUNDS` (squared L2). Per pass: :meth:`begin` with the pass's
+    centroids [B, K, D] float32, one call per block, :meth:`end_pass`; after each centroid
+    update, :meth:`moved`. Two measured policies (benchmarks/bench_kmeans.py, AMD EPYC Zen 4):
+    a problem where more than half the rows fail is re-assigned whole; with the second bound,
+    failing rows get the (slower) top-2 only in the first bound pass and while the previous
+    pass pruned >= 10% of the rows (on structureless data it prunes ~1% and would cost 2.5x).
+    """
+
+    def __init__(self, rows: Rows, metric: str, backend: str | None, bounds: str | None) -> None:
+        self.metric, self.backend, self.bounds = metric, backend, bounds
+        self.device = rows.device
+        B, N, D = rows.shape
+        self.gamma = error_coefficient(D)
+        self.pruned = torch.zeros(B, dtype=torch.int64, device=rows.device)
+        self.ready = False  # labels hold a previous pass
+        self.seed_second = True  # re-assign with nearest_two (the first pass, then while it pays)
+        self.real_rows = int(rows.real_counts().sum())
+        self.lower: torch.Tensor | None = None
+        if bounds is None:
+            return
+        out = rows.out_device
+        self.labels = torch.zeros(B, N, dtype=torch.int64, device=out)
+        self.x_max = torch.zeros(B, dtype=torch.float64, device=rows.device)
+        if bounds == "second":
+            self.lower = torch.zeros(B, N, dtype=torch.float32, device=out)
+
+    def begin(self, centroids: torch.Tensor) -> None:
+        """Prepare a pass with centroids [B, K, D] float32: max norms, half centre gaps."""
+        if self.bounds is None or not self.ready:
+            return
+        c_sq = (centroids * centroids).sum(dim=2)
+        self.c_max = c_sq.max(dim=1).values.double().sqrt()
+        gap = _nearest_other_sq(centroids, c_sq).double()
+        gap -= self.gamma * (2 * self.c_max[:, None]) ** 2
+        self.half_gap = 0.5 * gap.clamp_min(0).sqrt()
+
+    def __call__(self, block: Block, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dist [B, m] float32, idx [B, m] int64) of the block's rows: ``assign``'s result.
+        Pruned, idx is a view of the per-row labels (valid until the next pass)."""
+        if self.bounds is None:
+            return assign(block.x, centroids, metric=self.metric, backend=self.backend)
+        B, m, _ = block.x.shape
+        labels = self.labels[:, block.start : block.start + m]
+        if not self.ready:
+            dist, idx = assign(block.x, centroids, metric="l2", backend=self.backend)
+            norm = torch.linalg.vector_norm(block.x.float(), dim=2).amax(dim=1).double()
+            torch.maximum(self.x_max, norm, out=self.x_max)
+            labels.copy_(idx, non_blocking=True)
+            return dist, idx
+        dist = torch.empty(B, m, dtype=torch.float32, device=self.device)
+        idx = labels.to(self.device, non_blocking=True)
+        lower = None
+        if self.lower is not None:
+            lower = self.lower[:, block.start : block.start + m].to(self.device)
+        err = (self.gamma * (self.x_max + self.c_max) ** 2)[:, None]
+        for start in range(0, m, _TEST_ROWS):
+            part = slice(start, start + _TEST_ROWS)
+            mask = None if block.mask is None else block.mask[:, part]
+            self._test(block.x[:, part], centroids, err, mask,
+                       (dist[:, part], idx[:, part], None if lower is None else lower[:, part]))
+        if idx is not labels:  # state on another device: write it back
+            labels.copy_(idx, non_blocking=True)
+            if lower is not None:
+                self.lower[:, block.start : block.start + m].copy_(lower, non_blocking=True)
+        return dist, idx
+
+    def _test(self, x: torch.Tensor, centroids: torch.Tensor, err: torch.Tensor,
+              mask: torch.Tensor | None, out: tuple) -> None:
+        """Bound tests and re-assignment of rows x [B, r, D], in place in out = (dist, idx,
+        lower) views [B, r]; err [B, 1] float64."""
+        dist, idx, lower = out
+        dist.copy_(_own_sq_dist(x, centroids, idx))
+        u_sq = dist.double() * (1 + self.gamma)
+        s = self.half_gap.gather(1, idx)
+        keep = 4 * s * (s - u_sq.sqrt()) > 2 * err
+        if lower is not None:
+            keep |= lower.double() ** 2 - u_sq > 2 * err
+        real = keep if mask is None else keep & mask
+        self.pruned += real.sum(dim=1)
+        self._reassign(x, centroids, ~keep, err, out)
+
+    def _reassign(self, x: torch.Tensor, centroids: torch.Tensor, fail: torch.Tensor,
+                  err: torch.Tensor, out: tuple) -> None:
+        """Re-assign the rows where fail [B, m] is True, in place in out = (dist, idx, lower):
+        the gathered rows, or the whole problem when most rows fail (no gather); with the second
+        bound, by :func:`nearest_two` while it pays (:attr:`seed_second`), else by ``assign``
+        (rows whose label changes then lose their bound l)."""
+        dist, idx, lower = out
+        m = x.shape[1]
+        for b, count in enumerate(fail.sum(dim=1).tolist()):
+            if not count:
+                continue
+            sel = fail[b].nonzero().flatten() if count <= _WHOLE_BLOCK * m else slice(None)
+            xs = x[b, sel].float()
+            if lower is not None and self.seed_second:
+                e = err[b].expand(xs.shape[0])
+                dist[b, sel], idx[b, sel], d2 = nearest_two(xs, centroids[b], e, self.backend)
+                lower[b, sel] = _round_down((d2 - e).clamp_min(0).sqrt())
+                continue
+            new_dist, new_idx = assign(xs, centroids[b], backend=self.backend)
+            if lower is not None:
+                lower[b, sel] = lower[b, sel].masked_fill(new_idx != idx[b, sel], 0.0)
+            dist[b, sel], idx[b, sel] = new_dist, new_idx
+
+    def end_pass(self) -> torch.Tensor:
+        """Close a pass: returns the real rows pruned in it, [B] int64 (this rank)."""
+        pruned, self.pruned = self.pruned, torch.zeros_like(self.pruned)
+        if self.ready:
+            self.seed_second = bool(pruned.sum() >= _SECOND_PAYS * self.real_rows)
+        self.ready = self.bounds is not None
+        return pruned
+
+    def moved(self, old: torch.Tensor, new: torch.Tensor) -> None:
+        """Centroids went from old to new ([B, K, D] float32): lower the bounds ``l`` by the
+        largest shift of a centroid other than each row's own."""
+        if self.lower is None or not self.ready:
+            return
+        shift = torch.linalg.vector_norm(new - old, dim=2).double() * (1 + self.gamma)
+        if shift.shape[1] == 1:
+            return  # no other centroid: l stays +inf
+        top, arg = shift.topk(2, dim=1)
+        top, arg = top.to(self.lower.device), arg.to(self.lower.device)
+        own_is_max = self.labels == arg[:, :1]
+        other = torch.where(own_is_max, top[:, 1:], top[:, :1]) * (1 + _LOWER_SHRINK)
+        self.lower.sub_(other.float()).mul_(1 - _LOWER_SHRINK).clamp_min_(0)
+
+
+def _round_down(value: torch.Tensor) -> torch.Tensor:
+    """float64 [m] -> float32 [m] no larger than the value (a lower bound stays one)."""
+    return (value * (1 - _LOWER_SHRINK)).float()
+
+
+def _own_sq_dist(x: torch.Tensor, centroids: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """||x_i - c_{idx_i}||^2 computed directly: x [B, m, D], centroids [B, K, D], idx [B, m]
+    -> [B, m] float32, in cache-sized chunks of rows (no [B, m, D] temporary; index_select of
+    whole rows is several times faster than an element-wise gather)."""
+    B, m, D = x.shape
+    out = torch.empty(B, m, dtype=torch.float32, device=x.device)
+    step = max(1, _GATHER_ELEMS // D)
+    for b in range(B):
+        for start in range(0, m, step):
+            diff = centroids[b].index_select(0, idx[b, start : start + step])
+            diff.sub_(x[b, start : start + step])
+            out[b, start : start + step] = (diff * diff).sum(dim=1)
+    return out
+
+
+def _nearest_other_sq(c: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
+    """min over j != a of the squared distance c_a..c_j (expansion form, float32): c [B, K, D],
+    c_sq [B, K] -> [B, K] (+inf for K == 1), in chunks of centroids."""
+    B, K, _ = c.shape
+    out = torch.empty(B, K, dtype=torch.float32, device=c.device)
+    step = max(1, _CHUNK_ELEMS // max(1, B * K))
+    for start in range(0, K, step):
+        part = c[:, start : start + step]
+        sq = torch.baddbmm(c_sq[:, start : start + step, None] + c_sq[:, None, :], part,
+                           c.transpose(1, 2), alpha=-2.0)
+        rows = torch.arange(part.shape[1], device=c.device)
+        sq[:, rows, rows + start] = float("inf")
+        out[:, start : start + step] = sq.min(dim=2).values
+    return out

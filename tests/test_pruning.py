@@ -1,0 +1,146 @@
+"""Bound-based pruning of the Lloyd loop (fastdc.engine.pruning): the pruned loop gives the
+unpruned loop's assignments and centroids bit for bit, on many seeds and shapes, ties, re-splits,
+K = 1 and K = N, batches, blocks and streamed stores; the pruned fraction is reported."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastdc.engine import FeatureStore, kmeans, kmeans_streaming
+from fastdc.engine.pruning import error_coefficient, nearest_two
+from fastdc.kmeans import Kmeans
+from fastdc.ops import assign
+
+BOUNDS = ["centres", "second"]
+
+
+def blobs(n: int, d: int, centres: int, seed: int, spread: float = 0.3) -> torch.Tensor:
+    """[n, d] float32 Gaussian blobs around `centres` standard-normal centres."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(centres, d, generator=g)
+    return c[torch.randint(centres, (n,), generator=g)] + spread * torch.randn(n, d, generator=g)
+
+
+def assert_same_run(pruned, ref):
+    """Same centroids, assignments and re-splits bit for bit; objective and dist up to float32
+    rounding (the kernel's expansion form against the direct one); pruned fractions in [0, 1],
+    none in iteration 0."""
+    assert torch.equal(pruned.centroids, ref.centroids)
+    assert torch.equal(pruned.assignments, ref.assignments)
+    assert torch.equal(pruned.nsplit, ref.nsplit)
+    torch.testing.assert_close(pruned.obj, ref.obj, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(pruned.dist, ref.dist, rtol=1e-4, atol=1e-4)
+    assert ref.pruned is None
+    assert pruned.pruned.shape == pruned.obj.shape
+    assert bool((pruned.pruned[0] == 0).all())
+    assert bool(((pruned.pruned >= 0) & (pruned.pruned <= 1)).all())
+
+
+@pytest.mark.parametrize("bounds", BOUNDS)
+@pytest.mark.parametrize("seed", range(6))
+def test_pruned_run_equals_unpruned_run(bounds, seed):
+    n, d, k = 700 + 137 * seed, 3 + 5 * seed, 5 + 9 * seed
+    x = blobs(n, d, max(2, k // 2), seed, spread=0.1 + 0.2 * (seed % 3))
+    if seed % 2:
+        x = x / x.norm(dim=1, keepdim=True)
+    opts = dict(niter=12, seed=seed)
+    ref = kmeans(x, k, prune=False, **opts)
+    res = kmeans(x, k, prune=bounds, **opts)
+    assert_same_run(res, ref)
+
+
+@pytest.mark.parametrize("bounds", BOUNDS)
+def test_well_separated_blobs_are_mostly_pruned(bounds):
+    x = blobs(4000, 16, 20, seed=1, spread=0.05)
+    res = kmeans(x, 20, niter=10, seed=3, prune=bounds, init="kmeans++")
+    assert_same_run(res, kmeans(x, 20, niter=10, seed=3, prune=False, init="kmeans++"))
+    assert float(res.pruned[-1]) > 0.9
+
+
+@pytest.mark.parametrize("bounds", BOUNDS)
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_ties_from_duplicated_rows_and_centroids(bounds, backend):
+    x = blobs(40, 6, 4, seed=2).repeat(25, 1)  # 40 distinct rows, each 25 times
+    init = torch.cat([x[:3], x[:3], x[5:9]])  # equal centroids: exact ties, re-splits
+    opts = dict(niter=10, seed=4, init=init, backend=backend)
+    ref = kmeans(x, 10, prune=False, **opts)
+    assert int(ref.nsplit[0]) > 0  # premise: equal centroids leave clusters empty
+    assert_same_run(kmeans(x, 10, prune=bounds, **opts), ref)
+
+
+@pytest.mark.parametrize("bounds", BOUNDS)
+def test_resplits_in_every_iteration(bounds):
+    x = blobs(5, 4, 5, seed=3).repeat(30, 1)  # 5 distinct rows, k = 12: empties every time
+    ref = kmeans(x, 12, niter=8, seed=2, prune=False)
+    assert bool((ref.nsplit > 0).all())
+    assert_same_run(kmeans(x, 12, niter=8, seed=2, prune=bounds), ref)
+
+
+@pytest.mark.parametrize("bounds", BOUNDS)
+@pytest.mark.parametrize("k", [1, 300])
+def test_one_cluster_and_one_row_per_cluster(bounds, k):
+    x = blobs(300, 5, 30, seed=4)
+    ref = kmeans(x, k, niter=5, prune=False)
+    res = kmeans(x, k, niter=5, prune=bounds)
+    assert_same_run(res, ref)
+    if k == 1:
+        assert bool((res.pruned[1:] == 1).all())  # no other centroid: nothing to compute
+
+
+@pytest.mark.parametrize("bounds", BOUNDS)
+def test_masked_batch_in_blocks(bounds):
+    x = torch.stack([blobs(500, 7, 8, seed=s) for s in range(3)])
+    mask = torch.ones(3, 500, dtype=torch.bool)
+    mask[1, 333:] = False
+    opts = dict(niter=9, seed=1, mask=mask, chunk_rows=128)
+    ref = kmeans(x, 12, prune=False, **opts)
+    assert_same_run(kmeans(x, 12, prune=bounds, **opts), ref)
+
+
+def test_streamed_store_prunes_like_memory():
+    x = blobs(900, 10, 12, seed=5)
+    ref = kmeans(x, 16, niter=8, seed=5, chunk_rows=200, prune="second")
+    res = kmeans_streaming(FeatureStore.from_tensor(x), 16, niter=8, seed=5, chunk_rows=200,
+                           prune="second")
+    assert torch.equal(res.centroids, ref.centroids) and torch.equal(res.obj, ref.obj)
+    assert torch.equal(res.assignments, ref.assignments) and torch.equal(res.pruned, ref.pruned)
+    assert float(res.pruned[-1]) > 0
+
+
+def test_automatic_choice_and_where_pruning_does_not_apply():
+    x = blobs(400, 6, 10, seed=6)
+    assert kmeans(x, 10, niter=3).pruned is not None  # float32 L2 on the CPU, k <= N / 4
+    assert kmeans(x, 200, niter=3).pruned is None  # k > N / 4: the K x K test costs too much
+    assert kmeans(x, 10, niter=3, spherical=True, prune=True).pruned is None
+    assert kmeans(x.double(), 10, niter=3, prune=True).pruned is None
+    with pytest.raises(ValueError, match="prune must be"):
+        kmeans(x, 10, prune="elkan")
+    with pytest.raises(ValueError, match="prune must be"):
+        Kmeans(6, 10, prune=2)
+
+
+def test_faiss_style_wrapper_reports_the_pruned_fraction():
+    x = blobs(2000, 8, 10, seed=7, spread=0.05).numpy()
+    km = Kmeans(8, 10, niter=6, seed=1, prune="second", early_stop_threshold=-1)
+    km.train(x)
+    ref = Kmeans(8, 10, niter=6, seed=1, prune=False, early_stop_threshold=-1)
+    ref.train(x)
+    np.testing.assert_array_equal(km.centroids, ref.centroids)
+    fractions = [st["pruned"] for st in km.iteration_stats]
+    assert fractions[0] == 0 and max(fractions) > 0.5
+    assert {st["pruned"] for st in ref.iteration_stats} == {None}
+
+
+@pytest.mark.parametrize("k", [1, 2, 37])
+def test_nearest_two_gives_assigns_labels_and_a_lower_bound(k):
+    x = blobs(500, 9, 5, seed=8)
+    x[250:] = x[:250]  # duplicated rows
+    c = torch.cat([x[:k - k // 3], x[:k // 3]])  # equal centroids: exact ties
+    err = error_coefficient(9) * (x.norm(dim=1).double() + c.norm(dim=1).max().double()) ** 2
+    dist, idx, dist2 = nearest_two(x, c, err, backend=None)
+    ref_dist, ref_idx = assign(x, c)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(dist, ref_dist, rtol=1e-5, atol=1e-5)
+    full = torch.cdist(x.double(), c.double()) ** 2
+    full[torch.arange(500), idx] = float("inf")
+    assert bool((dist2 - err <= full.min(dim=1).values + 1e-9).all())
