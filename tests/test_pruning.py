@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastdc.engine import FeatureStore, kmeans, kmeans_streaming
-from fastdc.engine.pruning import error_coefficient, nearest_two
+from fastdc.engine.pruning import error_coefficient
 from fastdc.kmeans import Kmeans
 from fastdc.ops import assign
 
@@ -132,15 +132,17 @@ def test_faiss_style_wrapper_reports_the_pruned_fraction():
 
 
 @pytest.mark.parametrize("k", [1, 2, 37])
-def test_nearest_two_gives_assigns_labels_and_a_lower_bound(k):
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_second_distance_less_the_error_bound_is_a_lower_bound(k, backend):
+    """The pruning's Hamerly bound: assign's second distance minus E bounds every other
+    centroid's squared distance from below."""
     x = blobs(500, 9, 5, seed=8)
     x[250:] = x[:250]  # duplicated rows
     c = torch.cat([x[:k - k // 3], x[:k // 3]])  # equal centroids: exact ties
     err = error_coefficient(9) * (x.norm(dim=1).double() + c.norm(dim=1).max().double()) ** 2
-    dist, idx, dist2 = nearest_two(x, c, err, backend=None)
-    ref_dist, ref_idx = assign(x, c)
-    assert torch.equal(idx, ref_idx)
-    torch.testing.assert_close(dist, ref_dist, rtol=1e-5, atol=1e-5)
+    dist, idx, dist2 = assign(x, c, backend=backend, second=True)
+    ref_dist, ref_idx = assign(x, c, backend=backend)
+    assert torch.equal(idx, ref_idx) and torch.equal(dist, ref_dist)
     full = torch.cdist(x.double(), c.double()) ** 2
     full[torch.arange(500), idx] = float("inf")
-    assert bool((dist2 - err <= full.min(dim=1).values + 1e-9).all())
+    assert bool((dist2.double() - err <= full.min(dim=1).values + 1e-9).all())

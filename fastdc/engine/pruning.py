@@ -68,41 +68,6 @@ def check_prune(prune: bool | str | None) -> None:
     )
 
 
-def nearest_two(x: torch.Tensor, c: torch.Tensor, err: torch.Tensor, backend: str | None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Nearest centroid and second-smallest squared distance of every row.
-
-    x: [m, D] float32, c: [K, D] float32, err: [m] float64 (the rows' kernel error bound E).
-    Returns (dist [m] float32, idx [m] int64, dist2 [m] float64): idx equals ``assign``'s, dist
-    is within E of its value, and ``dist2 - E`` is a lower bound on the squared distance to every
-    centroid but idx (+inf for K == 1). The fallback until ``assign`` returns the second
-    distance itself: top-2 of chunked torch ``addmm`` scores; rows whose two best are within 4E
-    (the kernel might rank them otherwise) take ``assign``'s answer, and their dist2 is the
-    smallest score.
-    """
-    m, K = x.shape[0], c.shape[0]
-    dist = torch.empty(m, dtype=torch.float32, device=x.device)
-    idx = torch.empty(m, dtype=torch.int64, device=x.device)
-    dist2 = torch.full((m,), float("inf"), dtype=torch.float64, device=x.device)
-    c_sq = (c * c).sum(dim=1)
-    step = max(1, _CHUNK_ELEMS // K)
-    for start in range(0, m, step):
-        xb = x[start : start + step]
-        scores = torch.addmm(c_sq, xb, c.T, alpha=-2.0)
-        best, arg = scores.topk(min(2, K), dim=1, largest=False)
-        best = best + (xb * xb).sum(dim=1, keepdim=True)
-        dist[start : start + step] = best[:, 0].clamp_min(0)
-        idx[start : start + step] = arg[:, 0]
-        if K > 1:
-            dist2[start : start + step] = best[:, 1]
-    if K > 1:
-        near = (dist2 - dist.double() <= 4 * err).nonzero().flatten()
-        if near.numel():
-            dist2[near] = dist[near].double()
-            dist[near], idx[near] = assign(x[near], c, backend=backend)
-    return dist, idx, dist2
-
-
 class Assigner:
     """The assignment step of one Lloyd run: ``assign`` on every block, or pruned by bounds.
 
@@ -122,7 +87,7 @@ class Assigner:
         self.gamma = error_coefficient(D)
         self.pruned = torch.zeros(B, dtype=torch.int64, device=rows.device)
         self.ready = False  # labels hold a previous pass
-        self.seed_second = True  # re-assign with nearest_two (the first pass, then while it pays)
+        self.seed_second = True  # re-assign with the second distance (first pass, while it pays)
         self.real_rows = int(rows.real_counts().sum())
         self.lower: torch.Tensor | None = None
         if bounds is None:
@@ -192,7 +157,8 @@ class Assigner:
                   err: torch.Tensor, out: tuple) -> None:
         """Re-assign the rows where fail [B, m] is True, in place in out = (dist, idx, lower):
         the gathered rows, or the whole problem when most rows fail (no gather); with the second
-        bound, by :func:`nearest_two` while it pays (:attr:`seed_second`), else by ``assign``
+        bound, by ``assign(..., second=True)`` while it pays (:attr:`seed_second`; its second
+        distance d2 bounds every other centroid's: ``d_j >= d2 - E``), else by ``assign``
         (rows whose label changes then lose their bound l)."""
         dist, idx, lower = out
         m = x.shape[1]
@@ -203,8 +169,9 @@ class Assigner:
             xs = x[b, sel].float()
             if lower is not None and self.seed_second:
                 e = err[b].expand(xs.shape[0])
-                dist[b, sel], idx[b, sel], d2 = nearest_two(xs, centroids[b], e, self.backend)
-                lower[b, sel] = _round_down((d2 - e).clamp_min(0).sqrt())
+                dist[b, sel], idx[b, sel], d2 = assign(xs, centroids[b], backend=self.backend,
+                                                       second=True)
+                lower[b, sel] = _round_down((d2.double() - e).clamp_min(0).sqrt())
                 continue
             new_dist, new_idx = assign(xs, centroids[b], backend=self.backend)
             if lower is not None:
