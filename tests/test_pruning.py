@@ -109,8 +109,8 @@ def test_streamed_store_prunes_like_memory():
 
 def test_automatic_choice_and_where_pruning_does_not_apply():
     x = blobs(400, 6, 10, seed=6)
-    assert kmeans(x, 10, niter=3).pruned is not None  # float32 L2 on the CPU, k <= N / 4
-    assert kmeans(x, 200, niter=3).pruned is None  # k > N / 4: the K x K test costs too much
+    assert kmeans(x, 10, niter=3).pruned is None  # off by default
+    assert kmeans(x, 10, niter=3, prune=True).pruned is not None
     assert kmeans(x, 10, niter=3, spherical=True, prune=True).pruned is None
     assert kmeans(x.double(), 10, niter=3, prune=True).pruned is None
     with pytest.raises(ValueError, match="prune must be"):

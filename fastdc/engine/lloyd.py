@@ -138,11 +138,10 @@ def kmeans(
     row and a flag read (host sync) per iteration (:mod:`fastdc.engine.convergence`).
     prune: exact bound-based pruning of the assignment step from the second iteration on
     (:mod:`fastdc.engine.pruning`; same assignments and centroids as without, objective and
-    dist equal up to float32 rounding). None (default): on for float32 L2 k-means on the CPU
-    with k <= N / 4, where it was measured to win; True: on ("second" bounds); "centres"
+    dist equal up to float32 rounding). None (default) or False: off (its speed-up is not yet
+    measured on a quiet machine); True: on ("second" bounds); "centres"
     (Elkan's centre-centre test alone) or "second" (adds Hamerly's second-distance bound):
-    those bounds; False: off. Ignored
-    (no pruning) for spherical k-means and non-float32 rows.
+    those bounds. Ignored (no pruning) for spherical k-means and non-float32 rows.
     Raises ValueError (shapes, k, NaN/inf or too large rows with the row index, bad weights,
     early_stop_threshold, prune) or TypeError.
     """
@@ -245,7 +244,7 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
     clock = _Clock(opts.record_times or opts.verbose, dev)
     log = _Log(opts.verbose, rows, k, opts.niter)
     stop = StopCheck(rows, opts.early_stop_threshold)
-    assigner = Assigner(rows, metric, opts.backend, _prune_bounds(rows, k, opts, per_rank))
+    assigner = Assigner(rows, metric, opts.backend, _prune_bounds(rows, opts))
     pruned = torch.zeros(shape, dtype=torch.float64, device=dev)
     n_iter = 0
     for it in range(opts.niter):
@@ -319,13 +318,10 @@ def _check_options(k: int, opts: LloydOptions) -> None:
     check_prune(opts.prune)
 
 
-def _prune_bounds(rows: Rows, k: int, opts: LloydOptions, per_rank: torch.Tensor) -> str | None:
+def _prune_bounds(rows: Rows, opts: LloydOptions) -> str | None:
     """The bounds the run prunes with (:mod:`fastdc.engine.pruning`), or None."""
-    if opts.prune is False or opts.spherical or rows.dtype != torch.float32:
+    if opts.prune in (None, False) or opts.spherical or rows.dtype != torch.float32:
         return None
-    if opts.prune is None:
-        n_min = int(per_rank.sum(dim=0).min())
-        return "second" if rows.device.type == "cpu" and 4 * k <= n_min else None
     return "second" if opts.prune is True else opts.prune
 
 
