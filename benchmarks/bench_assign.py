@@ -22,14 +22,18 @@ TABLE = "op_assign_cpu_100k_256_1k"
 FLOP = 2.0 * N * K * D
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
-def test_assign(backend):
+@pytest.mark.parametrize("backend,precision", [("cpu", "default"), ("cpu", "fp32"),
+                                               ("torch", "default")])
+def test_assign(backend, precision):
     need("assign", backend)
     x, c = features()
-    seconds = measure(lambda: assign(x, c, backend=backend), rounds=2).best
-    record(TABLE, {"name": f"fastdc {backend}", "time_s": seconds,
+    seconds = measure(lambda: assign(x, c, backend=backend, precision=precision), rounds=2).best
+    name = f"fastdc {backend}" + ("" if precision == "default" else f" {precision}")
+    record(TABLE, {"name": name, "time_s": seconds,
                    "GFLOP/s": FLOP / seconds / 1e9}, reference="faiss IndexFlatL2.search",
-           note="nearest centroid of every row, best of 2 after a warm-up")
+           note="nearest centroid of every row, best of 2 after a warm-up; fastdc cpu: the "
+           "default (bf16 pass with an exact float32 re-check where the CPU has AVX512-BF16: "
+           "the float32 answers), cpu fp32: float32 only")
 
 
 def test_assign_faiss():
@@ -62,22 +66,31 @@ def sweep_cells(ns, ds, ks, max_flop=MAX_FLOP):
 
 
 def sweep_row(n, d, k, peaks, faiss):
-    """One table row: seconds of the default path, of every narrower path, of faiss."""
+    """One table row: seconds of every float32 path, of the bf16 pass where the CPU has it
+    (with the fraction of rows it could not settle), and of faiss; GFLOP/s and the fraction of
+    the peak of the default (the bf16 pass against the bf16 peak, else the widest path)."""
+    from fastdc import _C
     from fastdc.ops import cpu
 
     g = torch.Generator().manual_seed(n + d + k)
     x = torch.randn(1, n, d, generator=g)
     c = x[:, torch.randperm(n, generator=g)[:k]].contiguous()
     flop = 2.0 * n * k * d
-    default = cpu.simd()
     row = {"name": f"N={n} D={d} K={k}"}
     for isa in reversed(cpu.isa_available()):
-        t = measure(lambda isa=isa: cpu.assign_cpu(x=x, centroids=c, metric="l2", isa=isa),
-                    rounds=1).best
-        row[f"{isa}_s"] = t
-        if isa == default:
-            row["GFLOP/s"] = flop / t / 1e9
-            row["peak_frac"] = flop / t / 1e9 / peaks[isa]
+        row[f"{isa}_s"] = measure(lambda isa=isa: cpu.assign_cpu(
+            x=x, centroids=c, metric="l2", isa=isa, precision="fp32"), rounds=1).best
+    default = cpu.simd()
+    if cpu.use_bf16():
+        row["bf16_s"] = measure(lambda: cpu.assign_cpu(x=x, centroids=c, metric="l2"),
+                                rounds=1).best
+        dist, idx = torch.empty(1, n), torch.empty(1, n, dtype=torch.int64)
+        unsettled = _C.assign(x.numpy(), c.numpy(), False, dist.numpy(), idx.numpy(),
+                              torch.get_num_threads(), "avx512", None, True)
+        row["unsettled"] = unsettled / n
+        default = "bf16"
+    row["GFLOP/s"] = flop / row[f"{default}_s"] / 1e9
+    row["peak_frac"] = row["GFLOP/s"] / peaks[default]
     if faiss is not None:
         index = faiss.IndexFlatL2(d)
         index.add(c[0].numpy())
@@ -97,14 +110,18 @@ def run_sweep(ns, ds, ks, max_flop=MAX_FLOP):
         faiss = None
     peaks = {isa: max(cpu.fma_peak_gflops(isa, seconds=0.05) for _ in range(PEAK_TRIALS))
              for isa in cpu.isa_available()}
+    if cpu.use_bf16():
+        peaks["bf16"] = max(cpu.bf16_peak_gflops(seconds=0.05) for _ in range(PEAK_TRIALS))
     cells, skipped = sweep_cells(ns, ds, ks, max_flop)
     for n, d, k in cells:
         record(SWEEP_TABLE, sweep_row(n, d, k, peaks, faiss))
     peak_text = ", ".join(f"{isa} {gf:.1f}" for isa, gf in peaks.items())
     skip_text = "; ".join(f"N={n} D={d} K={k}" for n, d, k in skipped) or "none"
     record(SWEEP_TABLE, {"name": "fma peak GFLOP/s: " + peak_text},
-           note=f"L2 assign, 1 timed call after a warm-up; default path {cpu.simd()}; "
-           f"peak_frac = GFLOP/s / measured FMA peak (best of short trials) of that path on "
+           note=f"L2 assign, 1 timed call after a warm-up; <path>_s: the float32 paths; "
+           f"bf16_s: the default where the CPU has AVX512-BF16 (bf16 main pass, rows it cannot "
+           f"settle (unsettled) scored again in float32: same answers); peak_frac = GFLOP/s of "
+           f"the default / measured peak (best of short trials) of its instruction on "
            f"{torch.get_num_threads()} threads; skipped (> {max_flop:.0e} flop): {skip_text}")
     return skipped
 

@@ -362,3 +362,29 @@ def test_second_on_other_backends_falls_back_to_the_reference():
         dist, idx, dist2 = assign(x.to(device), c.to(device), backend=name, second=True)
         assert torch.equal(idx.cpu(), expect[1][0])
         assert_close(dist2.cpu(), expect[2][0], torch.float32)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_assign_dist_reproduces_the_cpu_kernel_bit_for_bit(metric):
+    from fastdc.ops import assign_dist, registry
+
+    if "cpu" not in registry.available("assign"):
+        pytest.skip("the cpu backend is not built")
+    from fastdc.ops import cpu
+
+    g = torch.Generator().manual_seed(4)
+    x, c = torch.randn(2, 333, 45, generator=g), torch.randn(2, 29, 45, generator=g)
+    for isa in cpu.isa_available():
+        dist, idx = cpu.assign_cpu(x=x, centroids=c, metric=metric, isa=isa)
+        assert torch.equal(cpu.assign_dist_cpu(x, c, idx, metric, isa=isa), dist)
+    dist, idx = assign(x[0], c[0], metric=metric)
+    other = torch.randint(29, (333,), generator=g)
+    assert torch.equal(assign_dist(x[0], c[0], idx, metric=metric), dist)
+    direct = assign_dist(x[0], c[0], other, metric=metric)
+    expected = ((x[0] - c[0][other]) ** 2).sum(1) if metric == "l2" else (x[0] * c[0][other]).sum(1)
+    torch.testing.assert_close(direct, expected, rtol=1e-4, atol=1e-4)
+    assert assign_dist(x[0], c[0], idx, metric=metric, backend="torch") is None
+    with pytest.raises(ValueError, match="idx out of"):
+        assign_dist(x[0], c[0], other + 29, metric=metric)
+    with pytest.raises(ValueError, match="idx must be int64"):
+        assign_dist(x[0], c[0], other.int(), metric=metric)

@@ -150,3 +150,109 @@ def test_path_second_best_matches_float64(isa, metric):
     x = torch.randn(1, 30, 8)
     dist, idx, dist2 = cpu.assign_cpu(x=x, centroids=c, metric=metric, isa=isa, second=True)
     assert torch.equal(dist2, dist) and int(idx.max()) < 5
+
+
+# --- the bf16 pass (AVX512-BF16): the float32 answers, bit for bit --------------------------
+
+needs_bf16 = pytest.mark.skipif(bool(cpu.bf16_missing()),
+                                reason=f"this CPU lacks {cpu.bf16_missing()} (the bf16 pass)")
+
+
+def _bf16_cases():
+    """(name, x [B, N, D], c [B, K, D]): odd shapes; normalised mixtures; integer data full of
+    exact ties; a large common offset; near-duplicate centroids (many candidates per row);
+    every centroid 20 times (more candidates than the re-check keeps)."""
+    g = torch.Generator().manual_seed(7)
+    for B, N, K, D in [(2, 13, 33, 15), (1, 300, 65, 1), (2, 250, 40, 31), (1, 700, 129, 64)]:
+        x = torch.randn(B, N, D, generator=g)
+        yield f"randn-{B}x{N}x{K}x{D}", x, torch.randn(B, K, D, generator=g)
+        mix = torch.nn.functional.normalize(x + 0.3 * x.roll(1, dims=1), dim=2)
+        yield f"mixture-{N}x{K}x{D}", mix, mix[:, :K].contiguous()
+    ints = torch.randint(-3, 4, (2, 400, 9), generator=g).float()
+    yield "integer-ties", ints, ints[:, :50].contiguous()
+    far = torch.rand(1, 500, 48, generator=g) * 10 + 1000
+    yield "offset", far, far[:, :70].contiguous()
+    c = torch.randn(1, 30, 24, generator=g)
+    yield "near-duplicates", c[:, :8].repeat(1, 40, 1), c + 1e-4 * torch.randn(1, 30, 24)
+    yield "repeated-20x", torch.randn(1, 90, 16), torch.randn(1, 3, 16).repeat(1, 20, 1)
+
+
+@needs_bf16
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_bf16_pass_gives_the_float32_answers_bit_for_bit(metric):
+    for name, x, c in _bf16_cases():
+        ref = cpu.assign_cpu(x=x, centroids=c, metric=metric, isa="avx512", precision="fp32")
+        got = cpu.assign_cpu(x=x, centroids=c, metric=metric, isa="avx512", precision="bf16")
+        assert torch.equal(got[1], ref[1]), name
+        assert torch.equal(got[0], ref[0]), name
+        if name.startswith(("randn", "mixture")) and x.shape[2] > 4:  # others: near ties
+            assert_assign_matches(got[0], got[1], x, c, metric)
+
+
+@needs_bf16
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_bf16_second_bound_is_on_the_right_side_of_the_float32_second(metric):
+    for name, x, c in _bf16_cases():
+        d, i, d2 = cpu.assign_cpu(x=x, centroids=c, metric=metric, isa="avx512",
+                                  precision="fp32", second=True)
+        bd, bi, b2 = cpu.assign_cpu(x=x, centroids=c, metric=metric, isa="avx512",
+                                    precision="bf16", second="bound")
+        assert torch.equal(bi, i) and torch.equal(bd, d), name
+        assert bool((b2 <= d2).all() if metric == "l2" else (b2 >= d2).all()), name
+        if c.shape[1] > 1 and metric == "l2":
+            assert bool((b2 >= bd - 1e-3 * (1 + bd.abs())).all()), name  # a bound, not -inf
+
+
+@needs_bf16
+def test_bf16_pass_rows_it_cannot_settle_are_counted_and_non_finite_rows_match():
+    from fastdc import _C
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 600, 40, generator=g)
+    x[0, 5, 3], x[0, 9, :] = float("nan"), float("inf")
+    x[0, 11, 0] = 3e38
+    c = torch.randn(1, 50, 40, generator=g)
+    c[0, 7:] = c[0, :1]  # 43 copies of one centroid: more candidates than the re-check keeps
+    out = [torch.empty(1, 600), torch.empty(1, 600, dtype=torch.int64)]
+    ref = cpu.assign_cpu(x=x, centroids=c, metric="l2", isa="avx512", precision="fp32")
+    unsettled = _C.assign(x.numpy(), c.numpy(), False, out[0].numpy(), out[1].numpy(), 2,
+                          "avx512", None, True)
+    assert torch.equal(out[1], ref[1])
+    assert torch.equal(out[0].nan_to_num(-1), ref[0].nan_to_num(-1))
+    assert 3 <= unsettled < 600
+
+
+@needs_bf16
+def test_bf16_pass_structureless_data_switches_to_float32_and_stays_exact():
+    """Uniform data leaves most rows unsettled: later blocks go straight to float32."""
+    from fastdc import _C
+
+    x = torch.rand(1, 4_000, 64, generator=torch.Generator().manual_seed(0))
+    c = x[:, :200].contiguous()
+    dist, idx = torch.empty(1, 4_000), torch.empty(1, 4_000, dtype=torch.int64)
+    unsettled = _C.assign(x.numpy(), c.numpy(), False, dist.numpy(), idx.numpy(), 2, "avx512",
+                          None, True)
+    ref = cpu.assign_cpu(x=x, centroids=c, metric="l2", isa="avx512", precision="fp32")
+    assert torch.equal(idx, ref[1]) and torch.equal(dist, ref[0])
+    assert unsettled > 2_000
+
+
+def test_bf16_precision_choice_and_errors():
+    assert not cpu.use_bf16("fp32")
+    assert not cpu.use_bf16("default", isa="avx2")
+    assert not cpu.use_bf16("default", isa="generic")
+    if cpu.bf16_missing() or cpu.isa_missing("avx512"):
+        with pytest.raises(ValueError, match="precision='bf16' on the cpu backend needs"):
+            cpu.use_bf16("bf16")
+    else:
+        assert cpu.use_bf16("bf16", isa="avx512") and cpu.use_bf16("default", isa="avx512")
+    with pytest.raises(ValueError, match="avx512 path"):
+        cpu.use_bf16("bf16", isa="avx2")
+
+
+def test_bf16_peak_is_measured_where_the_cpu_has_it():
+    if cpu.bf16_missing():
+        with pytest.raises(ValueError, match="lacks"):
+            cpu.bf16_peak_gflops(threads=1, seconds=0.01)
+    else:
+        assert cpu.bf16_peak_gflops(threads=1, seconds=0.01) > 0

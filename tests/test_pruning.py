@@ -9,7 +9,7 @@ import torch
 from fastdc.engine import FeatureStore, kmeans, kmeans_streaming
 from fastdc.engine.pruning import error_coefficient
 from fastdc.kmeans import Kmeans
-from fastdc.ops import assign
+from fastdc.ops import assign, registry
 
 BOUNDS = ["centres", "second"]
 
@@ -109,7 +109,10 @@ def test_streamed_store_prunes_like_memory():
 
 def test_automatic_choice_and_where_pruning_does_not_apply():
     x = blobs(400, 6, 10, seed=6)
-    assert kmeans(x, 10, niter=3).pruned is None  # off by default
+    auto = kmeans(x, 10, niter=3)  # on by default with the cpu backend, off elsewhere
+    assert (auto.pruned is not None) == ("cpu" in registry.available("assign"))
+    assert kmeans(x, 10, niter=3, backend="torch").pruned is None
+    assert kmeans(x, 10, niter=3, prune=False).pruned is None
     assert kmeans(x, 10, niter=3, prune=True).pruned is not None
     assert kmeans(x, 10, niter=3, spherical=True, prune=True).pruned is None
     assert kmeans(x.double(), 10, niter=3, prune=True).pruned is None
@@ -146,3 +149,17 @@ def test_second_distance_less_the_error_bound_is_a_lower_bound(k, backend):
     full = torch.cdist(x.double(), c.double()) ** 2
     full[torch.arange(500), idx] = float("inf")
     assert bool((dist2.double() - err <= full.min(dim=1).values + 1e-9).all())
+
+
+@pytest.mark.parametrize("bounds", BOUNDS)
+def test_cpu_backend_pruned_run_is_the_unpruned_run_bit_for_bit(bounds):
+    """The pruned rows' distances are the kernel's own (assign_dist): same obj and dist."""
+    if "cpu" not in registry.available("assign"):
+        pytest.skip("the cpu backend is not built")
+    x = torch.stack([blobs(700, 9, 14, seed=s) for s in range(2)])
+    for opts in (dict(), dict(chunk_rows=150)):
+        ref = kmeans(x, 14, niter=8, seed=2, prune=False, backend="cpu", **opts)
+        res = kmeans(x, 14, niter=8, seed=2, prune=bounds, backend="cpu", **opts)
+        assert float(res.pruned[1:].max()) > 0
+        assert torch.equal(res.obj, ref.obj) and torch.equal(res.dist, ref.dist)
+        assert torch.equal(res.assignments, ref.assignments)

@@ -25,10 +25,12 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <vector>
 
 #include "aligned.h"
+#include "assign_bf16.h"
 #include "common.h"
 #include "kernels.h"
 #include "simd_vec.h"
@@ -52,6 +54,13 @@ struct PackedCentroids {
     const float* bias = nullptr;    // float32 [P * NR]
 };
 
+// Squared norm of a row, summed in a fixed order over d (every path uses this value).
+float row_sq(const float* xi, i64 D) {
+    float sq = 0.0f;
+    for (i64 d = 0; d < D; ++d) sq += xi[d] * xi[d];
+    return sq;
+}
+
 // Pack panel p of c (float32 [K, D]) into out [D][NR] scaled by `scale`, and its bias [NR].
 void pack_panel(const float* c, i64 K, i64 D, i64 p, i64 NR, bool ip, float* out,
                 float* bias) {
@@ -64,13 +73,36 @@ void pack_panel(const float* c, i64 K, i64 D, i64 p, i64 NR, bool ip, float* out
             continue;
         }
         const float* cj = c + j * D;
-        float sq = 0.0f;
-        for (i64 d = 0; d < D; ++d) {
-            out[d * NR + l] = scale * cj[d];
-            sq += cj[d] * cj[d];  // fixed order over d: deterministic
-        }
-        bias[l] = ip ? 0.0f : sq;
+        for (i64 d = 0; d < D; ++d) out[d * NR + l] = scale * cj[d];
+        bias[l] = ip ? 0.0f : row_sq(cj, D);
     }
+}
+
+// Scores of n (<= 16) (row, centroid) pairs, bit for bit those of the path's tile: the same
+// chain over d from zero (a fused multiply-add per d on the x86 paths, a product then a sum on
+// the portable one) of x[d] and the scaled centroid, then the bias. Rows interleave so that
+// their chains overlap.
+#if FASTDC_X86
+FASTDC_AVX2 void chain_scores_fma(i64 D, i64 n, const float* const* xs, const float* const* cs,
+                                  const float* bias, float scale, float* out) {
+    float acc[16] = {};
+    for (i64 d = 0; d < D; ++d) {
+        for (i64 r = 0; r < n; ++r) acc[r] = __builtin_fmaf(xs[r][d], scale * cs[r][d], acc[r]);
+    }
+    for (i64 r = 0; r < n; ++r) out[r] = acc[r] + bias[r];
+}
+#endif
+
+void chain_scores(Isa isa, i64 D, i64 n, const float* const* xs, const float* const* cs,
+                  const float* bias, float scale, float* out) {
+#if FASTDC_X86
+    if (isa != Isa::generic) return chain_scores_fma(D, n, xs, cs, bias, scale, out);
+#endif
+    float acc[16] = {};
+    for (i64 d = 0; d < D; ++d) {
+        for (i64 r = 0; r < n; ++r) acc[r] += xs[r][d] * (scale * cs[r][d]);
+    }
+    for (i64 r = 0; r < n; ++r) out[r] = acc[r] + bias[r];
 }
 
 // Pack rows [row0, row0 + rows) of x (float32 [N, D]) as slivers [S][D][MR], zero-padding the
@@ -87,12 +119,8 @@ void pack_rows(const float* x, i64 N, i64 D, i64 row0, i64 rows, i64 MR, float* 
                 continue;
             }
             const float* xi = x + i * D;
-            float sq = 0.0f;
-            for (i64 d = 0; d < D; ++d) {
-                sl[d * MR + r] = xi[d];
-                sq += xi[d] * xi[d];
-            }
-            xsq[s * MR + r] = sq;
+            for (i64 d = 0; d < D; ++d) sl[d * MR + r] = xi[d];
+            xsq[s * MR + r] = row_sq(xi, D);
         }
     }
 }
@@ -217,6 +245,16 @@ inline float finish(float score, float xsq, bool ip) {
     return v < 0.0f ? 0.0f : v;
 }
 
+// A bound on a final distance from a lower bound on its score (double): L2: ||x||^2 + score
+// rounded down and clamped at 0 (a lower bound of the distance); IP: -score rounded up (an upper
+// bound of the inner product). NaN stays NaN.
+inline float finish_bound(double score, float xsq, bool ip) {
+    const double v = ip ? -score : static_cast<double>(xsq) + score;
+    float f = static_cast<float>(v);
+    if (ip ? f < v : f > v) f = std::nextafter(f, ip ? INF : -INF);
+    return !ip && f < 0.0f ? 0.0f : f;
+}
+
 // Outputs of one problem: dist, idx and (or nullptr) dist2, each [N].
 struct Outputs {
     float* dist;
@@ -258,56 +296,376 @@ void assign_block(const float* x, i64 N, i64 D, const PackedCentroids& pc, bool 
     }
 }
 
+#if FASTDC_X86
+// ---------------------------------------------------------------------------------------------
+// The bf16 main pass (assign_bf16.h): bf16 scores settle the rows whose best centroid is
+// proven; the other rows are scored again by the float32 path, so the answers are the float32
+// path's, bit for bit.
+
+namespace bf = avx512bf16;
+
+// The thread's later blocks go straight to float32 once the re-checks cost more than the bf16
+// pass saves: with the bf16 tile at about 1.8x the float32 one (Zen 4, see PATHS), a block
+// costs about 0.55 (1 + re-checked) + full float32 rows against 1 for float32 alone. Not with
+// dist2: which rows get the exact second best (rather than a bound) must not depend on which
+// thread ran which block.
+constexpr double MAX_RECHECK_COST = 0.8;
+
+// Pack panel p (NR centroids) of c (float32 [K, D]) as bf16 pairs [D2][NR], scaled like the
+// float32 panels; padding columns are zero (their float32 bias is +inf).
+void pack_panel_bf16(const float* c, i64 K, i64 D, i64 p, bool ip, std::uint32_t* out) {
+    const float scale = ip ? -1.0f : -2.0f;
+    const i64 D2 = (D + 1) / 2;
+    for (i64 l = 0; l < bf::NR; ++l) {
+        const i64 j = p * bf::NR + l;
+        for (i64 q = 0; q < D2; ++q) {
+            const float* cj = c + j * D;
+            out[q * bf::NR + l] =
+                j >= K ? 0u : bf::pair(scale * cj[2 * q], 2 * q + 1 < D ? scale * cj[2 * q + 1]
+                                                                        : 0.0f);
+        }
+    }
+}
+
+bf::BoundTerms bound_terms(const float* c, i64 K, i64 D, bool ip) {
+    bf::BoundTerms t;
+    t.D = D;
+    t.scale = ip ? 1.0 : 2.0;
+    for (i64 j = 0; j < K; ++j) {
+        double n, r;
+        bf::norms(c + j * D, D, &n, &r);
+        t.cmax = std::max(t.cmax, n);
+        t.clmax = std::max(t.clmax, r);
+        t.bmax = std::max(t.bmax, n * n);
+    }
+    return t;
+}
+
+// Per-thread scratch of the bf16 pass: packed bf16 rows, running minima, each row's bound,
+// the re-check's candidates, and the float32 path's scratch and buffers for the rows it scores.
+struct Bf16Scratch {
+    AlignedBuffer<std::uint32_t> xpack, recheck_pack;
+    AlignedBuffer<std::uint16_t> row;  // one row in bf16
+    AlignedBuffer<float> best, best2, limit, full_x, full_dist, full_dist2;
+    AlignedBuffer<int> arg, count, cand;
+    AlignedBuffer<i64> full_idx;
+    std::vector<double> bound, first, second;  // per row: E, best and second-best bf16 score
+    std::vector<i64> settled, recheck, full;   // block-relative rows of each kind
+    Scratch fp32;
+    i64 seen = 0, rechecked = 0, scored_full = 0;  // rows of this thread's bf16 blocks so far
+    i64 float32_only = 0;                           // rows of its blocks done in float32 only
+    Bf16Scratch(i64 rows, i64 D, bool second)
+        : xpack(round_up(rows, bf::MR) * ((D + 1) / 2)),
+          recheck_pack(round_up(rows, bf::MR) * ((D + 1) / 2)), row(round_up(D, bf::W)),
+          best(round_up(rows, bf::MR) * bf::NR), best2(round_up(rows, bf::MR) * bf::NR),
+          limit(round_up(rows, bf::MR)), full_x(rows * D), full_dist(rows),
+          full_dist2(second ? rows : 0), arg(round_up(rows, bf::MR) * bf::NR),
+          count(round_up(rows, bf::MR)), cand(round_up(rows, bf::MR) * bf::CAP), full_idx(rows),
+          bound(rows), first(rows), second(rows), fp32(rows, D, bf::NR, second) {}
+};
+
+// Pack rows [row0, row0 + rows) of x as bf16 pair slivers [S][D2][MR] and store each row's
+// bound.
+void pack_rows_bf16(const float* x, i64 D, i64 row0, i64 rows, const bf::BoundTerms& t,
+                    Bf16Scratch& s) {
+    const i64 D2 = (D + 1) / 2, slivers = (rows + bf::MR - 1) / bf::MR;
+    std::uint16_t* row = s.row.data();
+    std::uint32_t pairs[1];
+    for (i64 sl = 0; sl < slivers; ++sl) {
+        std::uint32_t* out = s.xpack.data() + sl * D2 * bf::MR;
+        for (i64 r = 0; r < bf::MR; ++r) {
+            const i64 k = sl * bf::MR + r;
+            if (k >= rows) {
+                for (i64 q = 0; q < D2; ++q) out[q * bf::MR + r] = 0u;
+                continue;
+            }
+            double n, l;
+            bf::convert_row(x + (row0 + k) * D, D, row, &n, &l);
+            for (i64 q = 0; q < D2; ++q) {
+                std::memcpy(pairs, row + 2 * q, sizeof pairs);
+                out[q * bf::MR + r] = pairs[0];
+            }
+            s.bound[k] = bf::bound_of(t, n, l);
+        }
+    }
+}
+
+// The float32 path's score of centroid cand[r] for row rows[r] (block-relative), bit for bit:
+// out[r] for r < n (n <= 16).
+void exact_scores(const float* x, const float* c, i64 D, const float* bias, bool ip, i64 row0,
+                  const i64* rows, const int* cand, i64 n, float* out) {
+    const float* xs[16];
+    const float* cs[16];
+    float b[16];
+    for (i64 r = 0; r < n; ++r) {
+        xs[r] = x + (row0 + rows[r]) * D;
+        cs[r] = c + static_cast<i64>(cand[r]) * D;
+        b[r] = bias[cand[r]];
+    }
+    chain_scores(Isa::avx512, D, n, xs, cs, b, ip ? -1.0f : -2.0f, out);
+}
+
+// Final distances of the settled rows (winners already in out.idx), 16 rows at a time; with
+// out.dist2, a bound on the second best (see finish_bound).
+void finish_settled(const float* x, const float* c, i64 D, const float* bias, bool ip,
+                    i64 row0, const Bf16Scratch& s, const Outputs& out) {
+    const std::vector<i64>& settled = s.settled;
+    for (std::size_t g = 0; g < settled.size(); g += 16) {
+        const i64 n = std::min<i64>(16, static_cast<i64>(settled.size() - g));
+        int win[16];
+        float score[16];
+        for (i64 r = 0; r < n; ++r) win[r] = static_cast<int>(out.idx[row0 + settled[g + r]]);
+        exact_scores(x, c, D, bias, ip, row0, settled.data() + g, win, n, score);
+        for (i64 r = 0; r < n; ++r) {
+            const i64 k = settled[g + r], i = row0 + k;
+            const float xsq = row_sq(x + i * D, D);
+            out.dist[i] = finish(score[r], xsq, ip);
+            // Every other centroid's float32 score is >= its bf16 score - E >= second - E.
+            if (out.dist2) out.dist2[i] = finish_bound(s.second[k] - s.bound[k], xsq, ip);
+        }
+    }
+}
+
+// The rows s.recheck: their candidates (bf16 score within 2E of their best) by a second bf16
+// pass, then the candidates' float32 scores; rows with more than CAP candidates join s.full.
+void recheck_rows(const float* x, const float* c, i64 D, const PackedCentroids& pc,
+                  const std::uint32_t* cb, bool ip, i64 row0, Bf16Scratch& s,
+                  const Outputs& out) {
+    const i64 D2 = (D + 1) / 2, NR = bf::NR, n = static_cast<i64>(s.recheck.size());
+    const i64 slivers = (n + bf::MR - 1) / bf::MR;
+    for (i64 k = 0; k < slivers * bf::MR; ++k) {
+        std::uint32_t* dst = s.recheck_pack.data() + (k / bf::MR) * D2 * bf::MR + k % bf::MR;
+        s.count[k] = 0;
+        if (k >= n) {  // padding: no candidate
+            for (i64 q = 0; q < D2; ++q) dst[q * bf::MR] = 0u;
+            s.limit[k] = -INF;
+            continue;
+        }
+        const i64 src = s.recheck[k];
+        const std::uint32_t* from = s.xpack.data() + (src / bf::MR) * D2 * bf::MR + src % bf::MR;
+        for (i64 q = 0; q < D2; ++q) dst[q * bf::MR] = from[q * bf::MR];
+    }
+    for (i64 p = 0; p < pc.P; ++p) {
+        for (i64 sl = 0; sl < slivers; ++sl) {
+            const i64 o = sl * bf::MR;
+            bf::tile_collect(D2, s.recheck_pack.data() + sl * D2 * bf::MR, cb + p * D2 * NR,
+                             pc.bias + p * NR, static_cast<int>(p * NR), s.limit.data() + o,
+                             s.count.data() + o, s.cand.data() + o * bf::CAP);
+        }
+    }
+    for (i64 k = 0; k < n; ++k) {
+        const i64 m = s.count[k], r = s.recheck[k];
+        if (m > bf::CAP || m < 1) {
+            s.full.push_back(r);
+            continue;
+        }
+        const i64 rows[16] = {r, r, r, r, r, r, r, r, r, r, r, r, r, r, r, r};
+        float score[bf::CAP];
+        const int* cand = s.cand.data() + k * bf::CAP;
+        exact_scores(x, c, D, pc.bias, ip, row0, rows, cand, m, score);
+        i64 w = 0;
+        for (i64 t = 1; t < m; ++t) w = score[t] < score[w] ? t : w;  // candidates ascend in j
+        const float xsq = row_sq(x + (row0 + r) * D, D);
+        out.idx[row0 + r] = cand[w];
+        out.dist[row0 + r] = finish(score[w], xsq, ip);
+        if (!out.dist2) continue;
+        // The other candidates' float32 scores, and for the rest: bf16 score > limit, so the
+        // float32 score > best bf16 score + E.
+        double lower = s.first[r] + s.bound[r];
+        for (i64 t = 0; t < m; ++t) lower = t == w ? lower : std::min<double>(lower, score[t]);
+        out.dist2[row0 + r] = finish_bound(lower, xsq, ip);
+    }
+}
+
+// Rows s.full of the block, gathered and assigned by the float32 path.
+void score_full(const float* x, i64 D, const PackedCentroids& pc, bool ip, i64 row0,
+                const Path& path, Bf16Scratch& s, const Outputs& out) {
+    const i64 n = static_cast<i64>(s.full.size());
+    if (n == 0) return;
+    for (i64 r = 0; r < n; ++r)
+        std::memcpy(s.full_x.data() + r * D, x + (row0 + s.full[r]) * D, D * sizeof(float));
+    const Outputs part{s.full_dist.data(), s.full_idx.data(),
+                       out.dist2 ? s.full_dist2.data() : nullptr};
+    assign_block(s.full_x.data(), n, D, pc, ip, 0, n, path, s.fp32, part);
+    for (i64 r = 0; r < n; ++r) {
+        out.dist[row0 + s.full[r]] = s.full_dist[r];
+        out.idx[row0 + s.full[r]] = s.full_idx[r];
+        if (out.dist2) out.dist2[row0 + s.full[r]] = s.full_dist2[r];
+    }
+}
+
+// Sorts the block's rows after the bf16 pass: settled (second best more than 2E above the
+// best), re-checked (limit = best + 2E, rounded up) or scored in full (no finite limit).
+void sort_rows(i64 rows, Bf16Scratch& s, const Outputs& out, i64 row0) {
+    const i64 NR = bf::NR;
+    s.settled.clear();
+    s.recheck.clear();
+    s.full.clear();
+    for (i64 r = 0; r < rows; ++r) {
+        float v;
+        const float* best = s.best.data() + r * NR;
+        const i64 win = reduce_row(best, s.arg.data() + r * NR, NR, &v, out.idx + row0 + r);
+        const double v2 = reduce_second(best, s.best2.data() + r * NR, NR, win);
+        const double limit = static_cast<double>(v) + 2.0 * s.bound[r];
+        s.first[r] = v;
+        s.second[r] = v2;
+        if (v2 > limit) {
+            s.settled.push_back(r);
+        } else if (std::isfinite(limit) && std::abs(limit) < 1e38) {
+            s.limit[s.recheck.size()] = std::nextafter(static_cast<float>(limit), INF);
+            s.recheck.push_back(r);
+        } else {
+            s.full.push_back(r);
+        }
+    }
+}
+
+// assign_block through the bf16 pass. c: the problem's unpacked centroids; cb: its bf16 panels.
+void assign_block_bf16(const float* x, const float* c, i64 N, i64 D, const PackedCentroids& pc,
+                       const std::uint32_t* cb, const bf::BoundTerms& t, bool ip, i64 row0,
+                       i64 rows, const Path& path, Bf16Scratch& s, const Outputs& out) {
+    const double cost = 0.55 * (s.seen + s.rechecked) + s.scored_full;
+    if (!out.dist2 && s.seen > 0 && cost > MAX_RECHECK_COST * s.seen) {
+        assign_block(x, N, D, pc, ip, row0, rows, path, s.fp32, out);
+        s.float32_only += rows;
+        return;
+    }
+    const i64 D2 = (D + 1) / 2, NR = bf::NR, slivers = (rows + bf::MR - 1) / bf::MR;
+    pack_rows_bf16(x, D, row0, rows, t, s);
+    std::fill(s.best.data(), s.best.data() + slivers * bf::MR * NR, INF);
+    std::fill(s.best2.data(), s.best2.data() + slivers * bf::MR * NR, INF);
+    std::fill(s.arg.data(), s.arg.data() + slivers * bf::MR * NR, 0);
+    for (i64 p = 0; p < pc.P; ++p) {
+        for (i64 sl = 0; sl < slivers; ++sl) {
+            const i64 o = sl * bf::MR * NR;
+            bf::tile(D2, s.xpack.data() + sl * D2 * bf::MR, cb + p * D2 * NR, pc.bias + p * NR,
+                     static_cast<int>(p * NR), s.best.data() + o, s.arg.data() + o,
+                     s.best2.data() + o);
+        }
+    }
+    sort_rows(rows, s, out, row0);
+    finish_settled(x, c, D, pc.bias, ip, row0, s, out);
+    recheck_rows(x, c, D, pc, cb, ip, row0, s, out);
+    score_full(x, D, pc, ip, row0, path, s, out);
+    s.seen += rows;
+    s.rechecked += static_cast<i64>(s.recheck.size());
+    s.scored_full += static_cast<i64>(s.full.size());
+}
+#endif
+
 }  // namespace
 
-void assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, float* dist,
-            i64* idx, float* dist2, int n_threads, Isa isa) {
+i64 assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, float* dist,
+           i64* idx, float* dist2, int n_threads, Isa isa, bool bf16) {
     if (K < 1) throw std::invalid_argument("assign: need at least one centroid (K >= 1)");
     if (K > std::numeric_limits<int>::max() - 32)
         throw std::invalid_argument("assign: K must be below 2^31 - 32");
-    if (B == 0 || N == 0) return;
+    if (bf16 && (isa != Isa::avx512 || !bf16_missing().empty()))
+        throw std::invalid_argument("assign: the bf16 pass needs the avx512 path and a CPU with "
+                                    "avx512_bf16 (missing: " + bf16_missing() + ")");
+    if (B == 0 || N == 0) return 0;
     const int nt = clamp_threads(n_threads);
     const Path& path = PATHS[static_cast<int>(isa)];
     const i64 NR = path.NR;
 
-    // Pack every problem's centroids once: B * P panels of [D][NR] plus biases.
-    const i64 P = (K + NR - 1) / NR;
+    // Pack every problem's centroids once: B * P panels of [D][NR] plus biases (and, for the
+    // bf16 pass, B * P panels of [D2][NR] bf16 pairs).
+    const i64 P = (K + NR - 1) / NR, D2 = (D + 1) / 2;
     AlignedBuffer<float> panels(B * P * D * NR), bias(B * P * NR);
+    AlignedBuffer<std::uint32_t> panels_bf16(bf16 ? B * P * D2 * NR : 0);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (i64 bp = 0; bp < B * P; ++bp) {
         const i64 b = bp / P, p = bp % P;
         pack_panel(c + b * K * D, K, D, p, NR, ip, panels.data() + bp * D * NR,
                    bias.data() + bp * NR);
+#if FASTDC_X86
+        if (bf16) pack_panel_bf16(c + b * K * D, K, D, p, ip, panels_bf16.data() + bp * D2 * NR);
+#endif
     }
 
     const i64 rows = choose_block_rows(N, D, path, nt);
     const i64 blocks = (N + rows - 1) / rows;
-    std::vector<Scratch*> scratch(nt, nullptr);
-    try {  // allocate outside the parallel region: an exception inside it would terminate
-        for (int t = 0; t < nt; ++t) scratch[t] = new Scratch(rows, D, NR, dist2 != nullptr);
-    } catch (...) {
-        for (Scratch* s : scratch) delete s;
-        throw;
-    }
+    const auto run = [&](auto make_scratch, auto block) {
+        using S = typename decltype(make_scratch())::element_type;
+        std::vector<std::unique_ptr<S>> scratch;
+        // Allocated outside the parallel region: a throw inside it would terminate.
+        for (int t = 0; t < nt; ++t) scratch.push_back(make_scratch());
 #pragma omp parallel num_threads(nt)
-    {
+        {
 #if defined(_OPENMP)
-        Scratch& s = *scratch[omp_get_thread_num()];
+            S& s = *scratch[omp_get_thread_num()];
 #else
-        Scratch& s = *scratch[0];
+            S& s = *scratch[0];
 #endif
 #pragma omp for schedule(dynamic, 1)
-        for (i64 task = 0; task < B * blocks; ++task) {
-            const i64 b = task / blocks, blk = task % blocks;
-            const PackedCentroids pc{K, D, P, panels.data() + b * P * D * NR,
-                                     bias.data() + b * P * NR};
-            const i64 row0 = blk * rows;
-            const Outputs out{dist + b * N, idx + b * N, dist2 ? dist2 + b * N : nullptr};
-            assign_block(x + b * N * D, N, D, pc, ip, row0, std::min(rows, N - row0), path, s,
-                         out);
+            for (i64 task = 0; task < B * blocks; ++task) {
+                const i64 b = task / blocks, row0 = (task % blocks) * rows;
+                const PackedCentroids pc{K, D, P, panels.data() + b * P * D * NR,
+                                         bias.data() + b * P * NR};
+                const Outputs out{dist + b * N, idx + b * N, dist2 ? dist2 + b * N : nullptr};
+                block(s, b, pc, row0, std::min(rows, N - row0), out);
+            }
         }
+        return scratch;
+    };
+#if FASTDC_X86
+    if (bf16) {
+        std::vector<bf::BoundTerms> terms;
+        for (i64 b = 0; b < B; ++b) terms.push_back(bound_terms(c + b * K * D, K, D, ip));
+        const auto scratch = run(
+            [&] { return std::make_unique<Bf16Scratch>(rows, D, dist2 != nullptr); },
+            [&](Bf16Scratch& s, i64 b, const PackedCentroids& pc, i64 row0, i64 n,
+                const Outputs& out) {
+                assign_block_bf16(x + b * N * D, c + b * K * D, N, D, pc,
+                                  panels_bf16.data() + b * P * D2 * NR, terms[b], ip, row0, n,
+                                  path, s, out);
+            });
+        i64 unsettled = 0;
+        for (const auto& s : scratch) unsettled += s->rechecked + s->scored_full + s->float32_only;
+        return unsettled;
     }
-    for (Scratch* s : scratch) delete s;
+#endif
+    run([&] { return std::make_unique<Scratch>(rows, D, NR, dist2 != nullptr); },
+        [&](Scratch& s, i64 b, const PackedCentroids& pc, i64 row0, i64 n, const Outputs& out) {
+            assign_block(x + b * N * D, N, D, pc, ip, row0, n, path, s, out);
+        });
+    return 0;
+}
+
+void assign_dist(const float* x, const float* c, const i64* idx, i64 B, i64 N, i64 K, i64 D,
+                 bool ip, float* dist, int n_threads, Isa isa) {
+    for (i64 i = 0; i < B * N; ++i) {
+        if (idx[i] < 0 || idx[i] >= K)
+            throw std::invalid_argument("assign_dist: idx out of [0, K)");
+    }
+    const int nt = clamp_threads(n_threads);
+    const i64 groups = (B * N + 15) / 16;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (i64 g = 0; g < groups; ++g) {
+        const i64 first = g * 16, n = std::min<i64>(16, B * N - first);
+        const float* xs[16];
+        const float* cs[16];
+        float bias[16], score[16];
+        for (i64 r = 0; r < n; ++r) {
+            const i64 i = first + r, b = i / N;
+            xs[r] = x + i * D;
+            cs[r] = c + (b * K + idx[i]) * D;
+            bias[r] = ip ? 0.0f : row_sq(cs[r], D);
+        }
+        chain_scores(isa, D, n, xs, cs, bias, ip ? -1.0f : -2.0f, score);
+        for (i64 r = 0; r < n; ++r) dist[first + r] = finish(score[r], row_sq(xs[r], D), ip);
+    }
+}
+
+std::string bf16_missing() {
+#if FASTDC_X86
+    std::string missing = isa_missing(Isa::avx512);
+    if (!__builtin_cpu_supports("avx512bw")) missing += " avx512bw";
+    if (!__builtin_cpu_supports("avx512bf16")) missing += " avx512_bf16";
+    return missing.size() && missing[0] == ' ' ? missing.substr(1) : missing;
+#else
+    return "x86-64";
+#endif
 }
 
 }  // namespace fastdc

@@ -60,18 +60,23 @@ FASTDC_TILE_TARGET void tile(i64 D, const float* a, const float* b, const float*
 // that the loop is kept.
 template <int REGS, typename Run>
 FASTDC_TILE_TARGET i64 fma_chains(double seconds, float* sink, Run run) {
-    typename Vec::F acc[REGS];
-#pragma GCC unroll 32
-    for (auto& v : acc) v = Vec::set1(1.0f);
-    const typename Vec::F m = Vec::set1(0.999999f), add = Vec::set1(1e-6f);
+    alignas(64) float state[REGS][Vec::W];
+    for (auto& lanes : state)
+        for (float& v : lanes) v = 1.0f;
+    // The chains live in registers for a whole step: the state goes through memory only between
+    // steps of `inner` iterations.
     const i64 n = run(seconds, [&](i64 inner) FASTDC_TILE_TARGET {
+        const typename Vec::F m = Vec::set1(0.999999f), add = Vec::set1(1e-6f);
+        typename Vec::F acc[REGS];
+#pragma GCC unroll 32
+        for (int r = 0; r < REGS; ++r) acc[r] = Vec::load(state[r]);
         for (i64 i = 0; i < inner; ++i) {
 #pragma GCC unroll 32
-            for (auto& v : acc) v = Vec::fmadd(v, m, add);
+            for (int r = 0; r < REGS; ++r) acc[r] = Vec::fmadd(acc[r], m, add);
         }
+#pragma GCC unroll 32
+        for (int r = 0; r < REGS; ++r) Vec::store(state[r], acc[r]);
     });
-    alignas(64) float lanes[Vec::W];
-    Vec::store(lanes, acc[0]);
-    *sink = lanes[0];
+    *sink = state[0][0];
     return n * REGS * Vec::W;
 }

@@ -1,14 +1,16 @@
 // fma_peak_gflops: the FMA throughput each SIMD path can reach, the yardstick of the assign
-// benchmark (fraction of the peak). Every thread runs REGS independent multiply-add chains
+// benchmark (fraction of the peak); bf16_peak_gflops: the same for the bf16 pass's VDPBF16PS. Every thread runs REGS independent multiply-add chains
 // (as many as the path's tile has accumulators) on values that stay finite, for about
 // `seconds`; flops = threads * iterations * REGS * lanes * 2.
 
 #include <algorithm>
+#include <stdexcept>
 #include <chrono>
 #include <vector>
 
 #include "common.h"
 #include "kernels.h"
+#include "assign_bf16.h"
 #include "simd_vec.h"
 
 namespace fastdc {
@@ -57,19 +59,45 @@ i64 lane_fmas(Isa isa, double seconds, float* sink) {
     return chains_generic(seconds, sink);
 }
 
-}  // namespace
+// Lane multiply-adds of the bf16 pass's instruction (VDPBF16PS) done by one thread.
+i64 lane_bf16_dots(double seconds, float* sink) {
+#if FASTDC_X86
+    const auto run = [](double s, auto step) { return run_chains(s, step); };
+    return avx512bf16::dot_chains<2 * avx512bf16::MR>(seconds, sink, run);
+#else
+    (void)seconds;
+    (void)sink;
+    return 0;
+#endif
+}
 
-double fma_peak_gflops(Isa isa, int n_threads, double seconds) {
+// 2 flops per lane multiply-add counted by `count` on n_threads threads, per second, in G.
+template <typename Count>
+double gflops(int n_threads, double seconds, Count count) {
     const int nt = clamp_threads(n_threads);
     std::vector<i64> fmas(nt, 0);
     std::vector<float> sink(nt, 0.0f);
     const auto start = Clock::now();
 #pragma omp parallel for num_threads(nt) schedule(static, 1)
-    for (int t = 0; t < nt; ++t) fmas[t] = lane_fmas(isa, seconds, &sink[t]);
+    for (int t = 0; t < nt; ++t) fmas[t] = count(seconds, &sink[t]);
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
     i64 total = 0;
     for (i64 f : fmas) total += f;
     return 2.0 * static_cast<double>(total) / elapsed / 1e9;
+}
+
+}  // namespace
+
+double fma_peak_gflops(Isa isa, int n_threads, double seconds) {
+    return gflops(n_threads, seconds, [isa](double s, float* sink) {
+        return lane_fmas(isa, s, sink);
+    });
+}
+
+double bf16_peak_gflops(int n_threads, double seconds) {
+    if (!bf16_missing().empty())
+        throw std::invalid_argument("bf16_peak_gflops: this CPU lacks " + bf16_missing());
+    return gflops(n_threads, seconds, lane_bf16_dots);
 }
 
 }  // namespace fastdc

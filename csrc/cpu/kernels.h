@@ -20,13 +20,31 @@ namespace fastdc {
 // Memory: O(K*D) packed centroids + O(threads * block) scratch; never an N x K buffer.
 // Per-row results do not depend on n_threads. isa: the SIMD path (one this CPU runs: see
 // resolve_isa); paths may differ from one another in the last bits of dist.
-void assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, float* dist,
-            i64* idx, float* dist2, int n_threads, Isa isa);
+// bf16: score with the bf16 main pass (assign_bf16.h; needs isa avx512 and bf16_missing()
+// empty): the same dist and idx as the float32 path, bit for bit; dist2 is then only a bound on
+// the float32 path's (<= for L2, >= for IP), exact for the rows scored again in float32.
+// Returns the number of rows the bf16 pass could not settle (scored again in float32; 0 without
+// bf16).
+i64 assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, float* dist,
+           i64* idx, float* dist2, int n_threads, Isa isa, bool bf16 = false);
+
+// The dist assign reports for row i when its centroid is idx[i], bit for bit as the path `isa`
+// computes it (the pruned Lloyd loop's distances for the rows it does not re-assign).
+//   idx: int64 [B, N] in [0, K) (checked: throws otherwise); dist: float32 [B, N] out
+void assign_dist(const float* x, const float* c, const i64* idx, i64 B, i64 N, i64 K, i64 D,
+                 bool ip, float* dist, int n_threads, Isa isa);
+
+// CPU features the bf16 pass of assign needs that this CPU lacks, space-separated ("" if none).
+std::string bf16_missing();
 
 // Measured FMA throughput of `isa` on n_threads threads, in GFLOP/s (2 flops per lane per
 // FMA): a loop of independent vector FMA chains, one per accumulator register of the path's
 // tile, run for about `seconds`. The peak the assign kernel is compared with.
 double fma_peak_gflops(Isa isa, int n_threads, double seconds);
+
+// The same for the bf16 pass's instruction (VDPBF16PS: 2 multiply-adds per lane, 4 flops);
+// throws std::invalid_argument where bf16_missing() is not empty.
+double bf16_peak_gflops(int n_threads, double seconds);
 
 // The k nearest (L2) / most similar (IP) database rows of each row.
 //   x:    float32 [B, N, D]; y: float32 [B, M, D] database; 1 <= k <= M

@@ -39,9 +39,9 @@ void expect(bool ok, const std::string& what) {
     if (!ok) throw std::invalid_argument(what);
 }
 
-void assign_py(const Array<float>& x, const Array<float>& c, bool ip, Array<float>& dist,
+i64 assign_py(const Array<float>& x, const Array<float>& c, bool ip, Array<float>& dist,
                Array<i64>& idx, int n_threads, const std::string& isa,
-               std::optional<Array<float>>& dist2) {
+               std::optional<Array<float>>& dist2, bool bf16) {
     const auto xs = shape_of(x, 3, "x"), cs = shape_of(c, 3, "centroids");
     const auto ds = shape_of(dist, 2, "dist"), is = shape_of(idx, 2, "idx");
     expect(cs[0] == xs[0] && cs[2] == xs[2], "centroids must be [B, K, D] matching x [B, N, D]");
@@ -56,7 +56,22 @@ void assign_py(const Array<float>& x, const Array<float>& c, bool ip, Array<floa
     float* dp = dist.mutable_data();
     i64* ip_ = idx.mutable_data();
     py::gil_scoped_release release;
-    fastdc::assign(xp, cp, xs[0], xs[1], cs[1], xs[2], ip, dp, ip_, d2, n_threads, path);
+    return fastdc::assign(xp, cp, xs[0], xs[1], cs[1], xs[2], ip, dp, ip_, d2, n_threads, path,
+                          bf16);
+}
+
+void assign_dist_py(const Array<float>& x, const Array<float>& c, const Array<i64>& idx, bool ip,
+                    Array<float>& dist, int n_threads, const std::string& isa) {
+    const auto xs = shape_of(x, 3, "x"), cs = shape_of(c, 3, "centroids");
+    const auto is = shape_of(idx, 2, "idx"), ds = shape_of(dist, 2, "dist");
+    expect(cs[0] == xs[0] && cs[2] == xs[2], "centroids must be [B, K, D] matching x [B, N, D]");
+    expect(is[0] == xs[0] && is[1] == xs[1] && ds == is, "idx and dist must be [B, N]");
+    const fastdc::Isa path = fastdc::resolve_isa(isa);
+    const float *xp = x.data(), *cp = c.data();
+    const i64* ip_ = idx.data();
+    float* dp = dist.mutable_data();
+    py::gil_scoped_release release;
+    fastdc::assign_dist(xp, cp, ip_, xs[0], xs[1], cs[1], xs[2], ip, dp, n_threads, path);
 }
 
 void knn_py(const Array<float>& x, const Array<float>& y, i64 k, bool ip, Array<float>& dist,
@@ -160,6 +175,13 @@ double fma_peak_py(const std::string& isa, int n_threads, double seconds) {
     return fastdc::fma_peak_gflops(path, n_threads, seconds);
 }
 
+double bf16_peak_py(int n_threads, double seconds) {
+    expect(seconds > 0 && seconds <= 60, "seconds must be in (0, 60]");
+    expect(fastdc::bf16_missing().empty(), "this CPU lacks " + fastdc::bf16_missing());
+    py::gil_scoped_release release;
+    return fastdc::bf16_peak_gflops(n_threads, seconds);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -174,14 +196,27 @@ PYBIND11_MODULE(_C, m) {
           py::arg("seconds") = 0.2,
           "fma_peak_gflops(isa='' (default path), n_threads=1, seconds=0.2): measured FMA "
           "throughput of the path in GFLOP/s, the peak the assign benchmark compares with.");
+    m.def("bf16_peak_gflops", &bf16_peak_py, py::arg("n_threads") = 1, py::arg("seconds") = 0.2,
+          "bf16_peak_gflops(n_threads=1, seconds=0.2): measured VDPBF16PS throughput in GFLOP/s, "
+          "the peak of the bf16 pass of assign (ValueError without avx512_bf16).");
     m.def("assign", &assign_py, py::arg("x").noconvert(), py::arg("centroids").noconvert(),
           py::arg("ip"), py::arg("dist").noconvert(), py::arg("idx").noconvert(),
           py::arg("n_threads"), py::arg("isa") = "",
-          py::arg("dist2").noconvert().none(true) = py::none(),
+          py::arg("dist2").noconvert().none(true) = py::none(), py::arg("bf16") = false,
           "assign(x f32[B,N,D], centroids f32[B,K,D], ip, dist f32[B,N] out, idx i64[B,N] out, "
           "n_threads, isa='' (default path) | 'generic' | 'avx2' | 'avx512', dist2 f32[B,N] out "
-          "| None): nearest (L2) / most similar (IP) centroid, ties -> smallest index; dist2: "
-          "the second best.");
+          "| None, bf16=False): nearest (L2) / most similar (IP) centroid, ties -> smallest "
+          "index; dist2: the second best; bf16: bf16 main pass with an exact float32 re-check "
+          "(same answers; avx512 path with avx512_bf16 only). Returns the rows the bf16 pass could "
+          "not settle (scored again in float32; 0 without bf16).");
+    m.def("bf16_missing", &fastdc::bf16_missing,
+          "CPU features the bf16 pass of assign needs that this CPU lacks ('' if none).");
+    m.def("assign_dist", &assign_dist_py, py::arg("x").noconvert(),
+          py::arg("centroids").noconvert(), py::arg("idx").noconvert(), py::arg("ip"),
+          py::arg("dist").noconvert(), py::arg("n_threads"), py::arg("isa") = "",
+          "assign_dist(x f32[B,N,D], centroids f32[B,K,D], idx i64[B,N], ip, dist f32[B,N] out, "
+          "n_threads, isa=''): the dist assign reports for each row's given centroid, bit for "
+          "bit as the path computes it.");
     m.def("knn", &knn_py, py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("k"),
           py::arg("ip"), py::arg("dist").noconvert(), py::arg("idx").noconvert(),
           py::arg("n_threads"),

@@ -4,9 +4,10 @@ From the second pass on, a row keeps the centroid ``a`` it had in the previous p
 bound fails to prove that ``assign`` would give it ``a`` again; only the rows that fail are
 gathered and re-assigned. The assignments are those of the unpruned loop, bit for bit.
 
-Per pass and row, with ``u = ||x - c_a||`` computed directly (one gather and one dot product per
-row, also the row's distance for the objective) and ``E`` a bound on the rounding error of the
-kernel's squared distances (below), the row is pruned when one of these holds:
+Per pass and row, with ``u`` an upper bound of ``||x - c_a||`` (from one gather and one dot
+product per row, also the row's distance for the objective: see the end of this docstring) and
+``E`` a bound on the rounding error of the kernel's squared distances (below), the row is pruned
+when one of these holds:
 
 - centres (Elkan's test): ``4 s (s - u) > 2E`` with ``s = 1/2 min_{j != a} ||c_a - c_j||``
   (K x K centroid distances per pass). Then for every j != a, ``||x - c_j|| >= 2s - u``, so
@@ -28,11 +29,12 @@ evaluated in float64, whose own rounding (~1e-16 relative) is far below E.
 
 Re-split centroids jump; their shift is large, the K x K distances are recomputed every pass,
 and ``l`` drops by the jump, so the bounds loosen by themselves. The pruned rows' distances are
-computed directly, not by the kernel's expansion: the objective equals the unpruned one up to
-float32 rounding. The per-row state (previous labels int64, which the pass
-returns as its labels, and ``l`` float32 with ``second``, rounded down) lives on the rows'
-``out_device``, like the stop test's labels; ``||x||`` in E is the largest row norm of the
-problem.
+the kernel's own where the backend can reproduce them (the cpu backend, ``assign_dist``: then
+``u^2 = dist + E`` and the objective equals the unpruned one bit for bit); elsewhere they are
+computed directly (the objective then equals the unpruned one up to float32 rounding). The
+per-row state (previous labels int64, which the pass returns as its labels, and ``l`` float32
+with ``second``, rounded down) lives on the rows' ``out_device``, like the stop test's labels;
+``||x||`` in E is the largest row norm of the problem.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from __future__ import annotations
 import torch
 
 from fastdc.engine.rows import Block, Rows
-from fastdc.ops import assign
+from fastdc.ops import assign, assign_dist
 
 PRUNE_BOUNDS = ("centres", "second")
 """The bounds :class:`Assigner` can prune with (module docstring)."""
@@ -72,16 +74,19 @@ class Assigner:
     """The assignment step of one Lloyd run: ``assign`` on every block, or pruned by bounds.
 
     rows: the source (shape [B, N, D], devices). bounds: None (no pruning; ``metric`` as given)
-    or one of :data:`PRUNE_BOUNDS` (squared L2). Per pass: :meth:`begin` with the pass's
-    centroids [B, K, D] float32, one call per block, :meth:`end_pass`; after each centroid
+    or one of :data:`PRUNE_BOUNDS` (squared L2). precision: of every ``assign``. Per pass:
+    :meth:`begin` with the pass's centroids [B, K, D] float32, one call per block,
+    :meth:`end_pass`; after each centroid
     update, :meth:`moved`. Two measured policies (benchmarks/bench_kmeans.py, AMD EPYC Zen 4):
     a problem where more than half the rows fail is re-assigned whole; with the second bound,
     failing rows get the (slower) top-2 only in the first bound pass and while the previous
     pass pruned >= 10% of the rows (on structureless data it prunes ~1% and would cost 2.5x).
     """
 
-    def __init__(self, rows: Rows, metric: str, backend: str | None, bounds: str | None) -> None:
+    def __init__(self, rows: Rows, metric: str, backend: str | None, bounds: str | None,
+                 precision: str = "default") -> None:
         self.metric, self.backend, self.bounds = metric, backend, bounds
+        self.ops = {"backend": backend, "precision": precision}  # keywords of every assign
         self.device = rows.device
         B, N, D = rows.shape
         self.gamma = error_coefficient(D)
@@ -112,11 +117,11 @@ class Assigner:
         """(dist [B, m] float32, idx [B, m] int64) of the block's rows: ``assign``'s result.
         Pruned, idx is a view of the per-row labels (valid until the next pass)."""
         if self.bounds is None:
-            return assign(block.x, centroids, metric=self.metric, backend=self.backend)
+            return assign(block.x, centroids, metric=self.metric, **self.ops)
         B, m, _ = block.x.shape
         labels = self.labels[:, block.start : block.start + m]
         if not self.ready:
-            dist, idx = assign(block.x, centroids, metric="l2", backend=self.backend)
+            dist, idx = assign(block.x, centroids, metric="l2", **self.ops)
             norm = torch.linalg.vector_norm(block.x.float(), dim=2).amax(dim=1).double()
             torch.maximum(self.x_max, norm, out=self.x_max)
             labels.copy_(idx, non_blocking=True)
@@ -143,8 +148,13 @@ class Assigner:
         """Bound tests and re-assignment of rows x [B, r, D], in place in out = (dist, idx,
         lower) views [B, r]; err [B, 1] float64."""
         dist, idx, lower = out
-        dist.copy_(_own_sq_dist(x, centroids, idx))
-        u_sq = dist.double() * (1 + self.gamma)
+        own = assign_dist(x.contiguous(), centroids, idx, **self.ops)
+        if own is None:  # computed directly: relative error <= gamma
+            dist.copy_(_own_sq_dist(x, centroids, idx))
+            u_sq = dist.double() * (1 + self.gamma)
+        else:  # the kernel's own value: within E of the exact one
+            dist.copy_(own)
+            u_sq = dist.double() + err
         s = self.half_gap.gather(1, idx)
         keep = 4 * s * (s - u_sq.sqrt()) > 2 * err
         if lower is not None:
@@ -157,8 +167,9 @@ class Assigner:
                   err: torch.Tensor, out: tuple) -> None:
         """Re-assign the rows where fail [B, m] is True, in place in out = (dist, idx, lower):
         the gathered rows, or the whole problem when most rows fail (no gather); with the second
-        bound, by ``assign(..., second=True)`` while it pays (:attr:`seed_second`; its second
-        distance d2 bounds every other centroid's: ``d_j >= d2 - E``), else by ``assign``
+        bound, by ``assign(..., second="bound")`` while it pays (:attr:`seed_second`; its d2, the
+        kernel's second distance or a lower bound of it, bounds every other centroid's:
+        ``d_j >= d2 - E``), else by ``assign``
         (rows whose label changes then lose their bound l)."""
         dist, idx, lower = out
         m = x.shape[1]
@@ -169,11 +180,11 @@ class Assigner:
             xs = x[b, sel].float()
             if lower is not None and self.seed_second:
                 e = err[b].expand(xs.shape[0])
-                dist[b, sel], idx[b, sel], d2 = assign(xs, centroids[b], backend=self.backend,
-                                                       second=True)
+                dist[b, sel], idx[b, sel], d2 = assign(xs, centroids[b], second="bound",
+                                                       **self.ops)
                 lower[b, sel] = _round_down((d2.double() - e).clamp_min(0).sqrt())
                 continue
-            new_dist, new_idx = assign(xs, centroids[b], backend=self.backend)
+            new_dist, new_idx = assign(xs, centroids[b], **self.ops)
             if lower is not None:
                 lower[b, sel] = lower[b, sel].masked_fill(new_idx != idx[b, sel], 0.0)
             dist[b, sel], idx[b, sel] = new_dist, new_idx

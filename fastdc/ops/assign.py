@@ -26,15 +26,15 @@ def assign_ref(
     centroids: torch.Tensor,
     metric: str,
     precision: str = "default",
-    second: bool = False,
+    second: bool | str = False,
 ) -> tuple[torch.Tensor, ...]:
     """Reference assign on any device.
 
     x: [B, N, D] float, centroids: [B, K, D] float (same dtype and device).
     Returns dist [B, N] float32 (squared L2 distance, clamped at 0, or the inner product) and
     idx [B, N] int64, then with ``second`` dist2 [B, N] float32: the second best (equal to
-    dist on a tie; +inf for L2, -inf for IP when K == 1). ``precision`` is ignored: the
-    reference computes in x's dtype.
+    dist on a tie; +inf for L2, -inf for IP when K == 1; ``second="bound"`` gives the same exact
+    value, a bound trivially). ``precision`` is ignored: the reference computes in x's dtype.
     """
     B, N, _ = x.shape
     K = centroids.shape[1]
@@ -82,23 +82,29 @@ def assign(
     metric: str = "l2",
     precision: str = "default",
     backend: str | None = None,
-    second: bool = False,
+    second: bool | str = False,
 ) -> tuple[torch.Tensor, ...]:
     """Nearest centroid of every row, without building the N×K distance matrix.
 
     x: [N, D] or [B, N, D] float; centroids: [K, D] or [B, K, D], same dtype and device.
     metric: "l2" (squared Euclidean, smallest wins) or "ip" (inner product, largest wins).
     precision: "default" (matches a float64 brute force except on near ties), or a faster mode
-    offered by GPU backends ("tf32", "bf16"); CPU backends always compute in fp32.
+    offered by GPU backends ("tf32", "bf16"). The cpu backend's answers are always the float32
+    ones: "default" uses its bf16 pass with an exact re-check where the CPU has AVX512-BF16,
+    "fp32" never, "bf16" always (see :func:`fastdc.ops.cpu.use_bf16`).
     Returns (dist, idx): float32 and int64 tensors of shape [N] or [B, N]; ties go to the
     smallest index. ``second=True`` returns (dist, idx, dist2) with dist2 float32 [N] or [B, N]
     the second-smallest squared distance (IP: the second-largest inner product); equal to dist
-    when the best two tie; +inf (IP: -inf) when K == 1. The torch and cpu backends compute it;
-    on others (triton, cuda) it runs on the torch reference. Not differentiable: inputs that
-    require grad are detached, so the fast backends run on them. Raises ValueError/TypeError on
-    mismatched shapes, dtypes or devices.
+    when the best two tie; +inf (IP: -inf) when K == 1. ``second="bound"`` lets dist2 be a bound
+    instead (L2: <= the second-smallest squared distance; IP: >= the second-largest inner
+    product), which the cpu backend's bf16 pass gives at no cost. The torch and cpu backends
+    compute dist2; on others (triton, cuda) it runs on the torch reference. Not differentiable:
+    inputs that require grad are detached, so the fast backends run on them. Raises
+    ValueError/TypeError on mismatched shapes, dtypes or devices.
     """
     check_metric(metric)
+    if second not in (False, True, "bound"):
+        raise ValueError(f"second must be False, True or 'bound', got {second!r}")
     xb, cb, squeezed = batched_pair(x, centroids, "centroids", "K")
     if cb.shape[1] < 1:
         raise ValueError("centroids must hold at least one centroid (K >= 1)")
@@ -106,7 +112,39 @@ def assign(
     if not second:
         out = impl.fn(x=xb, centroids=cb, metric=metric, precision=precision)
     elif impl.backend in SECOND_BACKENDS:
-        out = impl.fn(x=xb, centroids=cb, metric=metric, precision=precision, second=True)
+        out = impl.fn(x=xb, centroids=cb, metric=metric, precision=precision, second=second)
     else:
         out = assign_ref(xb, cb, metric, precision, second=True)
     return tuple(t[0] for t in out) if squeezed else tuple(out)
+
+
+def assign_dist(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    idx: torch.Tensor,
+    *,
+    metric: str = "l2",
+    precision: str = "default",
+    backend: str | None = None,
+) -> torch.Tensor | None:
+    """The dist :func:`assign` reports for each row when its centroid is ``idx``, bit for bit,
+    where the backend ``assign`` takes for these inputs can reproduce it (the cpu backend);
+    None elsewhere (the caller then computes the distance its own way).
+
+    x: [N, D] or [B, N, D] float32; centroids: [K, D] or [B, K, D]; idx: [N] or [B, N] int64 in
+    [0, K). Returns float32 [N] or [B, N] on the CPU, or None. Raises ValueError on mismatched
+    shapes or an idx out of range.
+    """
+    check_metric(metric)
+    xb, cb, squeezed = batched_pair(x, centroids, "centroids", "K")
+    impl = select("assign", backend, x=xb, centroids=cb, metric=metric, precision=precision)
+    if impl.backend != "cpu":
+        return None
+    from fastdc.ops.cpu import assign_dist_cpu
+
+    ib = idx[None] if squeezed else idx
+    if ib.shape != xb.shape[:2] or ib.dtype != torch.int64:
+        raise ValueError(f"idx must be int64 of shape {tuple(xb.shape[:2])}, got "
+                         f"{ib.dtype} {tuple(ib.shape)}")
+    dist = assign_dist_cpu(xb, cb, ib, metric)
+    return dist[0] if squeezed else dist

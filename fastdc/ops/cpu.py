@@ -40,11 +40,38 @@ def isa_missing(isa: str) -> str:
     return _C.isa_missing(isa)
 
 
+def bf16_missing() -> str:
+    """The CPU features the bf16 pass of ``assign`` needs that this CPU lacks, space-separated
+    ("" when it runs here): AVX-512 F/BW and AVX512-BF16."""
+    return _C.bf16_missing()
+
+
+def use_bf16(precision: str = "default", isa: str = "") -> bool:
+    """Whether ``assign_cpu`` scores with the bf16 pass: with ``precision`` "default" where the
+    CPU has AVX512-BF16 and the path (``isa``, "" = :func:`simd`) is avx512; always with "bf16"
+    (ValueError naming what is missing when it cannot); never with "fp32". Other precision
+    names (the GPU modes) count as "default". Both passes give the same answers."""
+    path = isa or simd()
+    available = path == "avx512" and not bf16_missing()
+    if precision == "bf16" and not available:
+        lacking = bf16_missing() or f"the avx512 path (the path in use is {path})"
+        raise ValueError(f"precision='bf16' on the cpu backend needs {lacking}; use "
+                         "precision='default' (bf16 where it runs) or 'fp32'")
+    return available and precision != "fp32"
+
+
 def fma_peak_gflops(isa: str = "", threads: int | None = None, seconds: float = 0.2) -> float:
     """Measured FMA throughput of the SIMD path ``isa`` ("" = the default path) on ``threads``
     threads (default ``torch.get_num_threads()``), in GFLOP/s: independent vector FMA chains,
     as many as the path's assign tile has accumulators, run for ``seconds``."""
     return _C.fma_peak_gflops(isa, threads or torch.get_num_threads(), seconds)
+
+
+def bf16_peak_gflops(threads: int | None = None, seconds: float = 0.2) -> float:
+    """Measured throughput of the bf16 pass's instruction (VDPBF16PS) on ``threads`` threads
+    (default ``torch.get_num_threads()``), in GFLOP/s; ValueError where :func:`bf16_missing`
+    is not empty."""
+    return _C.bf16_peak_gflops(threads or torch.get_num_threads(), seconds)
 
 
 def _kernel_reasons(**tensors: tuple[torch.Tensor | None, torch.dtype]) -> list[str]:
@@ -88,20 +115,37 @@ def assign_cpu(
     metric: str,
     precision: str = "default",
     isa: str = "",
-    second: bool = False,
+    second: bool | str = False,
 ) -> tuple[torch.Tensor, ...]:
     """x: [B, N, D] float32, centroids: [B, K, D] float32 -> dist [B, N] float32, idx [B, N]
-    int64. ``precision`` is ignored: the CPU kernel always computes in float32. ``isa``: the
-    SIMD path ("generic", "avx2", "avx512"; "" = :func:`simd`); a path this CPU lacks raises
-    ValueError naming the missing feature. ``second``: also return dist2 [B, N] float32, the
-    second best (see :func:`fastdc.ops.assign`)."""
+    int64, the float32 answers. ``precision``: "default" scores with the bf16 pass where the CPU
+    has AVX512-BF16 (a bf16 main pass whose rounding bound settles most rows; the others are
+    scored again in float32, so the answers are the float32 ones, bit for bit), "fp32" never,
+    "bf16" always (see :func:`use_bf16`). ``isa``: the SIMD path ("generic", "avx2", "avx512";
+    "" = :func:`simd`); a path this CPU lacks raises ValueError naming the missing feature.
+    ``second``: also return dist2 [B, N] float32, the second best (see
+    :func:`fastdc.ops.assign`): exact with True (float32 pass), a bound with "bound" (the bf16
+    pass, when it is used)."""
     B, N, _ = x.shape
     dist = torch.empty(B, N, dtype=torch.float32)
     idx = torch.empty(B, N, dtype=torch.int64)
     dist2 = torch.empty(B, N, dtype=torch.float32) if second else None
+    bf16 = use_bf16(precision, isa) and second in (False, "bound")
     _C.assign(_np(x), _np(centroids), metric == "ip", _np(dist), _np(idx),
-              torch.get_num_threads(), isa, None if dist2 is None else _np(dist2))
+              torch.get_num_threads(), isa, None if dist2 is None else _np(dist2), bf16)
     return (dist, idx) if dist2 is None else (dist, idx, dist2)
+
+
+def assign_dist_cpu(x: torch.Tensor, centroids: torch.Tensor, idx: torch.Tensor, metric: str,
+                    isa: str = "") -> torch.Tensor:
+    """x: [B, N, D] float32, centroids: [B, K, D] float32, idx: [B, N] int64 in [0, K) -> dist
+    [B, N] float32: the dist :func:`assign_cpu` reports for each row when its centroid is idx,
+    bit for bit as the path ``isa`` ("" = :func:`simd`) computes it (the bf16 pass reports the
+    float32 one). ValueError for an idx out of range."""
+    dist = torch.empty(idx.shape, dtype=torch.float32)
+    _C.assign_dist(_np(x), _np(centroids), _np(idx.contiguous()), metric == "ip", _np(dist),
+                   torch.get_num_threads(), isa)
+    return dist
 
 
 # --- knn --------------------------------------------------------------------------------------

@@ -1,0 +1,204 @@
+// The bf16 main pass of assign (see assign.cpp) on CPUs with AVX512-BF16: operand packing,
+// the micro-kernel and the rounding bound that decides which rows it settles.
+//
+// Scores are computed from bf16 copies of x and of the scaled centroids with float32
+// accumulation (VDPBF16PS: two bf16 products per lane and step, each product exact in float32).
+// For a row x and a centroid c (split as x = x_h + x_l, c = c_h + c_l, x_h = bf16(x), the
+// residual x_l = x - x_h exact in float32), the identity x.c - x_h.c_h = x_l.c + x_h.c_l and
+// Cauchy-Schwarz give |x.c - x_h.c_h| <= |x_l||c| + |x_h||c_l|. Float32 accumulation of D terms
+// adds at most gamma_D * sum |x_h,i c_h,i| <= gamma_D |x_h||c_h| (gamma_D = D u / (1 - D u),
+// u = 2^-24; Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., sec. 3.1), and the
+// float32 kernel's own score is off the exact one by at most gamma_D |x||c|. So the bf16 score
+// and the float32 kernel's score of the same centroid differ by at most E (bound_of below: the
+// sum of these terms, scaled by the score's factor 2 (L2) or 1 (IP), with |x_h| <= |x| + |x_l|,
+// the largest |c| and |c_l| over the centroids, the bias addition's rounding, and slack for
+// flushed denormals). A row whose second-best bf16 score exceeds its best by more than 2E keeps
+// the float32 kernel's winner; the others are scored again in float32. The fraction of rows
+// scored again is measured in benchmarks/bench_assign.py.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "common.h"
+#include "simd_vec.h"
+
+#if FASTDC_X86
+#define FASTDC_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma")))
+
+namespace fastdc {
+namespace avx512bf16 {
+
+constexpr int W = 16;       // float32 lanes of a zmm register
+constexpr int NR = 2 * W;   // centroids per panel: two accumulators per row
+constexpr int MR = 12;      // rows per tile: 24 accumulators + 2 panel vectors + 1 broadcast
+
+// bfloat16 bits of v, rounded to nearest even; values below the smallest normal float become
+// zero (VDPBF16PS treats denormal inputs as zero; the residual keeps them); NaN stays NaN.
+inline std::uint16_t to_bf16(float v) {
+    std::uint32_t b;
+    std::memcpy(&b, &v, sizeof b);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((b >> 16) | 0x40u);
+    if ((b & 0x7f800000u) == 0) return static_cast<std::uint16_t>((b >> 16) & 0x8000u);
+    b += 0x7fffu + ((b >> 16) & 1u);
+    return static_cast<std::uint16_t>(b >> 16);
+}
+
+inline float from_bf16(std::uint16_t h) {
+    const std::uint32_t b = static_cast<std::uint32_t>(h) << 16;
+    float v;
+    std::memcpy(&v, &b, sizeof v);
+    return v;
+}
+
+// Two bf16 values as the 32-bit word VDPBF16PS reads (the even index in the low half).
+inline std::uint32_t pair(float even, float odd) {
+    return static_cast<std::uint32_t>(to_bf16(even)) |
+           (static_cast<std::uint32_t>(to_bf16(odd)) << 16);
+}
+
+// |v| and |v - bf16(v)| of a vector of n floats, in double.
+inline void norms(const float* v, i64 n, double* norm, double* residual) {
+    double s = 0.0, r = 0.0;
+    for (i64 d = 0; d < n; ++d) {
+        const double e = static_cast<double>(v[d]) - from_bf16(to_bf16(v[d]));
+        s += static_cast<double>(v[d]) * v[d];
+        r += e * e;
+    }
+    *norm = std::sqrt(s);
+    *residual = std::sqrt(r);
+}
+
+// bf16 bits of row xi (D floats) into out[round_up(D, 16)] (zero past D), with upper bounds
+// of |x| and |x - bf16(x)|: float32 sums of squares, raised by their own worst rounding
+// ((D + 32) 2^-23 relative, Higham sec. 3.1).
+FASTDC_AVX512BF16 inline void convert_row(const float* xi, i64 D, std::uint16_t* out,
+                                          double* norm, double* residual) {
+    __m512 sq = _mm512_setzero_ps(), rq = _mm512_setzero_ps();
+    for (i64 d = 0; d < D; d += W) {
+        const __mmask16 m = D - d >= W ? 0xffff : static_cast<__mmask16>((1u << (D - d)) - 1);
+        const __m512 v = _mm512_maskz_loadu_ps(m, xi + d);
+        const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
+        const __m512 back = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        const __m512 e = _mm512_sub_ps(v, back);
+        sq = _mm512_fmadd_ps(v, v, sq);
+        rq = _mm512_fmadd_ps(e, e, rq);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + d), h);
+    }
+    const double raise = 1.0 + (D + 32) * std::ldexp(1.0, -23);
+    *norm = std::sqrt(_mm512_reduce_add_ps(sq) * raise);
+    *residual = std::sqrt(_mm512_reduce_add_ps(rq) * raise);
+}
+
+// What the bound needs of the centroids of one problem: the largest |c_j|, |c_j - bf16(c_j)|
+// and bias (|c_j|^2), and the score's factor (2 for L2, 1 for IP).
+struct BoundTerms {
+    double cmax = 0.0, clmax = 0.0, bmax = 0.0, scale = 2.0;
+    i64 D = 0;
+};
+
+// E for a row with |x| = xn and |x - bf16(x)| = xl: the most by which a bf16 score of the row
+// can differ from the float32 kernel's score of the same centroid (see the top of this file).
+inline double bound_of(const BoundTerms& t, double xn, double xl) {
+    const double u = std::ldexp(1.0, -24);
+    const double gamma = t.D * u / (1.0 - t.D * u);
+    const double xh = xn + xl, ch = t.cmax + t.clmax;
+    const double dot = xl * t.cmax + xh * t.clmax + gamma * (xh * ch + xn * t.cmax);
+    const double epilogue = 4.0 * u * (t.bmax + t.scale * xh * ch);
+    const double e = t.scale * dot + epilogue + std::ldexp(1.0, -100);
+    return e * (1.0 + std::ldexp(1.0, -20));  // covers the rounding of this evaluation
+}
+
+// acc = the MR x NR dot products of a packed x sliver a [D2][MR] of pairs and a packed centroid
+// panel b [D2][NR] of pairs, in a fixed order (the same bits in tile and tile_collect).
+FASTDC_AVX512BF16 __attribute__((always_inline)) inline void accumulate(
+    i64 D2, const std::uint32_t* a, const std::uint32_t* b, __m512 (&acc)[MR][2]) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (i64 p = 0; p < D2; ++p) {
+        const __m512bh b0 = (__m512bh)_mm512_load_si512(b);
+        const __m512bh b1 = (__m512bh)_mm512_load_si512(b + W);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+            const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r]));
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+        }
+        a += MR;
+        b += NR;
+    }
+}
+
+// One MR x NR tile of bf16 scores (D2 = ceil(D / 2) pair steps): a is a packed x sliver
+// [D2][MR] of pairs, b a packed centroid panel [D2][NR] of pairs; then the running
+// (min, argmin, second) update of avx512::tile with bias [NR].
+FASTDC_AVX512BF16 inline void tile(i64 D2, const std::uint32_t* a, const std::uint32_t* b,
+                                   const float* bias, int j0, float* best, int* arg,
+                                   float* best2) {
+    __m512 acc[MR][2];
+    accumulate(D2, a, b, acc);
+    const __m512 bias0 = _mm512_loadu_ps(bias), bias1 = _mm512_loadu_ps(bias + W);
+    const __m512i j_lo = avx512::Vec::iota(j0), j_hi = avx512::Vec::iota(j0 + W);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+        const i64 o = r * NR;
+        avx512::update<true>(_mm512_add_ps(acc[r][0], bias0), j_lo, best + o, arg + o,
+                             best2 + o);
+        avx512::update<true>(_mm512_add_ps(acc[r][1], bias1), j_hi, best + o + W, arg + o + W,
+                             best2 + o + W);
+    }
+}
+
+// Candidates kept per row by tile_collect; a row with more goes to the float32 path.
+constexpr int CAP = 16;
+
+// The scores of tile, compared with each row's threshold `limit` [MR] instead of folded into
+// minima: the centroids j with score <= limit[r] are appended to cand[r * CAP ...] in
+// increasing j (count[r] keeps counting past CAP).
+FASTDC_AVX512BF16 inline void tile_collect(i64 D2, const std::uint32_t* a,
+                                           const std::uint32_t* b, const float* bias, int j0,
+                                           const float* limit, int* count, int* cand) {
+    __m512 acc[MR][2];
+    accumulate(D2, a, b, acc);
+    const __m512 bias0 = _mm512_loadu_ps(bias), bias1 = _mm512_loadu_ps(bias + W);
+    for (int r = 0; r < MR; ++r) {
+        const __m512 t = _mm512_set1_ps(limit[r]);
+        const std::uint32_t hits =
+            _mm512_cmp_ps_mask(_mm512_add_ps(acc[r][0], bias0), t, _CMP_LE_OQ) |
+            (static_cast<std::uint32_t>(
+                 _mm512_cmp_ps_mask(_mm512_add_ps(acc[r][1], bias1), t, _CMP_LE_OQ))
+             << W);
+        for (std::uint32_t m = hits; m != 0; m &= m - 1) {
+            if (count[r] < CAP) cand[r * CAP + count[r]] = j0 + __builtin_ctz(m);
+            ++count[r];
+        }
+    }
+}
+
+// Throughput yardstick of the bf16 pass (fma_peak.cpp): REGS independent VDPBF16PS chains
+// (as many as the tile has accumulators), run by run(seconds, step) until `seconds` have passed.
+// Returns the lane multiply-adds done (two per lane and instruction); stores a value of the
+// chains in *sink so that the loop is kept.
+template <int REGS, typename Run>
+FASTDC_AVX512BF16 i64 dot_chains(double seconds, float* sink, Run run) {
+    alignas(64) float state[REGS][W] = {};
+    const i64 n = run(seconds, [&](i64 inner) FASTDC_AVX512BF16 {
+        const __m512bh m = (__m512bh)_mm512_set1_epi32(0x3f7f3f7f);  // bf16 pairs of ~0.996
+        __m512 acc[REGS];
+#pragma GCC unroll 32
+        for (int r = 0; r < REGS; ++r) acc[r] = _mm512_load_ps(state[r]);
+        for (i64 i = 0; i < inner; ++i) {
+#pragma GCC unroll 32
+            for (int r = 0; r < REGS; ++r) acc[r] = _mm512_dpbf16_ps(acc[r], m, m);
+        }
+#pragma GCC unroll 32
+        for (int r = 0; r < REGS; ++r) _mm512_store_ps(state[r], acc[r]);
+    });
+    *sink = state[0][0];
+    return n * REGS * W * 2;
+}
+
+}  // namespace avx512bf16
+}  // namespace fastdc
+#endif
