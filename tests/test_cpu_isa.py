@@ -223,18 +223,21 @@ def test_bf16_pass_rows_it_cannot_settle_are_counted_and_non_finite_rows_match()
 
 
 @needs_bf16
-def test_bf16_pass_structureless_data_switches_to_float32_and_stays_exact():
-    """Uniform data leaves most rows unsettled: later blocks go straight to float32."""
+def test_bf16_pass_that_cannot_settle_rows_switches_to_float32_and_stays_exact():
+    """40 near copies of each of 5 centroids: every row has more candidates than the list
+    keeps, so the bf16 pass settles nothing and later blocks go straight to float32."""
     from fastdc import _C
 
-    x = torch.rand(1, 4_000, 64, generator=torch.Generator().manual_seed(0))
-    c = x[:, :200].contiguous()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4_000, 64, generator=g)
+    c = torch.randn(1, 5, 64, generator=g).repeat(1, 40, 1)
+    c += 1e-6 * torch.randn(c.shape, generator=g)
     dist, idx = torch.empty(1, 4_000), torch.empty(1, 4_000, dtype=torch.int64)
     unsettled = _C.assign(x.numpy(), c.numpy(), False, dist.numpy(), idx.numpy(), 2, "avx512",
                           None, True)
     ref = cpu.assign_cpu(x=x, centroids=c, metric="l2", isa="avx512", precision="fp32")
     assert torch.equal(idx, ref[1]) and torch.equal(dist, ref[0])
-    assert unsettled > 2_000
+    assert unsettled == 4_000
 
 
 def test_bf16_precision_choice_and_errors():

@@ -15,7 +15,9 @@
 // and, among equal values, the smallest centroid index.
 //
 // SIMD paths (chosen per call, see common.h): AVX-512 and AVX2 instantiate the same
-// width-generic tile (assign_tile.h); the portable path is plain C++.
+// width-generic tile (assign_tile.h); the portable path is plain C++. On CPUs with
+// AVX512-BF16, a bf16 main pass (assign_bf16.h) may score first; it returns the float32 path's
+// answers bit for bit.
 //
 // Determinism: on a given path every score is produced by the same instruction sequence (fixed order over d)
 // whatever the block, sliver or thread, and panels are visited in increasing j, so per-row
@@ -298,18 +300,19 @@ void assign_block(const float* x, i64 N, i64 D, const PackedCentroids& pc, bool 
 
 #if FASTDC_X86
 // ---------------------------------------------------------------------------------------------
-// The bf16 main pass (assign_bf16.h): bf16 scores settle the rows whose best centroid is
-// proven; the other rows are scored again by the float32 path, so the answers are the float32
-// path's, bit for bit.
+// The bf16 main pass (assign_bf16.h): bf16 scores leave each row a few candidates, whose
+// float32 scores (bit for bit the float32 path's) pick the winner; rows with too many
+// candidates are assigned by the float32 path. The answers are the float32 path's, bit for bit.
 
 namespace bf = avx512bf16;
 
-// The thread's later blocks go straight to float32 once the re-checks cost more than the bf16
-// pass saves: with the bf16 tile at about 1.8x the float32 one (Zen 4, see PATHS), a block
-// costs about 0.55 (1 + re-checked) + full float32 rows against 1 for float32 alone. Not with
-// dist2: which rows get the exact second best (rather than a bound) must not depend on which
-// thread ran which block.
-constexpr double MAX_RECHECK_COST = 0.8;
+// The thread's later blocks go straight to float32 once the rows the bf16 pass cannot settle
+// (their candidates overflow the list) cost more than it saves: a block costs about BF16_COST
+// (the bf16 tile runs about 1.8x the float32 one; Zen 4, see PATHS) plus its rows scored in
+// float32, against 1 for float32 alone. Not with dist2: which rows get the exact second best
+// (rather than a bound) must not depend on which thread ran which block.
+constexpr double BF16_COST = 0.6;
+constexpr double MAX_RECHECK_COST = 0.9;
 
 // Pack panel p (NR centroids) of c (float32 [K, D]) as bf16 pairs [D2][NR], scaled like the
 // float32 panels; padding columns are zero (their float32 bias is +inf).
@@ -341,40 +344,52 @@ bf::BoundTerms bound_terms(const float* c, i64 K, i64 D, bool ip) {
     return t;
 }
 
-// Per-thread scratch of the bf16 pass: packed bf16 rows, running minima, each row's bound,
-// the re-check's candidates, and the float32 path's scratch and buffers for the rows it scores.
+// Per-thread scratch of the bf16 pass: packed bf16 rows, each row's bound and candidate state
+// (assign_bf16.h), and the float32 path's scratch and buffers for the rows it scores.
 struct Bf16Scratch {
-    AlignedBuffer<std::uint32_t> xpack, recheck_pack;
+    AlignedBuffer<std::uint32_t> xpack;
     AlignedBuffer<std::uint16_t> row;  // one row in bf16
-    AlignedBuffer<float> best, best2, limit, full_x, full_dist, full_dist2;
-    AlignedBuffer<int> arg, count, cand;
-    AlignedBuffer<i64> full_idx;
-    std::vector<double> bound, first, second;  // per row: E, best and second-best bf16 score
-    std::vector<i64> settled, recheck, full;   // block-relative rows of each kind
+    AlignedBuffer<float> best, limit, score, rejected, dropped, exact, full_x, full_dist,
+        full_dist2;
+    AlignedBuffer<int> count, cand, pair_cand;
+    AlignedBuffer<i64> full_idx, first, pair_row;
+    std::vector<double> bound, twice_bound;  // per row: E and 2E
+    std::vector<i64> full;                   // block rows scored by the float32 path
     Scratch fp32;
     i64 seen = 0, rechecked = 0, scored_full = 0;  // rows of this thread's bf16 blocks so far
     i64 float32_only = 0;                           // rows of its blocks done in float32 only
     Bf16Scratch(i64 rows, i64 D, bool second)
-        : xpack(round_up(rows, bf::MR) * ((D + 1) / 2)),
-          recheck_pack(round_up(rows, bf::MR) * ((D + 1) / 2)), row(round_up(D, bf::W)),
-          best(round_up(rows, bf::MR) * bf::NR), best2(round_up(rows, bf::MR) * bf::NR),
-          limit(round_up(rows, bf::MR)), full_x(rows * D), full_dist(rows),
-          full_dist2(second ? rows : 0), arg(round_up(rows, bf::MR) * bf::NR),
-          count(round_up(rows, bf::MR)), cand(round_up(rows, bf::MR) * bf::CAP), full_idx(rows),
-          bound(rows), first(rows), second(rows), fp32(rows, D, bf::NR, second) {}
+        : xpack(round_up(rows, bf::MR) * ((D + 1) / 2)), row(round_up(D, bf::W)),
+          best(round_up(rows, bf::MR)), limit(round_up(rows, bf::MR)),
+          score(round_up(rows, bf::MR) * bf::CAP), rejected(round_up(rows, bf::MR) * bf::NR),
+          dropped(round_up(rows, bf::MR)), exact(rows * bf::CAP), full_x(rows * D),
+          full_dist(rows), full_dist2(second ? rows : 0), count(round_up(rows, bf::MR)),
+          cand(round_up(rows, bf::MR) * bf::CAP), pair_cand(rows * bf::CAP), full_idx(rows),
+          first(rows + 1), pair_row(rows * bf::CAP),
+          bound(round_up(rows, bf::MR)), twice_bound(round_up(rows, bf::MR)),
+          fp32(rows, D, bf::NR, second) {}
+
+    bf::RowState state() {
+        return {best.data(), limit.data(), twice_bound.data(), count.data(), cand.data(),
+                score.data(), rejected.data(), dropped.data()};
+    }
 };
 
-// Pack rows [row0, row0 + rows) of x as bf16 pair slivers [S][D2][MR] and store each row's
-// bound.
+// Pack rows [row0, row0 + rows) of x as bf16 pair slivers [S][D2][MR], store each row's bound
+// and reset its candidate state (padding rows: limit -inf, never a candidate).
 void pack_rows_bf16(const float* x, i64 D, i64 row0, i64 rows, const bf::BoundTerms& t,
                     Bf16Scratch& s) {
     const i64 D2 = (D + 1) / 2, slivers = (rows + bf::MR - 1) / bf::MR;
     std::uint16_t* row = s.row.data();
     std::uint32_t pairs[1];
+    std::fill(s.rejected.data(), s.rejected.data() + slivers * bf::MR * bf::NR, INF);
     for (i64 sl = 0; sl < slivers; ++sl) {
         std::uint32_t* out = s.xpack.data() + sl * D2 * bf::MR;
         for (i64 r = 0; r < bf::MR; ++r) {
             const i64 k = sl * bf::MR + r;
+            s.best[k] = s.dropped[k] = INF;
+            s.count[k] = 0;
+            s.limit[k] = k < rows ? INF : -INF;
             if (k >= rows) {
                 for (i64 q = 0; q < D2; ++q) out[q * bf::MR + r] = 0u;
                 continue;
@@ -386,94 +401,73 @@ void pack_rows_bf16(const float* x, i64 D, i64 row0, i64 rows, const bf::BoundTe
                 out[q * bf::MR + r] = pairs[0];
             }
             s.bound[k] = bf::bound_of(t, n, l);
+            s.twice_bound[k] = 2.0 * s.bound[k];
         }
     }
 }
 
-// The float32 path's score of centroid cand[r] for row rows[r] (block-relative), bit for bit:
-// out[r] for r < n (n <= 16).
-void exact_scores(const float* x, const float* c, i64 D, const float* bias, bool ip, i64 row0,
-                  const i64* rows, const int* cand, i64 n, float* out) {
-    const float* xs[16];
-    const float* cs[16];
-    float b[16];
-    for (i64 r = 0; r < n; ++r) {
-        xs[r] = x + (row0 + rows[r]) * D;
-        cs[r] = c + static_cast<i64>(cand[r]) * D;
-        b[r] = bias[cand[r]];
-    }
-    chain_scores(Isa::avx512, D, n, xs, cs, b, ip ? -1.0f : -2.0f, out);
-}
-
-// Final distances of the settled rows (winners already in out.idx), 16 rows at a time; with
-// out.dist2, a bound on the second best (see finish_bound).
-void finish_settled(const float* x, const float* c, i64 D, const float* bias, bool ip,
-                    i64 row0, const Bf16Scratch& s, const Outputs& out) {
-    const std::vector<i64>& settled = s.settled;
-    for (std::size_t g = 0; g < settled.size(); g += 16) {
-        const i64 n = std::min<i64>(16, static_cast<i64>(settled.size() - g));
-        int win[16];
-        float score[16];
-        for (i64 r = 0; r < n; ++r) win[r] = static_cast<int>(out.idx[row0 + settled[g + r]]);
-        exact_scores(x, c, D, bias, ip, row0, settled.data() + g, win, n, score);
-        for (i64 r = 0; r < n; ++r) {
-            const i64 k = settled[g + r], i = row0 + k;
-            const float xsq = row_sq(x + i * D, D);
-            out.dist[i] = finish(score[r], xsq, ip);
-            // Every other centroid's float32 score is >= its bf16 score - E >= second - E.
-            if (out.dist2) out.dist2[i] = finish_bound(s.second[k] - s.bound[k], xsq, ip);
-        }
-    }
-}
-
-// The rows s.recheck: their candidates (bf16 score within 2E of their best) by a second bf16
-// pass, then the candidates' float32 scores; rows with more than CAP candidates join s.full.
-void recheck_rows(const float* x, const float* c, i64 D, const PackedCentroids& pc,
-                  const std::uint32_t* cb, bool ip, i64 row0, Bf16Scratch& s,
-                  const Outputs& out) {
-    const i64 D2 = (D + 1) / 2, NR = bf::NR, n = static_cast<i64>(s.recheck.size());
-    const i64 slivers = (n + bf::MR - 1) / bf::MR;
-    for (i64 k = 0; k < slivers * bf::MR; ++k) {
-        std::uint32_t* dst = s.recheck_pack.data() + (k / bf::MR) * D2 * bf::MR + k % bf::MR;
-        s.count[k] = 0;
-        if (k >= n) {  // padding: no candidate
-            for (i64 q = 0; q < D2; ++q) dst[q * bf::MR] = 0u;
-            s.limit[k] = -INF;
+// The block's (row, candidate) pairs: row k's candidates still within its final limit go to
+// s.pair_row / s.pair_cand from s.first[k] (s.first[rows] ends the list); the others fold into
+// s.dropped[k]. Rows with none (the list overflowed, or NaN scores) go to s.full.
+void gather_candidates(i64 rows, Bf16Scratch& s) {
+    s.full.clear();
+    i64 n = 0;
+    for (i64 k = 0; k < rows; ++k) {
+        s.first[k] = n;
+        const i64 m = s.count[k];
+        if (m < 1 || m > bf::CAP) {
+            s.full.push_back(k);
             continue;
         }
-        const i64 src = s.recheck[k];
-        const std::uint32_t* from = s.xpack.data() + (src / bf::MR) * D2 * bf::MR + src % bf::MR;
-        for (i64 q = 0; q < D2; ++q) dst[q * bf::MR] = from[q * bf::MR];
-    }
-    for (i64 p = 0; p < pc.P; ++p) {
-        for (i64 sl = 0; sl < slivers; ++sl) {
-            const i64 o = sl * bf::MR;
-            bf::tile_collect(D2, s.recheck_pack.data() + sl * D2 * bf::MR, cb + p * D2 * NR,
-                             pc.bias + p * NR, static_cast<int>(p * NR), s.limit.data() + o,
-                             s.count.data() + o, s.cand.data() + o * bf::CAP);
+        for (i64 e = 0; e < m; ++e) {
+            const float sc = s.score[k * bf::CAP + e];
+            if (sc <= s.limit[k]) {
+                s.pair_row[n] = k;
+                s.pair_cand[n++] = s.cand[k * bf::CAP + e];
+            } else {
+                s.dropped[k] = std::min(s.dropped[k], sc);
+            }
         }
+        if (n == s.first[k]) s.full.push_back(k);
     }
-    for (i64 k = 0; k < n; ++k) {
-        const i64 m = s.count[k], r = s.recheck[k];
-        if (m > bf::CAP || m < 1) {
-            s.full.push_back(r);
-            continue;
+    s.first[rows] = n;
+}
+
+// Each row's answer from its candidates: their float32 scores, bit for bit the float32 path's
+// (chain_scores, 16 pairs at a time), the smallest wins (the first on a tie: candidates ascend
+// in j). With out.dist2, a bound on the second best: the other candidates' scores, and every
+// centroid not kept has a bf16 score >= the smallest rejected one, so a float32 score >= that
+// minus E.
+void decide_rows(const float* x, const float* c, i64 D, const float* bias, bool ip, i64 row0,
+                 i64 rows, Bf16Scratch& s, const Outputs& out) {
+    const i64 pairs = s.first[rows];
+    for (i64 g = 0; g < pairs; g += 16) {
+        const i64 n = std::min<i64>(16, pairs - g);
+        const float* xs[16];
+        const float* cs[16];
+        float b[16];
+        for (i64 e = 0; e < n; ++e) {
+            xs[e] = x + (row0 + s.pair_row[g + e]) * D;
+            cs[e] = c + static_cast<i64>(s.pair_cand[g + e]) * D;
+            b[e] = bias[s.pair_cand[g + e]];
         }
-        const i64 rows[16] = {r, r, r, r, r, r, r, r, r, r, r, r, r, r, r, r};
-        float score[bf::CAP];
-        const int* cand = s.cand.data() + k * bf::CAP;
-        exact_scores(x, c, D, pc.bias, ip, row0, rows, cand, m, score);
-        i64 w = 0;
-        for (i64 t = 1; t < m; ++t) w = score[t] < score[w] ? t : w;  // candidates ascend in j
-        const float xsq = row_sq(x + (row0 + r) * D, D);
-        out.idx[row0 + r] = cand[w];
-        out.dist[row0 + r] = finish(score[w], xsq, ip);
+        chain_scores(Isa::avx512, D, n, xs, cs, b, ip ? -1.0f : -2.0f, s.exact.data() + g);
+    }
+    for (i64 k = 0; k < rows; ++k) {
+        const i64 lo = s.first[k], hi = s.first[k + 1];
+        if (lo == hi) continue;
+        i64 w = lo;
+        for (i64 e = lo + 1; e < hi; ++e) w = s.exact[e] < s.exact[w] ? e : w;
+        const float xsq = row_sq(x + (row0 + k) * D, D);
+        out.idx[row0 + k] = s.pair_cand[w];
+        out.dist[row0 + k] = finish(s.exact[w], xsq, ip);
+        s.rechecked += hi - lo > 1;
         if (!out.dist2) continue;
-        // The other candidates' float32 scores, and for the rest: bf16 score > limit, so the
-        // float32 score > best bf16 score + E.
-        double lower = s.first[r] + s.bound[r];
-        for (i64 t = 0; t < m; ++t) lower = t == w ? lower : std::min<double>(lower, score[t]);
-        out.dist2[row0 + r] = finish_bound(lower, xsq, ip);
+        float rejected = s.dropped[k];
+        for (i64 l = 0; l < bf::NR; ++l) rejected = std::min(rejected, s.rejected[k * bf::NR + l]);
+        double lower = static_cast<double>(rejected) - s.bound[k];
+        for (i64 e = lo; e < hi; ++e) lower = e == w ? lower : std::min<double>(lower, s.exact[e]);
+        out.dist2[row0 + k] = finish_bound(lower, xsq, ip);
     }
 }
 
@@ -494,37 +488,11 @@ void score_full(const float* x, i64 D, const PackedCentroids& pc, bool ip, i64 r
     }
 }
 
-// Sorts the block's rows after the bf16 pass: settled (second best more than 2E above the
-// best), re-checked (limit = best + 2E, rounded up) or scored in full (no finite limit).
-void sort_rows(i64 rows, Bf16Scratch& s, const Outputs& out, i64 row0) {
-    const i64 NR = bf::NR;
-    s.settled.clear();
-    s.recheck.clear();
-    s.full.clear();
-    for (i64 r = 0; r < rows; ++r) {
-        float v;
-        const float* best = s.best.data() + r * NR;
-        const i64 win = reduce_row(best, s.arg.data() + r * NR, NR, &v, out.idx + row0 + r);
-        const double v2 = reduce_second(best, s.best2.data() + r * NR, NR, win);
-        const double limit = static_cast<double>(v) + 2.0 * s.bound[r];
-        s.first[r] = v;
-        s.second[r] = v2;
-        if (v2 > limit) {
-            s.settled.push_back(r);
-        } else if (std::isfinite(limit) && std::abs(limit) < 1e38) {
-            s.limit[s.recheck.size()] = std::nextafter(static_cast<float>(limit), INF);
-            s.recheck.push_back(r);
-        } else {
-            s.full.push_back(r);
-        }
-    }
-}
-
 // assign_block through the bf16 pass. c: the problem's unpacked centroids; cb: its bf16 panels.
 void assign_block_bf16(const float* x, const float* c, i64 N, i64 D, const PackedCentroids& pc,
                        const std::uint32_t* cb, const bf::BoundTerms& t, bool ip, i64 row0,
                        i64 rows, const Path& path, Bf16Scratch& s, const Outputs& out) {
-    const double cost = 0.55 * (s.seen + s.rechecked) + s.scored_full;
+    const double cost = BF16_COST * s.seen + s.scored_full;
     if (!out.dist2 && s.seen > 0 && cost > MAX_RECHECK_COST * s.seen) {
         assign_block(x, N, D, pc, ip, row0, rows, path, s.fp32, out);
         s.float32_only += rows;
@@ -532,23 +500,17 @@ void assign_block_bf16(const float* x, const float* c, i64 N, i64 D, const Packe
     }
     const i64 D2 = (D + 1) / 2, NR = bf::NR, slivers = (rows + bf::MR - 1) / bf::MR;
     pack_rows_bf16(x, D, row0, rows, t, s);
-    std::fill(s.best.data(), s.best.data() + slivers * bf::MR * NR, INF);
-    std::fill(s.best2.data(), s.best2.data() + slivers * bf::MR * NR, INF);
-    std::fill(s.arg.data(), s.arg.data() + slivers * bf::MR * NR, 0);
+    bf::RowState state = s.state();
     for (i64 p = 0; p < pc.P; ++p) {
         for (i64 sl = 0; sl < slivers; ++sl) {
-            const i64 o = sl * bf::MR * NR;
             bf::tile(D2, s.xpack.data() + sl * D2 * bf::MR, cb + p * D2 * NR, pc.bias + p * NR,
-                     static_cast<int>(p * NR), s.best.data() + o, s.arg.data() + o,
-                     s.best2.data() + o);
+                     static_cast<int>(p * NR), sl * bf::MR, state);
         }
     }
-    sort_rows(rows, s, out, row0);
-    finish_settled(x, c, D, pc.bias, ip, row0, s, out);
-    recheck_rows(x, c, D, pc, cb, ip, row0, s, out);
+    gather_candidates(rows, s);
+    decide_rows(x, c, D, pc.bias, ip, row0, rows, s, out);
     score_full(x, D, pc, ip, row0, path, s, out);
     s.seen += rows;
-    s.rechecked += static_cast<i64>(s.recheck.size());
     s.scored_full += static_cast<i64>(s.full.size());
 }
 #endif

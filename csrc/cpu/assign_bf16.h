@@ -12,14 +12,19 @@
 // and the float32 kernel's score of the same centroid differ by at most E (bound_of below: the
 // sum of these terms, scaled by the score's factor 2 (L2) or 1 (IP), with |x_h| <= |x| + |x_l|,
 // the largest |c| and |c_l| over the centroids, the bias addition's rounding, and slack for
-// flushed denormals). A row whose second-best bf16 score exceeds its best by more than 2E keeps
-// the float32 kernel's winner; the others are scored again in float32. The fraction of rows
-// scored again is measured in benchmarks/bench_assign.py.
+// flushed denormals). So a centroid whose bf16 score exceeds the row's best bf16 score by more
+// than 2E cannot be the float32 kernel's winner: the pass keeps, per row, the centroids within
+// 2E of the best so far (RowState), and the float32 scores of those candidates, computed bit
+// for bit as the float32 kernel does, pick the winner. A row with more than CAP candidates is
+// assigned by the float32 path. The fraction of rows with more than one candidate or assigned in
+// float32 ("unsettled") is measured in benchmarks/bench_assign.py.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "common.h"
 #include "simd_vec.h"
@@ -111,7 +116,7 @@ inline double bound_of(const BoundTerms& t, double xn, double xl) {
 }
 
 // acc = the MR x NR dot products of a packed x sliver a [D2][MR] of pairs and a packed centroid
-// panel b [D2][NR] of pairs, in a fixed order (the same bits in tile and tile_collect).
+// panel b [D2][NR] of pairs, in a fixed order over the pairs.
 FASTDC_AVX512BF16 __attribute__((always_inline)) inline void accumulate(
     i64 D2, const std::uint32_t* a, const std::uint32_t* b, __m512 (&acc)[MR][2]) {
 #pragma GCC unroll 16
@@ -130,49 +135,88 @@ FASTDC_AVX512BF16 __attribute__((always_inline)) inline void accumulate(
     }
 }
 
-// One MR x NR tile of bf16 scores (D2 = ceil(D / 2) pair steps): a is a packed x sliver
-// [D2][MR] of pairs, b a packed centroid panel [D2][NR] of pairs; then the running
-// (min, argmin, second) update of avx512::tile with bias [NR].
-FASTDC_AVX512BF16 inline void tile(i64 D2, const std::uint32_t* a, const std::uint32_t* b,
-                                   const float* bias, int j0, float* best, int* arg,
-                                   float* best2) {
-    __m512 acc[MR][2];
-    accumulate(D2, a, b, acc);
-    const __m512 bias0 = _mm512_loadu_ps(bias), bias1 = _mm512_loadu_ps(bias + W);
-    const __m512i j_lo = avx512::Vec::iota(j0), j_hi = avx512::Vec::iota(j0 + W);
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-        const i64 o = r * NR;
-        avx512::update<true>(_mm512_add_ps(acc[r][0], bias0), j_lo, best + o, arg + o,
-                             best2 + o);
-        avx512::update<true>(_mm512_add_ps(acc[r][1], bias1), j_hi, best + o + W, arg + o + W,
-                             best2 + o + W);
+// Candidates a row keeps; a row with more goes to the float32 path.
+constexpr int CAP = 16;
+
+// Per-row state of the bf16 pass over one block of rows (arrays indexed by the row in the
+// block). A row's candidates are the centroids whose bf16 score was at most its limit when
+// scored; the limit is the best score so far plus 2E (rounded up), so it only falls, and every
+// centroid whose final score is within 2E of the final best is kept.
+struct RowState {
+    float* best;      // [rows] best bf16 score so far (+inf at the start)
+    float* limit;     // [rows] best + 2E rounded up (+inf at the start; -inf once overflowed)
+    const double* twice_bound;  // [rows] 2E
+    int* count;       // [rows] candidates kept; CAP + 1 once the list overflowed
+    int* cand;        // [rows][CAP] their centroids, in increasing j
+    float* score;     // [rows][CAP] their bf16 scores
+    float* rejected;  // [rows][NR] per lane, the smallest score that was not kept
+    float* dropped;   // [rows] the smallest score dropped from the list when it filled
+};
+
+// Row k's hits (bit l of `hits`: centroid j0 + l scored s[l] <= its limit): new bests lower the
+// limit; kept entries are appended; a full list first drops the entries above the limit, and
+// overflows (limit -inf: no more hits) when none is.
+inline void take_hits(RowState& st, i64 k, std::uint32_t hits, const float* s, int j0) {
+    int* cand = st.cand + k * CAP;
+    float* score = st.score + k * CAP;
+    for (std::uint32_t m = hits; m != 0 && st.count[k] <= CAP; m &= m - 1) {
+        const int l = __builtin_ctz(m);
+        if (!(s[l] <= st.limit[k])) {  // above a limit lowered by an earlier lane
+            st.dropped[k] = std::min(st.dropped[k], s[l]);
+            continue;
+        }
+        if (s[l] < st.best[k]) {
+            st.best[k] = s[l];
+            const float up = static_cast<float>(s[l] + st.twice_bound[k]);
+            st.limit[k] = std::nextafter(up, std::numeric_limits<float>::infinity());
+        }
+        if (st.count[k] == CAP) {
+            int kept = 0;
+            for (int e = 0; e < CAP; ++e) {
+                if (score[e] <= st.limit[k]) {
+                    cand[kept] = cand[e];
+                    score[kept++] = score[e];
+                } else {
+                    st.dropped[k] = std::min(st.dropped[k], score[e]);
+                }
+            }
+            st.count[k] = kept;
+            if (kept == CAP) {
+                st.count[k] = CAP + 1;
+                st.limit[k] = -std::numeric_limits<float>::infinity();
+                return;
+            }
+        }
+        cand[st.count[k]] = j0 + l;
+        score[st.count[k]++] = s[l];
     }
 }
 
-// Candidates kept per row by tile_collect; a row with more goes to the float32 path.
-constexpr int CAP = 16;
-
-// The scores of tile, compared with each row's threshold `limit` [MR] instead of folded into
-// minima: the centroids j with score <= limit[r] are appended to cand[r * CAP ...] in
-// increasing j (count[r] keeps counting past CAP).
-FASTDC_AVX512BF16 inline void tile_collect(i64 D2, const std::uint32_t* a,
-                                           const std::uint32_t* b, const float* bias, int j0,
-                                           const float* limit, int* count, int* cand) {
+// One MR x NR tile of bf16 scores (D2 = ceil(D / 2) pair steps): a is a packed x sliver
+// [D2][MR] of pairs, b a packed centroid panel [D2][NR] of pairs, bias [NR] is added; then the
+// scores at most a row's limit go to take_hits, the others into the row's per-lane minimum of
+// rejected scores. k0: the block row of the sliver's first row.
+FASTDC_AVX512BF16 inline void tile(i64 D2, const std::uint32_t* a, const std::uint32_t* b,
+                                   const float* bias, int j0, i64 k0, RowState& st) {
     __m512 acc[MR][2];
     accumulate(D2, a, b, acc);
     const __m512 bias0 = _mm512_loadu_ps(bias), bias1 = _mm512_loadu_ps(bias + W);
     for (int r = 0; r < MR; ++r) {
-        const __m512 t = _mm512_set1_ps(limit[r]);
-        const std::uint32_t hits =
-            _mm512_cmp_ps_mask(_mm512_add_ps(acc[r][0], bias0), t, _CMP_LE_OQ) |
-            (static_cast<std::uint32_t>(
-                 _mm512_cmp_ps_mask(_mm512_add_ps(acc[r][1], bias1), t, _CMP_LE_OQ))
-             << W);
-        for (std::uint32_t m = hits; m != 0; m &= m - 1) {
-            if (count[r] < CAP) cand[r * CAP + count[r]] = j0 + __builtin_ctz(m);
-            ++count[r];
-        }
+        const i64 k = k0 + r;
+        const __m512 s0 = _mm512_add_ps(acc[r][0], bias0), s1 = _mm512_add_ps(acc[r][1], bias1);
+        const __m512 t = _mm512_set1_ps(st.limit[k]);
+        const __mmask16 m0 = _mm512_cmp_ps_mask(s0, t, _CMP_LE_OQ);
+        const __mmask16 m1 = _mm512_cmp_ps_mask(s1, t, _CMP_LE_OQ);
+        float* rej = st.rejected + k * NR;
+        _mm512_store_ps(rej, _mm512_mask_min_ps(_mm512_load_ps(rej), ~m0, _mm512_load_ps(rej), s0));
+        _mm512_store_ps(rej + W, _mm512_mask_min_ps(_mm512_load_ps(rej + W), ~m1,
+                                                    _mm512_load_ps(rej + W), s1));
+        const std::uint32_t hits = m0 | (static_cast<std::uint32_t>(m1) << W);
+        if (hits == 0) continue;
+        alignas(64) float s[NR];
+        _mm512_store_ps(s, s0);
+        _mm512_store_ps(s + W, s1);
+        take_hits(st, k, hits, s, j0);
     }
 }
 

@@ -378,7 +378,7 @@ def _labels_pass(blocks: Iterator[Block], rows: Rows, centroids: torch.Tensor,
                  assigner: Assigner) -> tuple[torch.Tensor, torch.Tensor]:
     """The final assignment: (dist [B, N] float32, idx [B, N] int64) on ``rows.out_device``."""
     parts = []
-    assigner.begin(centroids)
+    assigner.begin(centroids, final=True)
     for block in blocks:
         dist, idx = assigner(block, centroids)
         parts.append((dist.to(rows.out_device), idx.to(rows.out_device)))

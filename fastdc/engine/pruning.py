@@ -52,6 +52,15 @@ _CHUNK_ELEMS = 1 << 22  # scores alive at once (16 MB of float32)
 _WHOLE_BLOCK = 0.5  # above this fraction of failing rows, re-assign a problem without gathering
 _SECOND_PAYS = 0.1  # seed the second bound while the previous pass pruned this fraction of rows
 _TEST_ROWS = 1 << 16  # rows tested at once: float64 temporaries stay at a few MB
+# Testing a row costs about 160/K of assigning it (the own distance, a gathered dot product,
+# against K scores; 0.4 s against 2.5 s for 1M rows, D = 256, K = 1000 on the 2-core AMD EPYC
+# Zen 4): passes after one that pruned fewer than _TEST_PAYS + _TEST_COST / K of the rows
+# assign every row instead (at most _TEST_MAX: where every row prunes, testing pays), until
+# _RETRY such passes have gone by.
+_TEST_PAYS = 0.05
+_TEST_COST = 100.0
+_TEST_MAX = 0.9
+_RETRY = 3
 _LOWER_SHRINK = 2.0**-22  # l is stored in float32: 4 roundings of 2^-24, outwards
 _GATHER_ELEMS = 1 << 20  # gathered centroid values alive at once (4 MB: stays in cache)
 
@@ -77,10 +86,13 @@ class Assigner:
     or one of :data:`PRUNE_BOUNDS` (squared L2). precision: of every ``assign``. Per pass:
     :meth:`begin` with the pass's centroids [B, K, D] float32, one call per block,
     :meth:`end_pass`; after each centroid
-    update, :meth:`moved`. Two measured policies (benchmarks/bench_kmeans.py, AMD EPYC Zen 4):
+    update, :meth:`moved`. Measured policies (benchmarks/bench_kmeans.py, AMD EPYC Zen 4):
     a problem where more than half the rows fail is re-assigned whole; with the second bound,
-    failing rows get the (slower) top-2 only in the first bound pass and while the previous
-    pass pruned >= 10% of the rows (on structureless data it prunes ~1% and would cost 2.5x).
+    failing rows get the (slower) second distance only in the first bound pass and while the
+    previous pass pruned >= 10% of the rows (on structureless data it prunes ~1% and would cost
+    2.5x), never in the final pass; after a pass that pruned too few rows to pay for its tests
+    (:data:`_TEST_PAYS`), every row is assigned for :data:`_RETRY` passes (labels kept, bounds
+    of changed labels dropped).
     """
 
     def __init__(self, rows: Rows, metric: str, backend: str | None, bounds: str | None,
@@ -93,6 +105,9 @@ class Assigner:
         self.pruned = torch.zeros(B, dtype=torch.int64, device=rows.device)
         self.ready = False  # labels hold a previous pass
         self.seed_second = True  # re-assign with the second distance (first pass, while it pays)
+        self.final = False  # the pass is the last one (no bound is needed after it)
+        self.skip, self.skipped = False, 0  # assign every row this pass; passes skipped so far
+        self.k = 1
         self.real_rows = int(rows.real_counts().sum())
         self.lower: torch.Tensor | None = None
         if bounds is None:
@@ -103,9 +118,11 @@ class Assigner:
         if bounds == "second":
             self.lower = torch.zeros(B, N, dtype=torch.float32, device=out)
 
-    def begin(self, centroids: torch.Tensor) -> None:
-        """Prepare a pass with centroids [B, K, D] float32: max norms, half centre gaps."""
-        if self.bounds is None or not self.ready:
+    def begin(self, centroids: torch.Tensor, final: bool = False) -> None:
+        """Prepare a pass with centroids [B, K, D] float32: max norms, half centre gaps.
+        ``final``: no pass follows (the failing rows need no second distance)."""
+        self.final, self.k = final, centroids.shape[1]
+        if self.bounds is None or not self.ready or self.skip:
             return
         c_sq = (centroids * centroids).sum(dim=2)
         self.c_max = c_sq.max(dim=1).values.double().sqrt()
@@ -120,10 +137,14 @@ class Assigner:
             return assign(block.x, centroids, metric=self.metric, **self.ops)
         B, m, _ = block.x.shape
         labels = self.labels[:, block.start : block.start + m]
-        if not self.ready:
+        if not self.ready or self.skip:
             dist, idx = assign(block.x, centroids, metric="l2", **self.ops)
-            norm = torch.linalg.vector_norm(block.x.float(), dim=2).amax(dim=1).double()
-            torch.maximum(self.x_max, norm, out=self.x_max)
+            if not self.ready:
+                norm = torch.linalg.vector_norm(block.x.float(), dim=2).amax(dim=1).double()
+                torch.maximum(self.x_max, norm, out=self.x_max)
+            elif self.lower is not None:  # a changed label loses its bound
+                lower = self.lower[:, block.start : block.start + m]
+                lower.masked_fill_(labels != idx.to(labels.device), 0.0)
             labels.copy_(idx, non_blocking=True)
             return dist, idx
         dist = torch.empty(B, m, dtype=torch.float32, device=self.device)
@@ -178,7 +199,7 @@ class Assigner:
                 continue
             sel = fail[b].nonzero().flatten() if count <= _WHOLE_BLOCK * m else slice(None)
             xs = x[b, sel].float()
-            if lower is not None and self.seed_second:
+            if lower is not None and self.seed_second and not self.final:
                 e = err[b].expand(xs.shape[0])
                 dist[b, sel], idx[b, sel], d2 = assign(xs, centroids[b], second="bound",
                                                        **self.ops)
@@ -192,10 +213,20 @@ class Assigner:
     def end_pass(self) -> torch.Tensor:
         """Close a pass: returns the real rows pruned in it, [B] int64 (this rank)."""
         pruned, self.pruned = self.pruned, torch.zeros_like(self.pruned)
-        if self.ready:
-            self.seed_second = bool(pruned.sum() >= _SECOND_PAYS * self.real_rows)
+        if self.ready and not self.skip:
+            fraction = float(pruned.sum()) / max(self.real_rows, 1)
+            self.seed_second = fraction >= _SECOND_PAYS
+            self.skip, self.skipped = fraction < self.test_pays(), 0
+        elif self.skip:  # after _RETRY passes, test again, seeding the second bound afresh
+            self.skipped += 1
+            self.skip = self.skipped < _RETRY
+            self.seed_second = True
         self.ready = self.bounds is not None
         return pruned
+
+    def test_pays(self) -> float:
+        """The fraction of rows a pass must prune for the next pass to test its rows."""
+        return min(_TEST_PAYS + _TEST_COST / self.k, _TEST_MAX)
 
     def moved(self, old: torch.Tensor, new: torch.Tensor) -> None:
         """Centroids went from old to new ([B, K, D] float32): lower the bounds ``l`` by the
