@@ -80,15 +80,14 @@ def sweep_row(n, d, k, peaks, faiss):
     for isa in reversed(cpu.isa_available()):
         row[f"{isa}_s"] = measure(lambda isa=isa: cpu.assign_cpu(
             x=x, centroids=c, metric="l2", isa=isa, precision="fp32"), rounds=1).best
-    default = cpu.simd()
+    default = "bf16" if cpu.use_bf16(k=k) else cpu.simd()
     if cpu.use_bf16():
-        row["bf16_s"] = measure(lambda: cpu.assign_cpu(x=x, centroids=c, metric="l2"),
-                                rounds=1).best
+        row["bf16_s"] = measure(lambda: cpu.assign_cpu(x=x, centroids=c, metric="l2",
+                                                       precision="bf16"), rounds=1).best
         dist, idx = torch.empty(1, n), torch.empty(1, n, dtype=torch.int64)
         unsettled = _C.assign(x.numpy(), c.numpy(), False, dist.numpy(), idx.numpy(),
                               torch.get_num_threads(), "avx512", None, True)
         row["unsettled"] = unsettled / n
-        default = "bf16"
     row["GFLOP/s"] = flop / row[f"{default}_s"] / 1e9
     row["peak_frac"] = row["GFLOP/s"] / peaks[default]
     if faiss is not None:
@@ -119,9 +118,10 @@ def run_sweep(ns, ds, ks, max_flop=MAX_FLOP):
     skip_text = "; ".join(f"N={n} D={d} K={k}" for n, d, k in skipped) or "none"
     record(SWEEP_TABLE, {"name": "fma peak GFLOP/s: " + peak_text},
            note=f"L2 assign, 1 timed call after a warm-up; <path>_s: the float32 paths; "
-           f"bf16_s: the default where the CPU has AVX512-BF16 (bf16 main pass, rows it cannot "
-           f"settle (unsettled) scored again in float32: same answers); peak_frac = GFLOP/s of "
-           f"the default / measured peak (best of short trials) of its instruction on "
+           f"bf16_s: the bf16 pass where the CPU has AVX512-BF16 (rows with several candidates "
+           f"or scored in float32: unsettled; same answers), the default from K = "
+           f"{cpu.BF16_MIN_K}; GFLOP/s and peak_frac (of the measured peak, best of short "
+           f"trials, of its instruction) of the default on "
            f"{torch.get_num_threads()} threads; skipped (> {max_flop:.0e} flop): {skip_text}")
     return skipped
 

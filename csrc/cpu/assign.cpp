@@ -56,11 +56,19 @@ struct PackedCentroids {
     const float* bias = nullptr;    // float32 [P * NR]
 };
 
-// Squared norm of a row, summed in a fixed order over d (every path uses this value).
-float row_sq(const float* xi, i64 D) {
-    float sq = 0.0f;
-    for (i64 d = 0; d < D; ++d) sq += xi[d] * xi[d];
-    return sq;
+// Squared norm of a row or centroid (every path and the bias use this value): 8 partial sums
+// (d mod 8), then added in a fixed order. One chain would cost as much as the whole tile work
+// at K = 100 (its adds wait on each other); never inlined, so that every caller gets the same
+// instructions (a caller compiled for FMA could otherwise contract the products).
+__attribute__((noinline)) float row_sq(const float* xi, i64 D) {
+    float part[8] = {};
+    i64 d = 0;
+    for (; d + 8 <= D; d += 8) {
+        for (int l = 0; l < 8; ++l) part[l] += xi[d + l] * xi[d + l];
+    }
+    for (int l = 0; d < D; ++d, ++l) part[l] += xi[d] * xi[d];
+    const float low = (part[0] + part[1]) + (part[2] + part[3]);
+    return low + ((part[4] + part[5]) + (part[6] + part[7]));
 }
 
 // Pack panel p of c (float32 [K, D]) into out [D][NR] scaled by `scale`, and its bias [NR].

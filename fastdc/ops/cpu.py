@@ -46,17 +46,26 @@ def bf16_missing() -> str:
     return _C.bf16_missing()
 
 
-def use_bf16(precision: str = "default", isa: str = "") -> bool:
+BF16_MIN_K = 256
+"""The smallest K at which "default" takes the bf16 pass: at K = 100 its per-row work (packing,
+candidates) outweighs the faster tile, from K = 1 000 on it is 1.5-1.8x the float32 path
+(benchmarks/results/assign_sweep_cpu.json, AMD EPYC Zen 4, 2 threads)."""
+
+
+def use_bf16(precision: str = "default", isa: str = "", k: int | None = None) -> bool:
     """Whether ``assign_cpu`` scores with the bf16 pass: with ``precision`` "default" where the
-    CPU has AVX512-BF16 and the path (``isa``, "" = :func:`simd`) is avx512; always with "bf16"
-    (ValueError naming what is missing when it cannot); never with "fp32". Other precision
-    names (the GPU modes) count as "default". Both passes give the same answers."""
+    CPU has AVX512-BF16, the path (``isa``, "" = :func:`simd`) is avx512 and ``k`` (the number
+    of centroids, None: large) is at least :data:`BF16_MIN_K`; always with "bf16" (ValueError
+    naming what is missing when it cannot); never with "fp32". Other precision names (the GPU
+    modes) count as "default". Both passes give the same answers."""
     path = isa or simd()
     available = path == "avx512" and not bf16_missing()
     if precision == "bf16" and not available:
         lacking = bf16_missing() or f"the avx512 path (the path in use is {path})"
         raise ValueError(f"precision='bf16' on the cpu backend needs {lacking}; use "
                          "precision='default' (bf16 where it runs) or 'fp32'")
+    if precision == "default" and k is not None and k < BF16_MIN_K:
+        return False
     return available and precision != "fp32"
 
 
@@ -130,7 +139,7 @@ def assign_cpu(
     dist = torch.empty(B, N, dtype=torch.float32)
     idx = torch.empty(B, N, dtype=torch.int64)
     dist2 = torch.empty(B, N, dtype=torch.float32) if second else None
-    bf16 = use_bf16(precision, isa) and second in (False, "bound")
+    bf16 = use_bf16(precision, isa, k=centroids.shape[1]) and second in (False, "bound")
     _C.assign(_np(x), _np(centroids), metric == "ip", _np(dist), _np(idx),
               torch.get_num_threads(), isa, None if dist2 is None else _np(dist2), bf16)
     return (dist, idx) if dist2 is None else (dist, idx, dist2)
