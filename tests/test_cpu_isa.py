@@ -199,8 +199,8 @@ def test_bf16_second_bound_is_on_the_right_side_of_the_float32_second(metric):
                                     precision="bf16", second="bound")
         assert torch.equal(bi, i) and torch.equal(bd, d), name
         assert bool((b2 <= d2).all() if metric == "l2" else (b2 >= d2).all()), name
-        if c.shape[1] > 1 and metric == "l2":
-            assert bool((b2 >= bd - 1e-3 * (1 + bd.abs())).all()), name  # a bound, not -inf
+        if c.shape[1] > 1:
+            assert bool(torch.isfinite(b2).all()), name  # a bound, not +-inf
 
 
 @needs_bf16

@@ -322,34 +322,53 @@ namespace bf = avx512bf16;
 constexpr double BF16_COST = 0.6;
 constexpr double MAX_RECHECK_COST = 0.9;
 
-// Pack panel p (NR centroids) of c (float32 [K, D]) as bf16 pairs [D2][NR], scaled like the
-// float32 panels; padding columns are zero (their float32 bias is +inf).
-void pack_panel_bf16(const float* c, i64 K, i64 D, i64 p, bool ip, std::uint32_t* out) {
-    const float scale = ip ? -1.0f : -2.0f;
-    const i64 D2 = (D + 1) / 2;
-    for (i64 l = 0; l < bf::NR; ++l) {
-        const i64 j = p * bf::NR + l;
-        for (i64 q = 0; q < D2; ++q) {
-            const float* cj = c + j * D;
-            out[q * bf::NR + l] =
-                j >= K ? 0u : bf::pair(scale * cj[2 * q], 2 * q + 1 < D ? scale * cj[2 * q + 1]
-                                                                        : 0.0f);
-        }
-    }
-}
+// One problem's operands of the bf16 pass. L2 scores are shifted by a per-row constant when
+// x and the centroids are both centred on mu (here the centroids' mean): the arg-min is the
+// same, and the bound (assign_bf16.h) then scales with the centred norms, far smaller than the
+// raw ones on data away from the origin. IP scores are not centred (mu = 0).
+struct Bf16Problem {
+    std::vector<float> mu;                // [D]
+    AlignedBuffer<std::uint32_t> panels;  // [P][D2][NR] bf16 pairs of -2 (c - mu) (IP: -c)
+    AlignedBuffer<float> bias;            // [P * NR] |c - mu|^2 (IP: 0); padding +inf
+    bf::BoundTerms terms;
+};
 
-bf::BoundTerms bound_terms(const float* c, i64 K, i64 D, bool ip) {
-    bf::BoundTerms t;
+// c (float32 [K, D]) centred (L2) and packed; the bound's centroid terms.
+void prepare_bf16(const float* c, i64 K, i64 D, bool ip, int nt, Bf16Problem& out) {
+    const i64 P = (K + bf::NR - 1) / bf::NR, D2 = (D + 1) / 2;
+    std::vector<double> mean(D, 0.0);
+    for (i64 j = 0; j < K && !ip; ++j)
+        for (i64 d = 0; d < D; ++d) mean[d] += c[j * D + d];
+    out.mu.assign(D, 0.0f);
+    for (i64 d = 0; d < D; ++d) out.mu[d] = static_cast<float>(mean[d] / K);
+    std::vector<float> centred(K * D);
+    for (i64 i = 0; i < K * D; ++i) centred[i] = c[i] - out.mu[i % D];
+    out.panels.reset(P * D2 * bf::NR);
+    out.bias.reset(P * bf::NR);
+    const float scale = ip ? -1.0f : -2.0f;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (i64 j = 0; j < P * bf::NR; ++j) {
+        const i64 p = j / bf::NR, l = j % bf::NR;
+        std::uint32_t* panel = out.panels.data() + p * D2 * bf::NR + l;
+        const float* cj = centred.data() + j * D;
+        for (i64 q = 0; q < D2; ++q) {
+            panel[q * bf::NR] = j >= K ? 0u : bf::pair(scale * cj[2 * q],
+                                                       2 * q + 1 < D ? scale * cj[2 * q + 1] : 0.0f);
+        }
+        out.bias[j] = j >= K ? INF : ip ? 0.0f : row_sq(cj, D);
+    }
+    bf::BoundTerms& t = out.terms;
     t.D = D;
     t.scale = ip ? 1.0 : 2.0;
     for (i64 j = 0; j < K; ++j) {
-        double n, r;
-        bf::norms(c + j * D, D, &n, &r);
+        double n, r, raw, unused;
+        bf::norms(centred.data() + j * D, D, &n, &r);
+        bf::norms(c + j * D, D, &raw, &unused);
         t.cmax = std::max(t.cmax, n);
         t.clmax = std::max(t.clmax, r);
         t.bmax = std::max(t.bmax, n * n);
+        t.raw_cmax = std::max(t.raw_cmax, raw);
     }
-    return t;
 }
 
 // Per-thread scratch of the bf16 pass: packed bf16 rows, each row's bound and candidate state
@@ -357,8 +376,8 @@ bf::BoundTerms bound_terms(const float* c, i64 K, i64 D, bool ip) {
 struct Bf16Scratch {
     AlignedBuffer<std::uint32_t> xpack;
     AlignedBuffer<std::uint16_t> row;  // one row in bf16
-    AlignedBuffer<float> best, limit, score, rejected, dropped, exact, full_x, full_dist,
-        full_dist2;
+    AlignedBuffer<float> best, limit, score, rejected, dropped, exact, pair_score, full_x,
+        full_dist, full_dist2;
     AlignedBuffer<int> count, cand, pair_cand;
     AlignedBuffer<i64> full_idx, first, pair_row;
     std::vector<double> bound, twice_bound;  // per row: E and 2E
@@ -370,7 +389,8 @@ struct Bf16Scratch {
         : xpack(round_up(rows, bf::MR) * ((D + 1) / 2)), row(round_up(D, bf::W)),
           best(round_up(rows, bf::MR)), limit(round_up(rows, bf::MR)),
           score(round_up(rows, bf::MR) * bf::CAP), rejected(round_up(rows, bf::MR) * bf::NR),
-          dropped(round_up(rows, bf::MR)), exact(rows * bf::CAP), full_x(rows * D),
+          dropped(round_up(rows, bf::MR)), exact(rows * bf::CAP), pair_score(rows * bf::CAP),
+          full_x(rows * D),
           full_dist(rows), full_dist2(second ? rows : 0), count(round_up(rows, bf::MR)),
           cand(round_up(rows, bf::MR) * bf::CAP), pair_cand(rows * bf::CAP), full_idx(rows),
           first(rows + 1), pair_row(rows * bf::CAP),
@@ -385,7 +405,7 @@ struct Bf16Scratch {
 
 // Pack rows [row0, row0 + rows) of x as bf16 pair slivers [S][D2][MR], store each row's bound
 // and reset its candidate state (padding rows: limit -inf, never a candidate).
-void pack_rows_bf16(const float* x, i64 D, i64 row0, i64 rows, const bf::BoundTerms& t,
+void pack_rows_bf16(const float* x, i64 D, i64 row0, i64 rows, const Bf16Problem& pb,
                     Bf16Scratch& s) {
     const i64 D2 = (D + 1) / 2, slivers = (rows + bf::MR - 1) / bf::MR;
     std::uint16_t* row = s.row.data();
@@ -402,13 +422,13 @@ void pack_rows_bf16(const float* x, i64 D, i64 row0, i64 rows, const bf::BoundTe
                 for (i64 q = 0; q < D2; ++q) out[q * bf::MR + r] = 0u;
                 continue;
             }
-            double n, l;
-            bf::convert_row(x + (row0 + k) * D, D, row, &n, &l);
+            double raw, n, l;
+            bf::convert_row(x + (row0 + k) * D, pb.mu.data(), D, row, &raw, &n, &l);
             for (i64 q = 0; q < D2; ++q) {
                 std::memcpy(pairs, row + 2 * q, sizeof pairs);
                 out[q * bf::MR + r] = pairs[0];
             }
-            s.bound[k] = bf::bound_of(t, n, l);
+            s.bound[k] = bf::bound_of(pb.terms, raw, n, l);
             s.twice_bound[k] = 2.0 * s.bound[k];
         }
     }
@@ -431,6 +451,7 @@ void gather_candidates(i64 rows, Bf16Scratch& s) {
             const float sc = s.score[k * bf::CAP + e];
             if (sc <= s.limit[k]) {
                 s.pair_row[n] = k;
+                s.pair_score[n] = sc;
                 s.pair_cand[n++] = s.cand[k * bf::CAP + e];
             } else {
                 s.dropped[k] = std::min(s.dropped[k], sc);
@@ -444,8 +465,7 @@ void gather_candidates(i64 rows, Bf16Scratch& s) {
 // Each row's answer from its candidates: their float32 scores, bit for bit the float32 path's
 // (chain_scores, 16 pairs at a time), the smallest wins (the first on a tie: candidates ascend
 // in j). With out.dist2, a bound on the second best: the other candidates' scores, and every
-// centroid not kept has a bf16 score >= the smallest rejected one, so a float32 score >= that
-// minus E.
+// centroid not kept has a bf16 score >= the smallest rejected one.
 void decide_rows(const float* x, const float* c, i64 D, const float* bias, bool ip, i64 row0,
                  i64 rows, Bf16Scratch& s, const Outputs& out) {
     const i64 pairs = s.first[rows];
@@ -473,7 +493,11 @@ void decide_rows(const float* x, const float* c, i64 D, const float* bias, bool 
         if (!out.dist2) continue;
         float rejected = s.dropped[k];
         for (i64 l = 0; l < bf::NR; ++l) rejected = std::min(rejected, s.rejected[k * bf::NR + l]);
-        double lower = static_cast<double>(rejected) - s.bound[k];
+        // Bf16 scores are off their float32 counterparts (plus the row's centring shift) by at
+        // most E, so a centroid not kept has a float32 score >= the winner's + (rejected - its
+        // bf16 score) - 2E.
+        double lower = static_cast<double>(s.exact[w]) + rejected - s.pair_score[w] -
+                       2.0 * s.bound[k];
         for (i64 e = lo; e < hi; ++e) lower = e == w ? lower : std::min<double>(lower, s.exact[e]);
         out.dist2[row0 + k] = finish_bound(lower, xsq, ip);
     }
@@ -498,8 +522,8 @@ void score_full(const float* x, i64 D, const PackedCentroids& pc, bool ip, i64 r
 
 // assign_block through the bf16 pass. c: the problem's unpacked centroids; cb: its bf16 panels.
 void assign_block_bf16(const float* x, const float* c, i64 N, i64 D, const PackedCentroids& pc,
-                       const std::uint32_t* cb, const bf::BoundTerms& t, bool ip, i64 row0,
-                       i64 rows, const Path& path, Bf16Scratch& s, const Outputs& out) {
+                       const Bf16Problem& pb, bool ip, i64 row0, i64 rows, const Path& path,
+                       Bf16Scratch& s, const Outputs& out) {
     const double cost = BF16_COST * s.seen + s.scored_full;
     if (!out.dist2 && s.seen > 0 && cost > MAX_RECHECK_COST * s.seen) {
         assign_block(x, N, D, pc, ip, row0, rows, path, s.fp32, out);
@@ -507,12 +531,12 @@ void assign_block_bf16(const float* x, const float* c, i64 N, i64 D, const Packe
         return;
     }
     const i64 D2 = (D + 1) / 2, NR = bf::NR, slivers = (rows + bf::MR - 1) / bf::MR;
-    pack_rows_bf16(x, D, row0, rows, t, s);
+    pack_rows_bf16(x, D, row0, rows, pb, s);
     bf::RowState state = s.state();
     for (i64 p = 0; p < pc.P; ++p) {
         for (i64 sl = 0; sl < slivers; ++sl) {
-            bf::tile(D2, s.xpack.data() + sl * D2 * bf::MR, cb + p * D2 * NR, pc.bias + p * NR,
-                     static_cast<int>(p * NR), sl * bf::MR, state);
+            bf::tile(D2, s.xpack.data() + sl * D2 * bf::MR, pb.panels.data() + p * D2 * NR,
+                     pb.bias.data() + p * NR, static_cast<int>(p * NR), sl * bf::MR, state);
         }
     }
     gather_candidates(rows, s);
@@ -538,19 +562,14 @@ i64 assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, 
     const Path& path = PATHS[static_cast<int>(isa)];
     const i64 NR = path.NR;
 
-    // Pack every problem's centroids once: B * P panels of [D][NR] plus biases (and, for the
-    // bf16 pass, B * P panels of [D2][NR] bf16 pairs).
-    const i64 P = (K + NR - 1) / NR, D2 = (D + 1) / 2;
+    // Pack every problem's centroids once: B * P panels of [D][NR] plus biases.
+    const i64 P = (K + NR - 1) / NR;
     AlignedBuffer<float> panels(B * P * D * NR), bias(B * P * NR);
-    AlignedBuffer<std::uint32_t> panels_bf16(bf16 ? B * P * D2 * NR : 0);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (i64 bp = 0; bp < B * P; ++bp) {
         const i64 b = bp / P, p = bp % P;
         pack_panel(c + b * K * D, K, D, p, NR, ip, panels.data() + bp * D * NR,
                    bias.data() + bp * NR);
-#if FASTDC_X86
-        if (bf16) pack_panel_bf16(c + b * K * D, K, D, p, ip, panels_bf16.data() + bp * D2 * NR);
-#endif
     }
 
     const i64 rows = choose_block_rows(N, D, path, nt);
@@ -580,15 +599,14 @@ i64 assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, 
     };
 #if FASTDC_X86
     if (bf16) {
-        std::vector<bf::BoundTerms> terms;
-        for (i64 b = 0; b < B; ++b) terms.push_back(bound_terms(c + b * K * D, K, D, ip));
+        std::vector<Bf16Problem> problems(B);
+        for (i64 b = 0; b < B; ++b) prepare_bf16(c + b * K * D, K, D, ip, nt, problems[b]);
         const auto scratch = run(
             [&] { return std::make_unique<Bf16Scratch>(rows, D, dist2 != nullptr); },
             [&](Bf16Scratch& s, i64 b, const PackedCentroids& pc, i64 row0, i64 n,
                 const Outputs& out) {
-                assign_block_bf16(x + b * N * D, c + b * K * D, N, D, pc,
-                                  panels_bf16.data() + b * P * D2 * NR, terms[b], ip, row0, n,
-                                  path, s, out);
+                assign_block_bf16(x + b * N * D, c + b * K * D, N, D, pc, problems[b], ip, row0,
+                                  n, path, s, out);
             });
         i64 unsettled = 0;
         for (const auto& s : scratch) unsettled += s->rechecked + s->scored_full + s->float32_only;

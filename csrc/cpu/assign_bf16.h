@@ -75,43 +75,58 @@ inline void norms(const float* v, i64 n, double* norm, double* residual) {
     *residual = std::sqrt(r);
 }
 
-// bf16 bits of row xi (D floats) into out[round_up(D, 16)] (zero past D), with upper bounds
-// of |x| and |x - bf16(x)|: float32 sums of squares, raised by their own worst rounding
+// bf16 bits of the row xi - mu (D floats, the difference rounded to float32) into
+// out[round_up(D, 16)] (zero past D), with upper bounds of |x|, |xi - mu| and
+// |(xi - mu) - bf16(xi - mu)|: float32 sums of squares, raised by their own worst rounding
 // ((D + 32) 2^-23 relative, Higham sec. 3.1).
-FASTDC_AVX512BF16 inline void convert_row(const float* xi, i64 D, std::uint16_t* out,
-                                          double* norm, double* residual) {
-    __m512 sq = _mm512_setzero_ps(), rq = _mm512_setzero_ps();
+FASTDC_AVX512BF16 inline void convert_row(const float* xi, const float* mu, i64 D,
+                                          std::uint16_t* out, double* raw, double* norm,
+                                          double* residual) {
+    __m512 xq = _mm512_setzero_ps(), sq = _mm512_setzero_ps(), rq = _mm512_setzero_ps();
     for (i64 d = 0; d < D; d += W) {
         const __mmask16 m = D - d >= W ? 0xffff : static_cast<__mmask16>((1u << (D - d)) - 1);
-        const __m512 v = _mm512_maskz_loadu_ps(m, xi + d);
+        const __m512 x = _mm512_maskz_loadu_ps(m, xi + d);
+        const __m512 v = _mm512_sub_ps(x, _mm512_maskz_loadu_ps(m, mu + d));
         const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
         const __m512 back = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
         const __m512 e = _mm512_sub_ps(v, back);
+        xq = _mm512_fmadd_ps(x, x, xq);
         sq = _mm512_fmadd_ps(v, v, sq);
         rq = _mm512_fmadd_ps(e, e, rq);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + d), h);
     }
     const double raise = 1.0 + (D + 32) * std::ldexp(1.0, -23);
+    *raw = std::sqrt(_mm512_reduce_add_ps(xq) * raise);
     *norm = std::sqrt(_mm512_reduce_add_ps(sq) * raise);
     *residual = std::sqrt(_mm512_reduce_add_ps(rq) * raise);
 }
 
-// What the bound needs of the centroids of one problem: the largest |c_j|, |c_j - bf16(c_j)|
-// and bias (|c_j|^2), and the score's factor (2 for L2, 1 for IP).
+// What the bound needs of the centroids of one problem, centred on mu (L2; IP: mu = 0): the
+// largest |c_j - mu|, |(c_j - mu) - bf16(c_j - mu)| and bias |c_j - mu|^2, the largest raw
+// |c_j|, and the score's factor (2 for L2, 1 for IP).
 struct BoundTerms {
-    double cmax = 0.0, clmax = 0.0, bmax = 0.0, scale = 2.0;
+    double cmax = 0.0, clmax = 0.0, bmax = 0.0, raw_cmax = 0.0, scale = 2.0;
     i64 D = 0;
 };
 
-// E for a row with |x| = xn and |x - bf16(x)| = xl: the most by which a bf16 score of the row
-// can differ from the float32 kernel's score of the same centroid (see the top of this file).
-inline double bound_of(const BoundTerms& t, double xn, double xl) {
+// E for a row with |x| = raw, |x - mu| = xn (after the float32 subtraction) and
+// |(x - mu) - bf16(x - mu)| = xl: the most by which a bf16 score of the row can differ from
+// the float32 kernel's score of the same centroid plus the row's centring shift
+// 2 x.mu - |mu|^2 (see the top of this file). Terms: the bf16 products of the centred operands
+// (the float32 subtractions add u |x - mu| and u |c - mu| to the residuals), their float32
+// accumulation, the centred bias (float32 sum of D squares of rounded differences), and the
+// float32 kernel's own error on the raw operands; each bias addition rounds once.
+inline double bound_of(const BoundTerms& t, double raw, double xn, double xl) {
     const double u = std::ldexp(1.0, -24);
     const double gamma = t.D * u / (1.0 - t.D * u);
-    const double xh = xn + xl, ch = t.cmax + t.clmax;
-    const double dot = xl * t.cmax + xh * t.clmax + gamma * (xh * ch + xn * t.cmax);
-    const double epilogue = 4.0 * u * (t.bmax + t.scale * xh * ch);
-    const double e = t.scale * dot + epilogue + std::ldexp(1.0, -100);
+    const double xr = xl + u * xn, cr = t.clmax + u * t.cmax;  // residuals with the centring
+    const double xh = xn + xr, ch = t.cmax + cr;
+    const double centred = t.scale * (xr * t.cmax + xh * cr + gamma * xh * ch) +
+                           (gamma + 3.0 * u) * t.bmax + 2.0 * u * (t.bmax + t.scale * xh * ch);
+    const double rawb = t.raw_cmax * t.raw_cmax;
+    const double kernel = t.scale * gamma * raw * t.raw_cmax + gamma * rawb +
+                          2.0 * u * (rawb + t.scale * raw * t.raw_cmax);
+    const double e = centred + kernel + std::ldexp(1.0, -100);
     return e * (1.0 + std::ldexp(1.0, -20));  // covers the rounding of this evaluation
 }
 
