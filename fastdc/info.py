@@ -49,7 +49,7 @@ def report() -> str:
 
 def _simd_lines() -> list[str]:
     """The cpu backend's SIMD path and the ones this CPU runs (FASTDC_CPU_ISA picks another)."""
-    from fastdc.ops.cpu import isa_available, simd
+    from fastdc.ops.cpu import BF16_MIN_K, bf16_missing, isa_available, simd
 
     try:
         chosen = simd()
@@ -59,6 +59,11 @@ def _simd_lines() -> list[str]:
     lines = [f"cpu backend SIMD path: {chosen}" + (f" (FASTDC_CPU_ISA={forced})" if forced else "")]
     lines.append(f"cpu backend SIMD paths on this CPU: {', '.join(isa_available())} "
                  "(FASTDC_CPU_ISA=generic|avx2|avx512 forces one)")
+    missing = bf16_missing()
+    lines.append("cpu assign bf16 pass: " + (
+        f"off (this CPU lacks {missing})" if missing else
+        f"on the avx512 path from K = {BF16_MIN_K} (exact float32 answers; precision='fp32' "
+        "turns it off)"))
     return lines
 
 

@@ -109,9 +109,11 @@ def test_streamed_store_prunes_like_memory():
 
 def test_automatic_choice_and_where_pruning_does_not_apply():
     x = blobs(400, 6, 10, seed=6)
-    auto = kmeans(x, 10, niter=3)  # on by default with the cpu backend, off elsewhere
+    big = blobs(2 ** 14, 4, 8, seed=6)  # N * K = 2^23: on by default with the cpu backend
+    auto = kmeans(big, 512, niter=2)
     assert (auto.pruned is not None) == ("cpu" in registry.available("assign"))
-    assert kmeans(x, 10, niter=3, backend="torch").pruned is None
+    assert kmeans(big, 512, niter=2, backend="torch").pruned is None
+    assert kmeans(x, 10, niter=3).pruned is None  # too small to pay
     assert kmeans(x, 10, niter=3, prune=False).pruned is None
     assert kmeans(x, 10, niter=3, prune=True).pruned is not None
     assert kmeans(x, 10, niter=3, spherical=True, prune=True).pruned is None

@@ -140,7 +140,8 @@ def kmeans(
     prune: exact bound-based pruning of the assignment step from the second iteration on
     (:mod:`fastdc.engine.pruning`; same assignments and centroids as without; on the cpu
     backend also the same dist and objective, bit for bit, elsewhere equal up to float32
-    rounding). None (default): automatic, "second" on the cpu backend and off on GPUs; False:
+    rounding). None (default): automatic, "second" on the cpu backend for N * k >= 2^23 and
+    off on GPUs; False:
     off; True: on ("second" bounds); "centres"
     (Elkan's centre-centre test alone) or "second" (adds Hamerly's second-distance bound):
     those bounds. Ignored (no pruning) for spherical k-means and non-float32 rows.
@@ -253,7 +254,7 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
     clock = _Clock(opts.record_times or opts.verbose, dev)
     log = _Log(opts.verbose, rows, k, opts.niter)
     stop = StopCheck(rows, opts.early_stop_threshold)
-    assigner = Assigner(rows, metric, opts.backend, _prune_bounds(rows, opts), opts.precision)
+    assigner = Assigner(rows, metric, opts.backend, _prune_bounds(rows, k, opts), opts.precision)
     pruned = torch.zeros(shape, dtype=torch.float64, device=dev)
     n_iter = 0
     for it in range(opts.niter):
@@ -327,17 +328,23 @@ def _check_options(k: int, opts: LloydOptions) -> None:
     check_prune(opts.prune)
 
 
-def _prune_bounds(rows: Rows, opts: LloydOptions) -> str | None:
+AUTO_PRUNE_WORK = 1 << 23
+"""Automatic pruning needs N * K >= this: its per-pass bookkeeping made 20 iterations on the
+built-in run's 5 000 x 32 features (K = 100) 1.4x slower, while it made a 100k x 256 mixture
+with K = 1 000 2.5x faster (benchmarks/results/kmeans_prune_*.json, AMD EPYC Zen 4)."""
+
+
+def _prune_bounds(rows: Rows, k: int, opts: LloydOptions) -> str | None:
     """The bounds the run prunes with (:mod:`fastdc.engine.pruning`), or None. Automatic
-    (``prune=None``): "second" where the rows are on the CPU and ``assign`` runs on the cpu
-    backend, whose kernel distances the pruned rows reproduce bit for bit (2.7x faster over 20
-    iterations on a 100k x 256 mixture with K = 1000, 5 % slower on uniform rows where nothing
-    prunes: benchmarks/results/kmeans_prune_*.json, AMD EPYC Zen 4); off on GPUs (unmeasured)."""
+    (``prune=None``): "second" where the rows are on the CPU, ``assign`` runs on the cpu
+    backend (whose distances the pruned rows reproduce bit for bit) and N * k is at least
+    :data:`AUTO_PRUNE_WORK`; off on GPUs (unmeasured)."""
     if opts.prune is False or opts.spherical or rows.dtype != torch.float32:
         return None
     if opts.prune is None:
         on_cpu = rows.device.type == "cpu" and opts.backend in (None, "cpu")
-        return "second" if on_cpu and "cpu" in registry.available("assign") else None
+        big = rows.shape[1] * k >= AUTO_PRUNE_WORK
+        return "second" if on_cpu and big and "cpu" in registry.available("assign") else None
     return "second" if opts.prune is True else opts.prune
 
 
