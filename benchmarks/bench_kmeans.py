@@ -6,6 +6,9 @@ of its final centroids (evaluated the same way for everyone) and its gap to fais
 table runs the faiss-style ``Kmeans`` of both libraries until they stop by themselves (at most
 CONVERGE_NITER iterations, same initial centroids): iterations run, total seconds, objective.
 A third gives the peak memory beyond the input for N=1 000 000 (measured in a fresh process).
+A size sweep (N, D, K as in bench_assign.py) times SWEEP_NITER iterations of both libraries on
+L2-normalised Gaussian rows; ``pytest --benchmark`` runs its small cells,
+``python -m benchmarks.bench_kmeans`` the full one.
 """
 
 from __future__ import annotations
@@ -213,3 +216,62 @@ def test_pruning(name):
     record(table, {"name": "faiss-cpu", "total_s": run.best,
                    "objective": objective(x, km.centroids)}, reference="faiss-cpu", note=note)
     assert all(torch.equal(r.assignments, runs[False, "fp32"].assignments) for r in runs.values())
+
+
+# --- size sweep: fastdc's defaults against faiss.Kmeans, same initial centroids -------------
+
+SWEEP_NITER = 5
+KMEANS_SWEEP_TABLE = "kmeans_sweep_cpu"
+
+
+def kmeans_sweep_row(n: int, d: int, k: int, faiss) -> dict:
+    """Seconds of SWEEP_NITER iterations of fastdc (defaults) and faiss from the same rows."""
+    g = torch.Generator().manual_seed(n + d + k)
+    x = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    init = x[torch.randperm(n, generator=g)[:k]].clone()
+    row = {"name": f"N={n} D={d} K={k}"}
+    run = measure(lambda: kmeans(x, k, niter=SWEEP_NITER, init=init), rounds=1)
+    row["fastdc_s"] = run.best
+    row["GFLOP/s"] = 2.0 * n * k * d * SWEEP_NITER / run.best / 1e9
+    if faiss is not None:
+        km = faiss.Kmeans(d, k, niter=SWEEP_NITER, max_points_per_centroid=10**9,
+                          early_stop_threshold=-1.0)
+        xn, cn = x.numpy(), init.numpy()
+        row["faiss_s"] = measure(lambda: km.train(xn, init_centroids=cn), rounds=1).best
+        row["x_vs_faiss"] = row["faiss_s"] / row["fastdc_s"]
+    return row
+
+
+def run_kmeans_sweep(ns, ds, ks) -> list:
+    """Record the sweep table; returns the skipped cells (too big for this machine)."""
+    from benchmarks.bench_assign import sweep_cells
+
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    cells, skipped = sweep_cells(ns, ds, ks)
+    for n, d, k in cells:
+        if n < 10 * k:  # fewer than 10 rows a cluster: not a clustering (faiss refuses it)
+            continue
+        record(KMEANS_SWEEP_TABLE, kmeans_sweep_row(n, d, k, faiss),
+               note=f"{SWEEP_NITER} Lloyd iterations (faiss forced to run them all), same initial "
+               "rows, L2-normalised Gaussian rows, 1 timed run after a warm-up; fastdc with its "
+               "defaults (bf16 pass from K=256 where the CPU has it, pruning from N*K=2^23); "
+               "cells with N < 10 K left out; skipped (one assign > 6e10 flop): "
+               + ("; ".join(f"N={n} D={d} K={k}" for n, d, k in skipped) or "none"))
+    return skipped
+
+
+def test_kmeans_sweep_small():
+    if "cpu" not in backends.available("assign"):
+        pytest.skip("cpu backend not available")
+    assert not run_kmeans_sweep((10_000,), (64, 256), (100, 1_000))
+
+
+if __name__ == "__main__":
+    from benchmarks.bench_assign import SWEEP_D, SWEEP_K, SWEEP_N, _Printer
+    from benchmarks.report import print_tables
+
+    run_kmeans_sweep(SWEEP_N, SWEEP_D, SWEEP_K)
+    print_tables(_Printer())
