@@ -49,9 +49,11 @@ constexpr i64 NR_GENERIC = 16;
 // ---------------------------------------------------------------------------------------------
 // Packing
 
-// Packed centroids of one problem: panels [P][D][NR] (P = ceil(K / NR)) and bias [P * NR].
+// Packed centroids of one problem: panels [P][D][NR] (P = ceil(K / NR)) and bias [P * NR];
+// with half_last, the last panel holds at most NR / 2 centroids, packed [D][NR / 2].
 struct PackedCentroids {
     i64 K = 0, D = 0, P = 0;
+    bool half_last = false;
     const float* panels = nullptr;  // float32 [P, D, NR], 64-byte aligned
     const float* bias = nullptr;    // float32 [P * NR]
 };
@@ -182,6 +184,7 @@ struct Path {
     i64 MR, NR;
     TileFn tile, tile2;
     i64 block_bytes;
+    TileFn half, half2;  // the tiles of a half-width last panel (nullptr: the path has none)
 };
 
 // The paths, indexed by Isa. Tile shapes fill the register file: avx2 6 x 16 (12 ymm
@@ -196,10 +199,13 @@ struct Path {
 // the same speed within 2 % when the AVX2 tile was tuned on a Zen 1 VM (92-94 % of its peak).
 constexpr i64 BLOCK_BYTES = 192 * 1024;
 const Path PATHS[] = {
-    {MR_GENERIC, NR_GENERIC, tile_generic<false>, tile_generic<true>, BLOCK_BYTES},
+    {MR_GENERIC, NR_GENERIC, tile_generic<false>, tile_generic<true>, BLOCK_BYTES, nullptr,
+     nullptr},
 #if FASTDC_X86
-    {6, 16, avx2::tile<6, false>, avx2::tile<6, true>, BLOCK_BYTES},
-    {12, 32, avx512::tile<12, false>, avx512::tile<12, true>, BLOCK_BYTES},
+    {6, 16, avx2::tile<6, false>, avx2::tile<6, true>, BLOCK_BYTES, avx2::tile<6, false, 1>,
+     avx2::tile<6, true, 1>},
+    {12, 32, avx512::tile<12, false>, avx512::tile<12, true>, BLOCK_BYTES,
+     avx512::tile<12, false, 1>, avx512::tile<12, true, 1>},
 #endif
 };
 
@@ -277,7 +283,7 @@ void assign_block(const float* x, i64 N, i64 D, const PackedCentroids& pc, bool 
                   i64 rows, const Path& path, Scratch& s, const Outputs& out) {
     const i64 MR = path.MR, NR = path.NR;
     const bool second = out.dist2 != nullptr;
-    const TileFn tile = second ? path.tile2 : path.tile;
+    const TileFn full = second ? path.tile2 : path.tile;
     const i64 slivers = (rows + MR - 1) / MR;
     pack_rows(x, N, D, row0, rows, MR, s.xpack.data(), s.xsq.data());
     for (i64 t = 0; t < slivers * MR * NR; ++t) {
@@ -288,6 +294,8 @@ void assign_block(const float* x, i64 N, i64 D, const PackedCentroids& pc, bool 
     for (i64 p = 0; p < pc.P; ++p) {
         const float* panel = pc.panels + p * D * NR;
         const float* bias = pc.bias + p * NR;
+        const TileFn tile = pc.half_last && p == pc.P - 1 ? (second ? path.half2 : path.half)
+                                                          : full;
         for (i64 sl = 0; sl < slivers; ++sl) {
             const i64 o = sl * MR * NR;
             tile(D, s.xpack.data() + sl * D * MR, panel, bias, static_cast<int>(p * NR),
@@ -562,13 +570,17 @@ i64 assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, 
     const Path& path = PATHS[static_cast<int>(isa)];
     const i64 NR = path.NR;
 
-    // Pack every problem's centroids once: B * P panels of [D][NR] plus biases.
+    // Pack every problem's centroids once: B * P panels of [D][NR] plus biases; a last panel
+    // of at most NR / 2 centroids is packed at half width where the path has a half tile
+    // (K = 100 on AVX-512: 112 lanes computed instead of 128).
     const i64 P = (K + NR - 1) / NR;
+    const bool half_last = path.half != nullptr && K - (P - 1) * NR <= NR / 2;
     AlignedBuffer<float> panels(B * P * D * NR), bias(B * P * NR);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (i64 bp = 0; bp < B * P; ++bp) {
         const i64 b = bp / P, p = bp % P;
-        pack_panel(c + b * K * D, K, D, p, NR, ip, panels.data() + bp * D * NR,
+        const i64 nr = half_last && p == P - 1 ? NR / 2 : NR;
+        pack_panel(c + b * K * D, K, D, p * NR / nr, nr, ip, panels.data() + bp * D * NR,
                    bias.data() + bp * NR);
     }
 
@@ -589,7 +601,7 @@ i64 assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, 
 #pragma omp for schedule(dynamic, 1)
             for (i64 task = 0; task < B * blocks; ++task) {
                 const i64 b = task / blocks, row0 = (task % blocks) * rows;
-                const PackedCentroids pc{K, D, P, panels.data() + b * P * D * NR,
+                const PackedCentroids pc{K, D, P, half_last, panels.data() + b * P * D * NR,
                                          bias.data() + b * P * NR};
                 const Outputs out{dist + b * N, idx + b * N, dist2 ? dist2 + b * N : nullptr};
                 block(s, b, pc, row0, std::min(rows, N - row0), out);

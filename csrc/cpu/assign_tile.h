@@ -6,7 +6,7 @@
 // its struct of simd_vec.h, which holds the vector operations on W floats: F (float vector), I (int32 vector),
 // M (lane mask), load/store (aligned), loadu, loadi/storei, set1, zero, fmadd, add, min, lt
 // (s < m per lane), blend/blendi (take the second argument where the mask is set), iota
-// (j, j+1, ...). No include guard: each inclusion defines tile<MR, SECOND> and
+// (j, j+1, ...). No include guard: each inclusion defines tile<MR, SECOND, NV> and
 // fma_chains<REGS> in the includer's namespace.
 
 // Fold a vector of W scores of centroids j.. into a row's running per-lane (min, argmin) and,
@@ -23,34 +23,36 @@ FASTDC_TILE_TARGET inline void update(typename Vec::F s, typename Vec::I j, floa
     if (SECOND) Vec::store(best2, Vec::blend(lt, Vec::min(Vec::load(best2), s), m));
 }
 
-// One MR x NR (NR = 2 W) tile of scores in 2 MR vector accumulators, then the epilogue;
-// arguments as tile_generic in assign.cpp. Per d: 2 vector loads of b and MR broadcasts of a.
-template <int MR, bool SECOND>
+// One MR x NR tile of scores (NR = NV W: NV = 2 for the full panels, 1 for a half-width last
+// panel) in NV MR vector accumulators, then the epilogue; arguments as tile_generic in
+// assign.cpp. Per d: NV vector loads of b and MR broadcasts of a. Each lane's chain is the same
+// whatever NV, so a centroid scores the same bits in a full or a half panel.
+template <int MR, bool SECOND, int NV = 2>
 FASTDC_TILE_TARGET void tile(i64 D, const float* a, const float* b, const float* bias, int j0,
                              float* best, int* arg, float* best2) {
-    constexpr int W = Vec::W, NR = 2 * W;
-    typename Vec::F acc[MR][2];
+    constexpr int W = Vec::W, NR = NV * W;
+    typename Vec::F acc[MR][NV];
 #pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = Vec::zero();
+    for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = Vec::zero();
     for (i64 d = 0; d < D; ++d) {
-        const typename Vec::F b0 = Vec::load(b), b1 = Vec::load(b + W);
+        typename Vec::F bv[NV];
+        for (int v = 0; v < NV; ++v) bv[v] = Vec::load(b + v * W);
 #pragma GCC unroll 16
         for (int r = 0; r < MR; ++r) {
             const typename Vec::F av = Vec::set1(a[r]);
-            acc[r][0] = Vec::fmadd(av, b0, acc[r][0]);
-            acc[r][1] = Vec::fmadd(av, b1, acc[r][1]);
+            for (int v = 0; v < NV; ++v) acc[r][v] = Vec::fmadd(av, bv[v], acc[r][v]);
         }
         a += MR;
         b += NR;
     }
-    const typename Vec::F bias0 = Vec::loadu(bias), bias1 = Vec::loadu(bias + W);
-    const typename Vec::I j_lo = Vec::iota(j0), j_hi = Vec::iota(j0 + W);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-        const i64 o = r * NR;
-        update<SECOND>(Vec::add(acc[r][0], bias0), j_lo, best + o, arg + o, best2 + o);
-        update<SECOND>(Vec::add(acc[r][1], bias1), j_hi, best + o + W, arg + o + W,
-                       best2 + o + W);
+        const i64 o = r * 2 * W;  // the running minima keep the full panel's width
+        for (int v = 0; v < NV; ++v) {
+            update<SECOND>(Vec::add(acc[r][v], Vec::loadu(bias + v * W)), Vec::iota(j0 + v * W),
+                           best + o + v * W, arg + o + v * W, best2 + o + v * W);
+        }
     }
 }
 
