@@ -37,16 +37,51 @@ from ._common import device_reasons, interpreting, next_pow2, rows_with_ids
 PRECISIONS = ("default", "fp32", "tf32x3", "tf32", "bf16")
 """Accepted ``precision`` values (``default`` = TF32 pass + fp32 re-check of near ties)."""
 
-TF32_TIE_TOL = 2.0**-9
-"""A row is re-checked in fp32 when (runner-up − best score) <= TF32_TIE_TOL·|x|·max|c|.
+BF16_UNIT = 2.0**-8
+"""Unit roundoff of bfloat16 (8 significand bits, round to nearest): |v − bf16(v)| <= 2^-8·|v|."""
 
-Error model: TF32 keeps 10 mantissa bits, so each product x_d·c_d is off by < 2^-10 relative
-(truncation of both operands). Between two candidates the systematic shrink cancels to first
-order; the random part of a score difference (score = |c|² − 2x·c) has a standard deviation of
-about 2^-10·|x|·|c|·sqrt(2/(3D)) for dense rows (≈ 5e-5·|x|·|c| at D = 256), so 2^-9 is ≈ 40σ
-there. Sparse rows with a few dominant dims see larger errors; the GPU benchmark's agreement
-check (>= 99.99% of rows vs float64) is the measurement that validates this constant.
-"""
+TF32_UNIT = 2.0**-10
+"""Relative error bound of fp32 → TF32 (10 stored mantissa bits): 2^-10 covers truncation, the
+worst a converter may do (round-to-nearest would give 2^-11)."""
+
+BOUND_SLACK = 1.0 + 2.0**-10
+"""Factor on the whole bound covering the fp32 roundings of computing the bound itself (|x|,
+|x_l| from fp32 sums of squares, a handful of multiplies: each ≤ 2^-16 relative at D <= 2^8,
+≤ D·2^-24 beyond; the factor leaves a margin of 64 such errors at D = 256)."""
+
+
+def candidate_width(cmax: torch.Tensor, cl_max: torch.Tensor, d: int, unit: float
+                    ) -> torch.Tensor:
+    """Coefficients [B, 3] float32 (A, Bx, C) of each row's candidate width W = A·|x_l| + Bx·|x|
+    + C for the low-precision main pass (proof in docs/DESIGN.md, "Precision").
+
+    cmax: [B] max_j |c_j|; cl_max: [B] max_j |c_j − c_h,j| (c_h the rounded centroids); d the
+    feature dim; unit the operands' relative rounding bound (:data:`BF16_UNIT`, :data:`TF32_UNIT`).
+
+    Bound. Split x = x_h + x_l, c = c_h + c_l (x_h, c_h the rounded operands; x_l, c_l exact in
+    fp32). Then x·c − x_h·c_h = x_l·c + x_h·c_l, so by Cauchy–Schwarz
+    |x·c − x_h·c_h| <= |x_l||c| + |x_h||c_l|. The products x_h,i·c_h,i are exact in fp32 (8 or
+    11 significand bits each); accumulating d of them in fp32, in any order, adds at most
+    γ_d·|x_h||c_h| with γ_d = d·2^-24 / (1 − d·2^-24), and |x_h| <= (1+u)|x|, |c_h| <= (1+u)|c|.
+    The pass scores s̃_j = fl(|c_j|² − 2·acc_j) against the exact s_j = |c_j|² − 2·x·c_j: the
+    fp32 |c_j|² is off by <= γ_d|c_j|² and the subtraction rounds by <= 2^-24·(|c_j|² + 2|acc|).
+    With |c_j| <= cmax every j shares one bound E_r >= |s̃_j − s_j|; an fp32 evaluation s'_j of
+    the same score (any summation order) has |s'_j − s_j| <= E'_r = 2γ_d|x||c| + the same |c|²
+    terms. The arg-min j' of s' (or of s, the case E' = 0) then satisfies
+    s̃_j' <= s'_j' + E_r + E'_r <= s'_i + E_r + E'_r <= s̃_i + W_r for the pass's arg-min i,
+    with W_r = 2·(E_r + E'_r) = A·|x_l| + Bx·|x| + C: every j with s̃_j <= min s̃ + W_r is a
+    candidate, and both the exact and the fp32 arg-min are among them. The inner-product score
+    −x·c has a smaller error (no |c|² term, no factor 2), so the same W covers it.
+    """
+    g = d * 2.0**-24 / (1.0 - d * 2.0**-24)
+    r = 2.0**-24 * (1.0 + g)  # one fp32 rounding of a term bounded through γ_d
+    u1 = (1.0 + unit) ** 2
+    cmax, cl_max = cmax.double(), cl_max.double()
+    a = 2.0 * (2.0 * cmax)  # 2·E: 2·|x_l|·|c_j|
+    bx = 2.0 * (2.0 * g * u1 * cmax + 2.0 * r * u1 * cmax + 2.0 * (1.0 + unit) * cl_max
+                + 2.0 * g * cmax + 2.0 * r * cmax)  # 2·(E + E'): the |x|-proportional terms
+    c = 2.0 * 2.0 * (g + r) * cmax * cmax  # 2·(E + E'): fp32 |c_j|² and its subtraction
+    return (torch.stack([a, bx, c], dim=-1) * BOUND_SLACK).float()
 
 
 # ---------------------------------------------------------------------------------------------
