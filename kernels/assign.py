@@ -84,6 +84,44 @@ def candidate_width(cmax: torch.Tensor, cl_max: torch.Tensor, d: int, unit: floa
     return (torch.stack([a, bx, c], dim=-1) * BOUND_SLACK).float()
 
 
+def round_operand(t: torch.Tensor, dot_mode: str) -> torch.Tensor:
+    """The fp32 value of the main pass's operand: bf16 round-to-nearest (``"bf16"``) or TF32
+    truncation (``"tf32"``, the worst case of :data:`TF32_UNIT`). t float32, any shape."""
+    if dot_mode == "bf16":
+        return t.bfloat16().float()
+    return (t.contiguous().view(torch.int32) & -(1 << 13)).view(torch.float32)
+
+
+def candidates_ref(x: torch.Tensor, c: torch.Tensor, dot_mode: str = "bf16",
+                   chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A CPU simulation of the main pass's rounding and candidate rule, in torch.
+
+    x: [N, D] and c: [K, D] float32. Operands rounded as by :func:`round_operand`, products
+    accumulated in fp32, scores |c|² − 2·acc, width from :func:`candidate_width`. Returns count
+    [N] int64 (candidates: centroids within the width of the best), first [N] int64 (the pass's
+    arg-min, always a candidate) and second [N] int64 (the other candidate where count == 2,
+    else first). The kernel counts against a running minimum, so its count is >= this one.
+    """
+    unit = BF16_UNIT if dot_mode == "bf16" else TF32_UNIT
+    xh, ch = round_operand(x, dot_mode), round_operand(c, dot_mode)
+    csq = (c * c).sum(dim=1)
+    cmax = csq.max().sqrt().reshape(1)
+    cl_max = (c - ch).norm(dim=1).max().reshape(1)
+    a, bx, c0 = candidate_width(cmax, cl_max, x.shape[1], unit)[0].tolist()
+    out = []
+    for r0 in range(0, x.shape[0], chunk):
+        xr, xhr = x[r0:r0 + chunk], xh[r0:r0 + chunk]
+        width = a * (xr - xhr).norm(dim=1) + bx * xr.norm(dim=1) + c0
+        score = csq[None, :] - 2.0 * (xhr @ ch.T)
+        best, first = score.min(dim=1)
+        near = score <= (best + width)[:, None]
+        count = near.sum(dim=1)
+        cols = torch.arange(c.shape[0]).expand_as(score)
+        second = torch.where(count == 2, (near * cols).sum(dim=1) - first, first)
+        out.append((count, first, second))
+    return tuple(torch.cat(t) for t in zip(*out, strict=True))
+
+
 # ---------------------------------------------------------------------------------------------
 # kernel
 # ---------------------------------------------------------------------------------------------
