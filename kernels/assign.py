@@ -169,14 +169,15 @@ def _program_rows(rows_ptr, nrows_ptr, N, K, N_LIST, GATHER: tl.constexpr,
 
 
 @triton.jit
-def _fold_tile(acc, pad_b, k0, kk, best, best_i, cand, width, IS_L2: tl.constexpr,
+def _fold_tile(acc, pad_b, k0, kk, best, best_i, cnt, isum, width, IS_L2: tl.constexpr,
                COUNT: tl.constexpr):
     """Fold the products acc [BLOCK_N, BLOCK_K] of the centroid tile starting at k0 into the
     rows' running best score and its index and (COUNT) their packed candidate count.
 
     pad_b holds |c|² (L2) or 0 (inner product) per centroid and +inf past K, so one FMA makes
     every score and padded columns never win. COUNT: each centroid within ``width`` of the
-    running best adds 2^32 + its index to ``cand``; the count restarts when the best drops by
+    running best adds 1 to ``cnt`` and its index to ``isum`` (int32: the sum is only read when
+    it holds at most two indices); the count restarts when the best drops by
     more than ``width``, and otherwise may keep a few that fell out of reach (an over-count,
     which only sends more rows to a re-check)."""
     cols = k0 + kk
@@ -190,13 +191,15 @@ def _fold_tile(acc, pad_b, k0, kk, best, best_i, cand, width, IS_L2: tl.constexp
     )
     if COUNT:
         limit = tl.minimum(best, t_best) + width
-        key = tl.where(score <= limit[:, None], cols[None, :].to(tl.int64) + (1 << 32), 0)
+        near = score <= limit[:, None]
         # earlier candidates scored >= best: all out of reach when the new limit is below it
-        cand = tl.where(limit < best, 0, cand) + tl.sum(key, axis=1)
+        restart = limit < best
+        cnt = tl.where(restart, 0, cnt) + tl.sum(near.to(tl.int32), axis=1)
+        isum = tl.where(restart, 0, isum) + tl.sum(tl.where(near, cols, 0), axis=1)
     take = t_best < best  # strict: an equal score in a later tile keeps the smaller index
     best_i = tl.where(take, k0 + t_arg.to(tl.int64), best_i)
     best = tl.where(take, t_best, best)
-    return best, best_i, cand
+    return best, best_i, cnt, isum
 
 
 @triton.jit
@@ -261,7 +264,8 @@ def _assign_kernel(
 
     best = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
     best_i = tl.zeros([BLOCK_N], dtype=tl.int64)
-    cand = tl.zeros([BLOCK_N], dtype=tl.int64)
+    cnt = tl.zeros([BLOCK_N], dtype=tl.int32)
+    isum = tl.zeros([BLOCK_N], dtype=tl.int32)
     kk = tl.arange(0, BLOCK_K)
     for k0 in range(0, k_end, BLOCK_K):
         col_ok = (k0 + kk) < K
@@ -279,13 +283,13 @@ def _assign_kernel(
                 ct = tl.load(c_rows + d0 + dd[None, :], mask=col_ok[:, None] & d_ok[None, :],
                              other=0.0)
                 acc = _dot(xt, tl.trans(ct), acc, DOT_MODE, UPCAST_BF16)
-        best, best_i, cand = _fold_tile(acc, pad_ptr + b * KP, k0, kk, best, best_i, cand,
-                                        width, IS_L2, COUNT)
+        best, best_i, cnt, isum = _fold_tile(acc, pad_ptr + b * KP, k0, kk, best, best_i, cnt,
+                                             isum, width, IS_L2, COUNT)
     out = b * N + rows
     tl.store(dist_ptr + out, tl.maximum(x_sq + best, 0.0) if IS_L2 else -best, mask=row_ok)
     tl.store(idx_ptr + out, best_i, mask=row_ok)
     if COUNT:
-        tl.store(cand_ptr + out, cand, mask=row_ok)
+        tl.store(cand_ptr + out, (cnt.to(tl.int64) << 32) + isum.to(tl.int64), mask=row_ok)
 
 
 @triton.jit
@@ -351,18 +355,19 @@ def assign_configs() -> list[triton.Config]:
     BLOCK_D = 0 means "all of D": the x tile is loaded once per program and kept in shared
     memory while centroid tiles stream past. Otherwise D is streamed in BLOCK_D chunks. The
     list keeps only tiles that compiled for sm_90 (Triton 3.8, D = 256, fp32 inputs, the
-    default mode's TF32 main pass) with no stack frame (no spills) and <= 227 KB of shared
-    memory (tests/test_triton_backend.py checks this); tiles that spilled there (128×32 and
-    128×128×64 with 8 warps, 64×128 with 4) are left out. Which one wins is the autotuner's
-    measurement on the GPU, cached on disk per (N, D, K, metric, mode, tie tracking, gather).
+    default mode's bf16 main pass and the one-pass TF32 mode) with no stack frame (no spills)
+    and <= 227 KB of shared memory (tests/test_triton_backend.py checks this); tiles that
+    spilled there (128×32 and 128×128×64 with 8 warps, 64×128 with 4) are left out. Which one
+    wins is the autotuner's measurement on the GPU, cached on disk per (N, D, K, metric, mode,
+    candidate counting, gather); ``python benchmarks/bench_gpu.py --estimate`` models each.
     Interpreter: one 32×32 tile (the CPU runs one program at a time).
     """
     if interpreting():
         return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 0}, num_warps=4,
                               num_stages=1)]
     tiles = [  # (BLOCK_N, BLOCK_K, BLOCK_D, warps, stages)
-        (128, 64, 0, 8, 1), (64, 64, 0, 4, 2), (64, 32, 0, 4, 3), (128, 64, 64, 8, 3),
-        (128, 128, 32, 8, 4),
+        (128, 64, 0, 8, 1), (128, 64, 0, 8, 2), (64, 64, 0, 4, 2), (64, 32, 0, 4, 3),
+        (128, 64, 64, 8, 3), (128, 128, 32, 8, 4),
     ]
     return [
         triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd}, num_warps=w, num_stages=s)
@@ -371,16 +376,21 @@ def assign_configs() -> list[triton.Config]:
 
 
 def _prune_assign_configs(configs, named_args, **kwargs):
-    """Drop chunked candidates when one chunk covers D, tiles far larger than N or K, and, for
-    the fp32 CUDA-core product, every tile but 64×32 (the others spill 0.4-15 KB per thread on
-    sm_90 at D = 256)."""
+    """Drop chunked candidates when one chunk covers D, tiles far larger than N or K, the
+    2-stage 128×64 resident tile unless the operands are 16-bit (COUNT's bf16 pass or half
+    inputs), and, for the fp32 CUDA-core product, every tile but 64×32 (the others spill
+    0.4-15 KB per thread on sm_90 at D = 256)."""
     n, k, d = named_args["N"], named_args["K"], kwargs.get("D", named_args.get("D"))
     full = assign_block_d(d)
+    x = named_args.get("x_ptr")
+    half = kwargs.get("COUNT") or (x is not None and x.element_size() == 2)
     kept = []
     for c in configs:
         bn, bk, bd = c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_D"]
         if kwargs.get("DOT_MODE") == "ieee" and (bn, bk) != (64, 32):
             continue
+        if not half and (bn, bk, bd, c.num_stages) == (128, 64, 0, 2):
+            continue  # 128 KB of 16-bit tiles; 256 KB in fp32, over the limit
         if full and bd >= full:
             continue  # a chunk covering D is the resident variant (BLOCK_D = 0) again
         if bk > max(32, next_pow2(k)) or bn > max(32, next_pow2(n)):
