@@ -8,8 +8,10 @@ DeepCluster's shape (N = 1 281 167, D = 256, K = 10 000), side by side with the 
 reference in fp32 with TF32 off (the faiss-gpu stand-in: an SGEMM tile then an argmin pass),
 a TF32 ``torch.mm`` of the same shape, and flash-kmeans / fastkmeans when importable. Writes
 ``benchmarks/results/gpu_<device>_<date>.json`` and prints a table. Without CUDA it says so and
-exits with status 2. ``--quick`` shrinks every size (a smoke run). The helpers above ``main``
-need no GPU, so tests can import this file.
+exits with status 2. ``--quick`` shrinks every size (a smoke run). ``--estimate`` needs no GPU:
+it compiles the assign kernels for sm_90 and prints their resources and a modelled H100 time
+per Lloyd iteration (benchmarks/gpu_estimate.py, assumptions printed). The helpers above
+``main`` need no GPU, so tests can import this file.
 """
 
 from __future__ import annotations
@@ -337,11 +339,31 @@ def run(quick: bool = False) -> dict:
     }
 
 
+def _estimate(path: Path) -> int:
+    """``--estimate``: the sm_90 compilations and the H100 model of benchmarks/gpu_estimate.py."""
+    ensure_fastdc_importable()
+    from benchmarks.gpu_estimate import estimate, print_estimate
+
+    result = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "versions": versions(),
+              **estimate()}
+    print_estimate(result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    print(f"written to {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="no GPU needed: compile the assign kernels for sm_90, print their "
+                        "resources and a modelled H100 time per Lloyd iteration, write "
+                        "results/gpu_estimate_h100_model.json")
     args = parser.parse_args(argv)
+    if args.estimate:
+        return _estimate(args.out or RESULTS / "gpu_estimate_h100_model.json")
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device is available; GPU figures can only be taken on a GPU. "
               "Nothing was measured.", file=sys.stderr)
