@@ -61,3 +61,15 @@ def test_bench_gpu_cpu_side_helpers():
     assert set(bench.versions()) >= {"torch", "triton"}
     if not torch.cuda.is_available():
         assert bench.main([]) == 2  # a clear message and a non-zero exit, no crash
+
+
+def test_gpu_run_also_runs_the_gpu_tests_and_the_trainer(tmp_path):
+    from benchmarks.bench_gpu import smoke_commands
+
+    one = smoke_commands(tmp_path, gpus=1)
+    assert one[0][1:3] == ["-m", "pytest"] and one[0][4:6] == ["-m", "gpu"]
+    trainer = [c for c in one if "fastdc.train" in c]
+    assert len(trainer) == 2 and sum("--amp" in c for c in trainer) == 1
+    assert all(c[c.index("--device") + 1] == "cuda" for c in trainer)
+    two = smoke_commands(tmp_path, gpus=2)
+    assert len(two) == 4 and "--nproc_per_node" in two[-1]
