@@ -289,7 +289,10 @@ def _assign_kernel(
     tl.store(dist_ptr + out, tl.maximum(x_sq + best, 0.0) if IS_L2 else -best, mask=row_ok)
     tl.store(idx_ptr + out, best_i, mask=row_ok)
     if COUNT:
-        tl.store(cand_ptr + out, (cnt.to(tl.int64) << 32) + isum.to(tl.int64), mask=row_ok)
+        # the low word as unsigned: a wrapped index sum (only with > 2 candidates) cannot
+        # borrow from the count
+        packed = (cnt.to(tl.int64) << 32) | (isum.to(tl.int64) & 0xFFFFFFFF)
+        tl.store(cand_ptr + out, packed, mask=row_ok)
 
 
 @triton.jit
