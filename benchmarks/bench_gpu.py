@@ -8,8 +8,12 @@ DeepCluster's shape (N = 1 281 167, D = 256, K = 10 000), side by side with the 
 reference in fp32 with TF32 off (the faiss-gpu stand-in: an SGEMM tile then an argmin pass),
 a TF32 ``torch.mm`` of the same shape, and flash-kmeans / fastkmeans when importable. Writes
 ``benchmarks/results/gpu_<device>_<date>.json`` and prints a table. Without CUDA it says so and
-exits with status 2. ``--quick`` shrinks every size (a smoke run). The helpers above ``main``
-need no GPU, so tests can import this file.
+exits with status 2. After the timings it runs ``pytest -m gpu`` and short trainer runs on the
+device (fp32, ``--amp``, and two processes under torchrun with two GPUs), recorded under
+"smoke". ``--quick`` shrinks every size (a smoke run). ``--estimate`` needs no GPU:
+it compiles the assign kernels for sm_90 and prints their resources and a modelled H100 time
+per Lloyd iteration (benchmarks/gpu_estimate.py, assumptions printed). The helpers above
+``main`` need no GPU, so tests can import this file.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import platform
 import re
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -292,6 +297,35 @@ def _time_batched(xb, cb, rows: list[dict], summary: dict) -> None:
         summary[f"batched_speedup_{b}"] = many / one
 
 
+def smoke_commands(out_dir: Path, gpus: int) -> list[list[str]]:
+    """The GPU test suite and short trainer runs on the device (with and without bf16
+    autocast, and two processes under torchrun when two GPUs are present)."""
+    train = ["-m", "fastdc.train", "--device", "cuda", "--epochs", "1", "--subset", "1000",
+             "--k", "10"]
+    cmds = [[sys.executable, "-m", "pytest", "-q", "-m", "gpu", str(ROOT / "tests")],
+            [sys.executable, *train, "--out", str(out_dir / "fp32")],
+            [sys.executable, *train, "--amp", "--out", str(out_dir / "amp")]]
+    if gpus >= 2:
+        cmds.append([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                     *train[1:], "--out", str(out_dir / "ddp")])
+    return cmds
+
+
+def smoke_runs(out_dir: Path) -> list[dict]:
+    """Run :func:`smoke_commands` one after the other; exit status, seconds, output's tail."""
+    import subprocess
+
+    runs = []
+    for cmd in smoke_commands(out_dir, torch.cuda.device_count()):
+        timing = measure(lambda cmd=cmd: subprocess.run(cmd, cwd=ROOT, capture_output=True,
+                                                        text=True, timeout=3600),
+                         rounds=1, warmup=0)
+        proc = timing.result
+        runs.append({"command": " ".join(cmd[1:]), "returncode": proc.returncode,
+                     "seconds": timing.best, "tail": (proc.stdout + proc.stderr)[-2000:]})
+    return runs
+
+
 def run(quick: bool = False) -> dict:
     """All timings on the current CUDA device; returns the JSON-ready result."""
     ensure_fastdc_importable()
@@ -334,14 +368,35 @@ def run(quick: bool = False) -> dict:
         "targets": TARGETS,
         "backends": {op: available(op) for op in
                      ("assign", "cluster_sums", "resplit_empty", "sobel")},
+        "smoke": smoke_runs(Path(tempfile.mkdtemp(prefix="fastdc_gpu_"))),
     }
+
+
+def _estimate(path: Path) -> int:
+    """``--estimate``: the sm_90 compilations and the H100 model of benchmarks/gpu_estimate.py."""
+    ensure_fastdc_importable()
+    from benchmarks.gpu_estimate import estimate, print_estimate
+
+    result = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "versions": versions(),
+              **estimate()}
+    print_estimate(result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    print(f"written to {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="no GPU needed: compile the assign kernels for sm_90, print their "
+                        "resources and a modelled H100 time per Lloyd iteration, write "
+                        "results/gpu_estimate_h100_model.json")
     args = parser.parse_args(argv)
+    if args.estimate:
+        return _estimate(args.out or RESULTS / "gpu_estimate_h100_model.json")
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device is available; GPU figures can only be taken on a GPU. "
               "Nothing was measured.", file=sys.stderr)
@@ -360,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     for c in bad:
         print(f"  FAILED {c['op']} [{c['backend']}]: {c.get('error', c['value'])}")
     print(format_table(result["rows"]))
+    for r in result["smoke"]:
+        print(f"{'ok' if r['returncode'] == 0 else 'FAILED':6} {r['seconds']:7.1f} s  "
+              f"{r['command']}")
     print(f"written to {path}")
     return 0
 

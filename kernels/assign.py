@@ -2,15 +2,16 @@
 
 Each program owns BLOCK_N rows of one problem; centroid tiles of BLOCK_K rows stream past
 while the running (min, argmin) of every row stays in registers. Only ``dist`` and ``idx``
-(and, in the default precision, a one-byte "near tie" flag) are written.
+(and, in the default precision, an 8-byte packed candidate count) are written.
 
 Precision modes (``precision=``):
 
-- ``"default"``: a TF32 tensor-core pass that also tracks each row's runner-up score; rows whose
-  best and runner-up scores are closer than the TF32 error bound (:data:`TF32_TIE_TOL`) are
-  re-done in exact fp32 (compacted on the device, no host sync), and every row's distance is
-  recomputed in fp32 against its chosen centroid. Matches float64 brute force except on true
-  near ties; distances within ~1e-6 relative.
+- ``"default"``: a bf16 tensor-core pass (centroids rounded once per call, x once per tile,
+  fp32 accumulation) that counts, per row, the centroids within the proven rounding bound of
+  the best (:func:`candidate_width`); every row is re-scored in fp32 on its one or two
+  candidates, and rows with more go through the full fp32 pass (compacted on the device, no
+  host sync). The candidates always hold the fp32 and the exact arg-min, so indices equal fp32
+  brute force's (up to fp32 near ties); distances are fp32.
 - ``"fp32"``: one pass, fp32 products on CUDA cores (``input_precision="ieee"``): exact but
   about 8× slower than TF32 on an H100.
 - ``"tf32x3"``: one pass, three TF32 products per fp32 product (error ≈ fp32).
@@ -35,18 +36,91 @@ from fastdc.ops.registry import register
 from ._common import device_reasons, interpreting, next_pow2, rows_with_ids
 
 PRECISIONS = ("default", "fp32", "tf32x3", "tf32", "bf16")
-"""Accepted ``precision`` values (``default`` = TF32 pass + fp32 re-check of near ties)."""
+"""Accepted ``precision`` values (``default`` = bf16 pass + fp32 re-check of its candidates)."""
 
-TF32_TIE_TOL = 2.0**-9
-"""A row is re-checked in fp32 when (runner-up − best score) <= TF32_TIE_TOL·|x|·max|c|.
+BF16_UNIT = 2.0**-8
+"""Unit roundoff of bfloat16 (8 significand bits, round to nearest): |v − bf16(v)| <= 2^-8·|v|."""
 
-Error model: TF32 keeps 10 mantissa bits, so each product x_d·c_d is off by < 2^-10 relative
-(truncation of both operands). Between two candidates the systematic shrink cancels to first
-order; the random part of a score difference (score = |c|² − 2x·c) has a standard deviation of
-about 2^-10·|x|·|c|·sqrt(2/(3D)) for dense rows (≈ 5e-5·|x|·|c| at D = 256), so 2^-9 is ≈ 40σ
-there. Sparse rows with a few dominant dims see larger errors; the GPU benchmark's agreement
-check (>= 99.99% of rows vs float64) is the measurement that validates this constant.
-"""
+TF32_UNIT = 2.0**-10
+"""Relative error bound of fp32 → TF32 (10 stored mantissa bits): 2^-10 covers truncation, the
+worst a converter may do (round-to-nearest would give 2^-11)."""
+
+BOUND_SLACK = 1.0 + 2.0**-10
+"""Factor on the whole bound covering the fp32 roundings of computing the bound itself (|x|,
+|x_l| from fp32 sums of squares, a handful of multiplies: each ≤ 2^-16 relative at D <= 2^8,
+≤ D·2^-24 beyond; the factor leaves a margin of 64 such errors at D = 256)."""
+
+
+def candidate_width(cmax: torch.Tensor, cl_max: torch.Tensor, d: int, unit: float
+                    ) -> torch.Tensor:
+    """Coefficients [B, 3] float32 (A, Bx, C) of each row's candidate width W = A·|x_l| + Bx·|x|
+    + C for the low-precision main pass (proof in docs/DESIGN.md, "Precision").
+
+    cmax: [B] max_j |c_j|; cl_max: [B] max_j |c_j − c_h,j| (c_h the rounded centroids); d the
+    feature dim; unit the operands' relative rounding bound (:data:`BF16_UNIT`, :data:`TF32_UNIT`).
+
+    Bound. Split x = x_h + x_l, c = c_h + c_l (x_h, c_h the rounded operands; x_l, c_l exact in
+    fp32). Then x·c − x_h·c_h = x_l·c + x_h·c_l, so by Cauchy–Schwarz
+    |x·c − x_h·c_h| <= |x_l||c| + |x_h||c_l|. The products x_h,i·c_h,i are exact in fp32 (8 or
+    11 significand bits each); accumulating d of them in fp32, in any order, adds at most
+    γ_d·|x_h||c_h| with γ_d = d·2^-24 / (1 − d·2^-24), and |x_h| <= (1+u)|x|, |c_h| <= (1+u)|c|.
+    The pass scores s̃_j = fl(|c_j|² − 2·acc_j) against the exact s_j = |c_j|² − 2·x·c_j: the
+    fp32 |c_j|² is off by <= γ_d|c_j|² and the subtraction rounds by <= 2^-24·(|c_j|² + 2|acc|).
+    With |c_j| <= cmax every j shares one bound E_r >= |s̃_j − s_j|; an fp32 evaluation s'_j of
+    the same score (any summation order) has |s'_j − s_j| <= E'_r = 2γ_d|x||c| + the same |c|²
+    terms. The arg-min j' of s' (or of s, the case E' = 0) then satisfies
+    s̃_j' <= s'_j' + E_r + E'_r <= s'_i + E_r + E'_r <= s̃_i + W_r for the pass's arg-min i,
+    with W_r = 2·(E_r + E'_r) = A·|x_l| + Bx·|x| + C: every j with s̃_j <= min s̃ + W_r is a
+    candidate, and both the exact and the fp32 arg-min are among them. The inner-product score
+    −x·c has a smaller error (no |c|² term, no factor 2), so the same W covers it.
+    """
+    g = d * 2.0**-24 / (1.0 - d * 2.0**-24)
+    r = 2.0**-24 * (1.0 + g)  # one fp32 rounding of a term bounded through γ_d
+    u1 = (1.0 + unit) ** 2
+    cmax, cl_max = cmax.double(), cl_max.double()
+    a = 2.0 * (2.0 * cmax)  # 2·E: 2·|x_l|·|c_j|
+    bx = 2.0 * (2.0 * g * u1 * cmax + 2.0 * r * u1 * cmax + 2.0 * (1.0 + unit) * cl_max
+                + 2.0 * g * cmax + 2.0 * r * cmax)  # 2·(E + E'): the |x|-proportional terms
+    c = 2.0 * 2.0 * (g + r) * cmax * cmax  # 2·(E + E'): fp32 |c_j|² and its subtraction
+    return (torch.stack([a, bx, c], dim=-1) * BOUND_SLACK).float()
+
+
+def round_operand(t: torch.Tensor, dot_mode: str) -> torch.Tensor:
+    """The fp32 value of the main pass's operand: bf16 round-to-nearest (``"bf16"``) or TF32
+    truncation (``"tf32"``, the worst case of :data:`TF32_UNIT`). t float32, any shape."""
+    if dot_mode == "bf16":
+        return t.bfloat16().float()
+    return (t.contiguous().view(torch.int32) & -(1 << 13)).view(torch.float32)
+
+
+def candidates_ref(x: torch.Tensor, c: torch.Tensor, dot_mode: str = "bf16",
+                   chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A CPU simulation of the main pass's rounding and candidate rule, in torch.
+
+    x: [N, D] and c: [K, D] float32. Operands rounded as by :func:`round_operand`, products
+    accumulated in fp32, scores |c|² − 2·acc, width from :func:`candidate_width`. Returns count
+    [N] int64 (candidates: centroids within the width of the best), first [N] int64 (the pass's
+    arg-min, always a candidate) and second [N] int64 (the other candidate where count == 2,
+    else first). The kernel counts against a running minimum, so its count is >= this one.
+    """
+    unit = BF16_UNIT if dot_mode == "bf16" else TF32_UNIT
+    xh, ch = round_operand(x, dot_mode), round_operand(c, dot_mode)
+    csq = (c * c).sum(dim=1)
+    cmax = csq.max().sqrt().reshape(1)
+    cl_max = (c - ch).norm(dim=1).max().reshape(1)
+    a, bx, c0 = candidate_width(cmax, cl_max, x.shape[1], unit)[0].tolist()
+    out = []
+    for r0 in range(0, x.shape[0], chunk):
+        xr, xhr = x[r0:r0 + chunk], xh[r0:r0 + chunk]
+        width = a * (xr - xhr).norm(dim=1) + bx * xr.norm(dim=1) + c0
+        score = csq[None, :] - 2.0 * (xhr @ ch.T)
+        best, first = score.min(dim=1)
+        near = score <= (best + width)[:, None]
+        count = near.sum(dim=1)
+        cols = torch.arange(c.shape[0]).expand_as(score)
+        second = torch.where(count == 2, (near * cols).sum(dim=1) - first, first)
+        out.append((count, first, second))
+    return tuple(torch.cat(t) for t in zip(*out, strict=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,67 +169,73 @@ def _program_rows(rows_ptr, nrows_ptr, N, K, N_LIST, GATHER: tl.constexpr,
 
 
 @triton.jit
-def _fold_tile(acc, csq_b, K, k0, kk, best, second, best_i, IS_L2: tl.constexpr,
-               TRACK_TIES: tl.constexpr):
+def _fold_tile(acc, pad_b, k0, kk, best, best_i, cnt, isum, width, IS_L2: tl.constexpr,
+               COUNT: tl.constexpr):
     """Fold the products acc [BLOCK_N, BLOCK_K] of the centroid tile starting at k0 into the
-    rows' running best score, its index and (TRACK_TIES) the runner-up score."""
+    rows' running best score and its index and (COUNT) their packed candidate count.
+
+    pad_b holds |c|² (L2) or 0 (inner product) per centroid and +inf past K, so one FMA makes
+    every score and padded columns never win. COUNT: each centroid within ``width`` of the
+    running best adds 1 to ``cnt`` and its index to ``isum`` (int32: the sum is only read when
+    it holds at most two indices); the count restarts when the best drops by
+    more than ``width``, and otherwise may keep a few that fell out of reach (an over-count,
+    which only sends more rows to a re-check)."""
     cols = k0 + kk
-    col_ok = cols < K
+    pad = tl.load(pad_b + cols)
     if IS_L2:  # same form as the reference's addmm: |c|² + (-2)·x·c
-        c_sq = tl.load(csq_b + cols, mask=col_ok, other=0.0)
-        score = c_sq[None, :] - 2.0 * acc
+        score = pad[None, :] - 2.0 * acc
     else:  # largest inner product = smallest negated one
-        score = -acc
-    score = tl.where(col_ok[None, :], score, float("inf"))
+        score = pad[None, :] - acc
     t_best, t_arg = tl.min(
         score, axis=1, return_indices=True, return_indices_tie_break_left=True
     )
-    if TRACK_TIES:
-        is_arg = kk[None, :] == t_arg[:, None]
-        t_second = tl.min(tl.where(is_arg, float("inf"), score), axis=1)
-        second = tl.minimum(tl.minimum(second, t_second), tl.maximum(best, t_best))
+    if COUNT:
+        limit = tl.minimum(best, t_best) + width
+        near = score <= limit[:, None]
+        # earlier candidates scored >= best: all out of reach when the new limit is below it
+        restart = limit < best
+        cnt = tl.where(restart, 0, cnt) + tl.sum(near.to(tl.int32), axis=1)
+        isum = tl.where(restart, 0, isum) + tl.sum(tl.where(near, cols, 0), axis=1)
     take = t_best < best  # strict: an equal score in a later tile keeps the smaller index
     best_i = tl.where(take, k0 + t_arg.to(tl.int64), best_i)
     best = tl.where(take, t_best, best)
-    return best, second, best_i
+    return best, best_i, cnt, isum
 
 
 @triton.jit
-def _store_rows(dist_ptr, idx_ptr, tie_ptr, cmax_ptr, b, N, rows, row_ok, x_sq, best, second,
-                best_i, tie_tol, IS_L2: tl.constexpr, TRACK_TIES: tl.constexpr):
-    """Write the rows' distance (or inner product), index and (TRACK_TIES) near-tie flag."""
-    if IS_L2:
-        dist = tl.maximum(x_sq + best, 0.0)
-    else:
-        dist = -best
-    out = b * N + rows
-    tl.store(dist_ptr + out, dist, mask=row_ok)
-    tl.store(idx_ptr + out, best_i, mask=row_ok)
-    if TRACK_TIES:
-        c_max = tl.load(cmax_ptr + b)
-        near = (second - best) <= tie_tol * tl.sqrt(x_sq) * c_max
-        tl.store(tie_ptr + out, near.to(tl.int8), mask=row_ok)
+def _row_norms(x_rows, row_ok, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """|x|² and |x − bf16(x)|² of the rows (fp32 [BLOCK_N] each), D streamed in BLOCK_D."""
+    dd = tl.arange(0, BLOCK_D)
+    x_sq = tl.zeros([BLOCK_N], dtype=tl.float32)
+    xl_sq = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        m = row_ok[:, None] & ((d0 + dd) < D)[None, :]
+        xf = tl.load(x_rows + d0 + dd[None, :], mask=m, other=0.0).to(tl.float32)
+        xl = xf - xf.to(tl.bfloat16).to(tl.float32)  # exact in fp32
+        x_sq += tl.sum(xf * xf, axis=1)
+        xl_sq += tl.sum(xl * xl, axis=1)
+    return x_sq, xl_sq
 
 
 @triton.jit
 def _assign_kernel(
     x_ptr,  # [B, N, D] float32/float16/bfloat16, contiguous: the rows to assign
-    c_ptr,  # [B, K, D] same dtype, contiguous: the centroids
-    csq_ptr,  # [B, K] float32: |c|² per centroid (read only when IS_L2)
-    cmax_ptr,  # [B] float32: max_k |c_k| per problem (read only when TRACK_TIES)
+    c_ptr,  # [B, K, D] contiguous: the centroids (bfloat16 for the COUNT pass, else x's dtype)
+    pad_ptr,  # [B, KP] float32: |c|² (L2) or 0 (inner product), +inf for k >= K
+    coef_ptr,  # [B, 3] float32: candidate width coefficients (read only when COUNT)
     rows_ptr,  # [B, N_LIST] int32: row list per problem (read only when GATHER)
     nrows_ptr,  # [B] int64: number of valid entries in each row list (read only when GATHER)
     dist_ptr,  # [B, N] float32 out: squared L2 distance (>= 0) or the best inner product
     idx_ptr,  # [B, N] int64 out: index of the best centroid (ties: the smallest)
-    tie_ptr,  # [B, N] int8 out: 1 where the best/runner-up gap is within tie_tol (TRACK_TIES)
+    cand_ptr,  # [B, N] int64 out (COUNT): candidates·2^32 + the sum of their indices
     N,  # rows per problem
     K,  # centroids per problem
+    KP,  # row stride of pad_ptr (K rounded up to PAD_K)
     N_LIST,  # row-list stride (GATHER)
-    tie_tol,  # float32: relative near-tie tolerance (TRACK_TIES)
     D: tl.constexpr,  # feature dim (specialised: one compile per D)
     IS_L2: tl.constexpr,  # True: smallest squared L2 distance; False: largest inner product
     DOT_MODE: tl.constexpr,  # "ieee" | "tf32" | "tf32x3" | "bf16"
-    TRACK_TIES: tl.constexpr,  # also track the runner-up score and write tie flags
+    COUNT: tl.constexpr,  # the bf16 main pass: count candidates within the proven bound
     GATHER: tl.constexpr,  # rows come from rows_ptr (the fp32 re-check of flagged rows)
     UPCAST_BF16: tl.constexpr,  # interpreter only: multiply bf16 tiles in fp32 (see _dot)
     BLOCK_N: tl.constexpr,  # rows per program
@@ -166,80 +246,98 @@ def _assign_kernel(
     x_rows = x_ptr + b * N * D + rows[:, None] * D  # [BLOCK_N, 1] row starts (int64)
     c_base = c_ptr + b * K * D
     dd = tl.arange(0, BLOCK_D)
-
-    # |x|² in fp32 (and the resident x tile when one chunk covers D)
-    if BLOCK_D >= D:
+    if BLOCK_D >= D:  # the resident x tile, rounded once when the pass is bf16
         x_tile = tl.load(x_rows + dd[None, :], mask=row_ok[:, None] & (dd[None, :] < D), other=0.0)
         xf = x_tile.to(tl.float32)
+        xl = xf - xf.to(tl.bfloat16).to(tl.float32)  # exact in fp32
         x_sq = tl.sum(xf * xf, axis=1)
+        xl_sq = tl.sum(xl * xl, axis=1)
+        if COUNT and not UPCAST_BF16:
+            x_tile = x_tile.to(tl.bfloat16)
     else:
-        x_sq = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            d_ok = (d0 + dd) < D
-            xf = tl.load(
-                x_rows + d0 + dd[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0
-            ).to(tl.float32)
-            x_sq += tl.sum(xf * xf, axis=1)
+        x_sq, xl_sq = _row_norms(x_rows, row_ok, D, BLOCK_N, BLOCK_D)
+    width = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if COUNT:
+        coef = coef_ptr + b * 3
+        width = (tl.load(coef) * tl.sqrt(xl_sq) + tl.load(coef + 1) * tl.sqrt(x_sq)
+                 + tl.load(coef + 2))
 
     best = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
-    second = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
     best_i = tl.zeros([BLOCK_N], dtype=tl.int64)
+    cnt = tl.zeros([BLOCK_N], dtype=tl.int32)
+    isum = tl.zeros([BLOCK_N], dtype=tl.int32)
     kk = tl.arange(0, BLOCK_K)
     for k0 in range(0, k_end, BLOCK_K):
-        cols = k0 + kk
-        col_ok = cols < K
-        c_rows = c_base + cols[:, None].to(tl.int64) * D  # [BLOCK_K, 1]
+        col_ok = (k0 + kk) < K
+        c_rows = c_base + (k0 + kk)[:, None].to(tl.int64) * D  # [BLOCK_K, 1]
         acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         if BLOCK_D >= D:
-            c_ok = col_ok[:, None] & (dd[None, :] < D)
-            c_tile = tl.load(c_rows + dd[None, :], mask=c_ok, other=0.0)
+            c_tile = tl.load(c_rows + dd[None, :], mask=col_ok[:, None] & (dd[None, :] < D),
+                             other=0.0)
             acc = _dot(x_tile, tl.trans(c_tile), acc, DOT_MODE, UPCAST_BF16)
         else:
             for d0 in range(0, D, BLOCK_D):
                 d_ok = (d0 + dd) < D
-                x_ok = row_ok[:, None] & d_ok[None, :]
-                c_ok = col_ok[:, None] & d_ok[None, :]
-                xt = tl.load(x_rows + d0 + dd[None, :], mask=x_ok, other=0.0)
-                ct = tl.load(c_rows + d0 + dd[None, :], mask=c_ok, other=0.0)
+                xt = tl.load(x_rows + d0 + dd[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                             other=0.0)
+                ct = tl.load(c_rows + d0 + dd[None, :], mask=col_ok[:, None] & d_ok[None, :],
+                             other=0.0)
                 acc = _dot(xt, tl.trans(ct), acc, DOT_MODE, UPCAST_BF16)
-        best, second, best_i = _fold_tile(acc, csq_ptr + b * K, K, k0, kk, best, second, best_i,
-                                          IS_L2, TRACK_TIES)
-    _store_rows(dist_ptr, idx_ptr, tie_ptr, cmax_ptr, b, N, rows, row_ok, x_sq, best, second,
-                best_i, tie_tol, IS_L2, TRACK_TIES)
+        best, best_i, cnt, isum = _fold_tile(acc, pad_ptr + b * KP, k0, kk, best, best_i, cnt,
+                                             isum, width, IS_L2, COUNT)
+    out = b * N + rows
+    tl.store(dist_ptr + out, tl.maximum(x_sq + best, 0.0) if IS_L2 else -best, mask=row_ok)
+    tl.store(idx_ptr + out, best_i, mask=row_ok)
+    if COUNT:
+        # the low word as unsigned: a wrapped index sum (only with > 2 candidates) cannot
+        # borrow from the count
+        packed = (cnt.to(tl.int64) << 32) | (isum.to(tl.int64) & 0xFFFFFFFF)
+        tl.store(cand_ptr + out, packed, mask=row_ok)
 
 
 @triton.jit
-def _exact_dist_kernel(
-    x_ptr,  # [B, N, D] float: the rows
-    c_ptr,  # [B, K, D] float: the centroids
-    csq_ptr,  # [B, K] float32: |c|² (IS_L2)
-    idx_ptr,  # [B, N] int64: chosen centroid per row
+def _rescore_kernel(
+    x_ptr,  # [B, N, D] float32: the rows
+    c_ptr,  # [B, K, D] float32: the centroids
+    pad_ptr,  # [B, KP] float32: |c|² (L2) or 0 (inner product)
+    second_ptr,  # [B, N] int64: the other candidate per row (= idx where there is none)
+    idx_ptr,  # [B, N] int64 in/out: the main pass's arg-min, then the fp32 choice
     dist_ptr,  # [B, N] float32 out: fp32 distance / inner product to the chosen centroid
     N,  # rows per problem
     K,  # centroids per problem
+    KP,  # row stride of pad_ptr
     D: tl.constexpr,  # feature dim
     IS_L2: tl.constexpr,  # squared L2 (True) or inner product (False)
     BLOCK_N: tl.constexpr,  # rows per program
     BLOCK_D: tl.constexpr,  # feature chunk
 ):
+    """Score every row in fp32 against its (at most) two candidates and keep the better one
+    (ties: the smaller index); rows with more candidates are redone by the full fp32 pass."""
     b, rows, row_ok, ci = rows_with_ids(idx_ptr, N, BLOCK_N)
+    cj = tl.load(second_ptr + b * N + rows, mask=row_ok, other=0)
     x_rows = x_ptr + b * N * D + rows[:, None] * D
-    c_rows = c_ptr + b * K * D + ci[:, None] * D
+    c_base = c_ptr + b * K * D
     dd = tl.arange(0, BLOCK_D)
-    dot = tl.zeros([BLOCK_N], dtype=tl.float32)
+    dot_i = tl.zeros([BLOCK_N], dtype=tl.float32)
+    dot_j = tl.zeros([BLOCK_N], dtype=tl.float32)
     x_sq = tl.zeros([BLOCK_N], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         m = row_ok[:, None] & ((d0 + dd) < D)[None, :]
-        xv = tl.load(x_rows + d0 + dd[None, :], mask=m, other=0.0).to(tl.float32)
-        cv = tl.load(c_rows + d0 + dd[None, :], mask=m, other=0.0).to(tl.float32)
-        dot += tl.sum(xv * cv, axis=1)
+        xv = tl.load(x_rows + d0 + dd[None, :], mask=m, other=0.0)
+        cv = tl.load(c_base + ci[:, None] * D + d0 + dd[None, :], mask=m, other=0.0)
+        dot_i += tl.sum(xv * cv, axis=1)
+        cv = tl.load(c_base + cj[:, None] * D + d0 + dd[None, :], mask=m, other=0.0)
+        dot_j += tl.sum(xv * cv, axis=1)
         x_sq += tl.sum(xv * xv, axis=1)
-    if IS_L2:
-        c_sq = tl.load(csq_ptr + b * K + ci, mask=row_ok, other=0.0)
-        dist = tl.maximum(x_sq + (c_sq - 2.0 * dot), 0.0)
-    else:
-        dist = dot
-    tl.store(dist_ptr + b * N + rows, dist, mask=row_ok)
+    pad = pad_ptr + b * KP
+    scale = 2.0 if IS_L2 else 1.0
+    s_i = tl.load(pad + ci, mask=row_ok, other=0.0) - scale * dot_i
+    s_j = tl.load(pad + cj, mask=row_ok, other=0.0) - scale * dot_j
+    take = (s_j < s_i) | ((s_j == s_i) & (cj < ci))
+    best = tl.where(take, s_j, s_i)
+    tl.store(idx_ptr + b * N + rows, tl.where(take, cj, ci), mask=row_ok)
+    tl.store(dist_ptr + b * N + rows, tl.maximum(x_sq + best, 0.0) if IS_L2 else -best,
+             mask=row_ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,18 +358,19 @@ def assign_configs() -> list[triton.Config]:
     BLOCK_D = 0 means "all of D": the x tile is loaded once per program and kept in shared
     memory while centroid tiles stream past. Otherwise D is streamed in BLOCK_D chunks. The
     list keeps only tiles that compiled for sm_90 (Triton 3.8, D = 256, fp32 inputs, the
-    default mode's TF32 main pass) with no stack frame (no spills) and <= 227 KB of shared
-    memory (tests/test_triton_backend.py checks this); tiles that spilled there (128×32 and
-    128×128×64 with 8 warps, 64×128 with 4) are left out. Which one wins is the autotuner's
-    measurement on the GPU, cached on disk per (N, D, K, metric, mode, tie tracking, gather).
+    default mode's bf16 main pass and the one-pass TF32 mode) with no stack frame (no spills)
+    and <= 227 KB of shared memory (tests/test_triton_backend.py checks this); tiles that
+    spilled there (128×32 and 128×128×64 with 8 warps, 64×128 with 4) are left out. Which one
+    wins is the autotuner's measurement on the GPU, cached on disk per (N, D, K, metric, mode,
+    candidate counting, gather); ``python benchmarks/bench_gpu.py --estimate`` models each.
     Interpreter: one 32×32 tile (the CPU runs one program at a time).
     """
     if interpreting():
         return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 0}, num_warps=4,
                               num_stages=1)]
     tiles = [  # (BLOCK_N, BLOCK_K, BLOCK_D, warps, stages)
-        (128, 64, 0, 8, 1), (64, 64, 0, 4, 2), (64, 32, 0, 4, 3), (128, 64, 64, 8, 3),
-        (128, 128, 32, 8, 4),
+        (128, 64, 0, 8, 1), (128, 64, 0, 8, 2), (64, 64, 0, 4, 2), (64, 32, 0, 4, 3),
+        (128, 64, 64, 8, 3), (128, 128, 32, 8, 4),
     ]
     return [
         triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd}, num_warps=w, num_stages=s)
@@ -280,16 +379,21 @@ def assign_configs() -> list[triton.Config]:
 
 
 def _prune_assign_configs(configs, named_args, **kwargs):
-    """Drop chunked candidates when one chunk covers D, tiles far larger than N or K, and, for
-    the fp32 CUDA-core product, every tile but 64×32 (the others spill 0.4-15 KB per thread on
-    sm_90 at D = 256)."""
+    """Drop chunked candidates when one chunk covers D, tiles far larger than N or K, the
+    2-stage 128×64 resident tile unless the operands are 16-bit (COUNT's bf16 pass or half
+    inputs), and, for the fp32 CUDA-core product, every tile but 64×32 (the others spill
+    0.4-15 KB per thread on sm_90 at D = 256)."""
     n, k, d = named_args["N"], named_args["K"], kwargs.get("D", named_args.get("D"))
     full = assign_block_d(d)
+    x = named_args.get("x_ptr")
+    half = kwargs.get("COUNT") or (x is not None and x.element_size() == 2)
     kept = []
     for c in configs:
         bn, bk, bd = c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_D"]
         if kwargs.get("DOT_MODE") == "ieee" and (bn, bk) != (64, 32):
             continue
+        if not half and (bn, bk, bd, c.num_stages) == (128, 64, 0, 2):
+            continue  # 128 KB of 16-bit tiles; 256 KB in fp32, over the limit
         if full and bd >= full:
             continue  # a chunk covering D is the resident variant (BLOCK_D = 0) again
         if bk > max(32, next_pow2(k)) or bn > max(32, next_pow2(n)):
@@ -308,7 +412,7 @@ def _resolve_block_d(args) -> int:
 
 _assign_tuned = triton.autotune(
     configs=assign_configs(),
-    key=["N", "D", "K", "IS_L2", "DOT_MODE", "TRACK_TIES", "GATHER"],
+    key=["N", "D", "K", "IS_L2", "DOT_MODE", "COUNT", "GATHER"],
     prune_configs_by={"early_config_prune": _prune_assign_configs},
     cache_results=True,
 )(triton.heuristics({"BLOCK_D": _resolve_block_d})(_assign_kernel))
@@ -318,21 +422,44 @@ _assign_tuned = triton.autotune(
 # launcher
 # ---------------------------------------------------------------------------------------------
 
+PAD_K = 128
+"""The score offsets |c|² are padded with +inf to a multiple of the largest BLOCK_K."""
 
-def _launch(x, c, csq, cmax, rows, nrows, dist, idx, tie, *, is_l2, mode, track, gather,
-            n_list=0, tie_tol=0.0):
+
+def _launch(x, c, pad, dist, idx, *, is_l2, mode, coef=None, cand=None, rows=None, nrows=None):
     B, N, D = x.shape
     K = c.shape[1]
     dummy = dist  # any tensor: pointer args the constexpr flags leave unread
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B)  # noqa: E731
     _assign_tuned[grid](
-        x, c, csq if csq is not None else dummy, cmax if cmax is not None else dummy,
-        rows if rows is not None else dummy, nrows if nrows is not None else dummy,
-        dist, idx, tie if tie is not None else dummy,
-        N, K, n_list, tie_tol,
-        D=D, IS_L2=is_l2, DOT_MODE=mode, TRACK_TIES=track, GATHER=gather,
+        x, c, pad, coef if coef is not None else dummy, rows if rows is not None else dummy,
+        nrows if nrows is not None else dummy, dist, idx, cand if cand is not None else dummy,
+        N, K, pad.shape[1], 0 if rows is None else rows.shape[1],
+        D=D, IS_L2=is_l2, DOT_MODE=mode, COUNT=cand is not None, GATHER=rows is not None,
         UPCAST_BF16=interpreting(),
     )
+
+
+def _score_offsets(cf: torch.Tensor, is_l2: bool) -> torch.Tensor:
+    """[B, KP] float32: |c|² (L2) or 0 (inner product) per centroid, +inf up to KP, a multiple
+    of :data:`PAD_K`; cf [B, K, D] float32."""
+    B, K, _ = cf.shape
+    pad = torch.full((B, triton.cdiv(K, PAD_K) * PAD_K), float("inf"), device=cf.device)
+    pad[:, :K] = (cf * cf).sum(dim=2) if is_l2 else 0.0
+    return pad
+
+
+def _compact(flag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flagged rows of each problem as a list, on the device without a host sync: flag
+    [B, N] bool → rows [B, N + 1] int32 (flagged row n at slot cumsum(flag)[n] − 1, unflagged
+    rows to the spare slot N) and nrows [B] int64."""
+    B, N = flag.shape
+    pos = torch.cumsum(flag, dim=1, dtype=torch.int32) - 1
+    nrows = (pos[:, -1] + 1).to(torch.int64).contiguous()
+    slot = torch.where(flag, pos, torch.full_like(pos, N)).to(torch.int64)
+    rows = torch.zeros(B, N + 1, dtype=torch.int32, device=flag.device)
+    rows.scatter_(1, slot, torch.arange(N, dtype=torch.int32, device=flag.device).expand(B, N))
+    return rows, nrows
 
 
 def assign_triton(
@@ -344,8 +471,8 @@ def assign_triton(
     and device, as :func:`fastdc.ops.assign` validated them; ``precision`` one of
     :data:`PRECISIONS` (``_reasons`` declines the others). Returns dist [B, N] float32 (squared
     L2 clamped at 0, or the best inner product) and idx [B, N] int64 (ties: the smallest index).
-    Extra memory: |c|² and, in the default mode, 13 bytes per row (tie flag, its cumsum and the
-    compacted row list).
+    Extra memory: |c|² padded, a bf16 copy of the centroids and, in the default mode, about
+    21 bytes per row (packed candidates, the second candidate, the re-check's row list).
     """
     B, N, D = x.shape
     dist = torch.empty(B, N, dtype=torch.float32, device=x.device)
@@ -354,37 +481,29 @@ def assign_triton(
         return dist, idx
     is_l2 = metric == "l2"
     cf = centroids.float()
-    csq = (cf * cf).sum(dim=2).contiguous() if is_l2 else None
-    fp32_in = x.dtype == torch.float32
-    if precision != "default" or not fp32_in:
+    pad = _score_offsets(cf, is_l2)
+    if precision != "default" or x.dtype != torch.float32:
         mode = {"default": "ieee", "fp32": "ieee"}.get(precision, precision)
-        _launch(x, centroids, csq, None, None, None, dist, idx, None,
-                is_l2=is_l2, mode=mode, track=False, gather=False)
+        _launch(x, centroids, pad, dist, idx, is_l2=is_l2, mode=mode)
         return dist, idx
 
-    # default: TF32 pass with near-tie flags ...
-    cmax = cf.norm(dim=2).amax(dim=1).contiguous()
-    tie = torch.empty(B, N, dtype=torch.int8, device=x.device)
-    _launch(x, centroids, csq, cmax, None, None, dist, idx, tie,
-            is_l2=is_l2, mode="tf32", track=True, gather=False, tie_tol=TF32_TIE_TOL)
-    # ... fp32 distances to the chosen centroids ...
-    grid = (triton.cdiv(N, 32), B)
-    _exact_dist_kernel[grid](
-        x, centroids, csq if csq is not None else dist, idx, dist, N, centroids.shape[1],
-        # 32 rows × up to 64 features: a gather of one centroid row per x row, memory bound
+    # default: the bf16 main pass counts the candidates within the proven bound ...
+    c16 = centroids.to(torch.bfloat16)
+    cmax = cf.norm(dim=2).amax(dim=1)
+    coef = candidate_width(cmax, (cf - c16.float()).norm(dim=2).amax(dim=1), D, BF16_UNIT)
+    cand = torch.empty(B, N, dtype=torch.int64, device=x.device)
+    _launch(x, c16, pad, dist, idx, is_l2=is_l2, mode="bf16", coef=coef.contiguous(), cand=cand)
+    # ... every row is re-scored in fp32 on its first and (if any) second candidate ...
+    count = cand >> 32
+    second = torch.where(count == 2, (cand & 0xFFFFFFFF) - idx, idx)
+    _rescore_kernel[(triton.cdiv(N, 32), B)](
+        x, centroids, pad, second, idx, dist, N, centroids.shape[1], pad.shape[1],
+        # 32 rows × up to 64 features: two gathered centroid rows per x row, memory bound
         D=D, IS_L2=is_l2, BLOCK_N=32, BLOCK_D=min(64, max(16, next_pow2(D))),
     )
-    # ... and an exact fp32 pass over the flagged rows, compacted on the device (no sync):
-    # the flagged row n goes to slot cumsum(flag)[n] - 1; unflagged rows go to a spare slot N.
-    flag = tie.to(torch.int32)
-    pos = torch.cumsum(flag, dim=1, dtype=torch.int32) - 1
-    nrows = (pos[:, -1] + 1).to(torch.int64).contiguous()
-    slot = torch.where(flag.bool(), pos, torch.full_like(pos, N)).to(torch.int64)
-    rows = torch.zeros(B, N + 1, dtype=torch.int32, device=x.device)
-    arange = torch.arange(N, dtype=torch.int32, device=x.device).expand(B, N)
-    rows.scatter_(1, slot, arange)
-    _launch(x, centroids, csq, None, rows, nrows, dist, idx, None,
-            is_l2=is_l2, mode="ieee", track=False, gather=True, n_list=N + 1)
+    # ... and rows with more than two candidates go through the full fp32 pass
+    rows, nrows = _compact(count > 2)
+    _launch(x, centroids, pad, dist, idx, is_l2=is_l2, mode="ieee", rows=rows, nrows=nrows)
     return dist, idx
 
 

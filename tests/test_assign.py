@@ -179,7 +179,7 @@ TRITON_SHAPES = [(1, 1, 5, 3), (3, 7, 40, 3), (1, 1030, 13, 64), (2, 45, 70, 257
 @pytest.mark.parametrize("shape", TRITON_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_triton_default_equals_the_reference_on_every_row(shape, metric):
-    """The TF32 pass re-checks near ties in fp32: every index equals the fp32 reference's."""
+    """The bf16 pass re-checks its candidates in fp32: every index equals the fp32 reference's."""
     kernels = triton_kernels("assign")
     B, N, K, D = shape
     x, c = randn(B, N, D, seed=0, device=TRITON_DEVICE), randn(B, K, D, seed=1,
@@ -216,9 +216,10 @@ def test_triton_half_inputs(dtype):
 
 
 def test_triton_recheck_path_covers_every_row(monkeypatch):
-    """With an infinite tie tolerance every row goes through the compacted fp32 re-check."""
+    """With an infinite candidate width every row goes through the compacted fp32 pass."""
     kernels = triton_kernels("assign")
-    monkeypatch.setattr(kernels, "TF32_TIE_TOL", 1e30)
+    monkeypatch.setattr(kernels, "candidate_width",
+                        lambda cmax, *_: torch.full((len(cmax), 3), 1e30, device=cmax.device))
     x, c = randn(3, 77, 40, seed=4, device=TRITON_DEVICE), randn(3, 45, 40, seed=5,
                                                                  device=TRITON_DEVICE)
     for metric in ("l2", "ip"):
@@ -226,6 +227,45 @@ def test_triton_recheck_path_covers_every_row(monkeypatch):
         ref_d, ref_i = assign_ref(x, c, metric)
         assert torch.equal(idx, ref_i)
         assert_close(dist, ref_d, torch.float32)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_triton_two_candidates_are_rescored_in_fp32(metric):
+    """Each centroid twice: every row has two equal best scores and keeps the smaller index."""
+    kernels = triton_kernels("assign")
+    x, c = randn(2, 90, 24, seed=8), randn(2, 20, 24, seed=9)
+    c = torch.cat([c, c], dim=1)
+    dist, idx = kernels.assign_triton(x.to(TRITON_DEVICE), c.to(TRITON_DEVICE), metric)
+    ref_d, ref_i = assign_ref(x, c, metric)
+    assert torch.equal(idx.cpu(), ref_i) and bool((idx < 20).all())
+    assert_close(dist.cpu(), ref_d, torch.float32)
+
+
+def test_triton_main_pass_candidates_hold_the_fp32_argmin():
+    """The bf16 pass alone, on whitened unit rows: its packed count and index sum name a set
+    that holds the fp32 arg-min; most rows have a single candidate."""
+    from benchmarks.bench_rounding import fp32_scores, whitened_mixture
+
+    kernels = triton_kernels("assign")
+    x = whitened_mixture(300, d_in=80, dim=64, seed=1)
+    c = x[torch.randperm(300, generator=torch.Generator().manual_seed(0))[:70]]
+    truth = fp32_scores(x, c).argmin(dim=1)
+    xd, cd = x[None].to(TRITON_DEVICE), c[None].to(TRITON_DEVICE)
+    pad = kernels._score_offsets(cd, True)
+    coef = kernels.candidate_width(c.norm(dim=1).amax().reshape(1),
+                                   (c - c.bfloat16().float()).norm(dim=1).amax().reshape(1),
+                                   64, kernels.BF16_UNIT).to(TRITON_DEVICE)
+    dist = torch.empty(1, 300, device=TRITON_DEVICE)
+    idx = torch.empty(1, 300, dtype=torch.int64, device=TRITON_DEVICE)
+    cand = torch.empty(1, 300, dtype=torch.int64, device=TRITON_DEVICE)
+    kernels._launch(xd, cd.bfloat16(), pad, dist, idx, is_l2=True, mode="bf16", coef=coef,
+                    cand=cand)
+    count, first = (cand[0] >> 32).cpu(), idx[0].cpu()
+    second = (cand[0] & 0xFFFFFFFF).cpu() - first
+    assert bool((count >= 1).all())
+    assert bool((truth == first)[count == 1].all())
+    assert bool(((truth == first) | (truth == second))[count == 2].all())
+    assert float((count == 1).float().mean()) > 0.5
 
 
 def test_triton_through_the_public_op_and_its_reasons():
@@ -249,7 +289,7 @@ def test_triton_through_the_public_op_and_its_reasons():
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_gpu_default_precision_agrees_with_float64(backend, metric):
     """DeepCluster-like unit rows at 200 000 × 2 000: >= 99.99 % of the rows without a near tie
-    pick the float64 argmin (the measurement behind TF32_TIE_TOL), distances within the table's
+    pick the float64 argmin (the proven bound's candidates hold it), distances within the table's
     rtol of the truth (floored at 1e-3)."""
     _need(backend)
     g = torch.Generator(device="cuda").manual_seed(0)

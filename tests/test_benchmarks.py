@@ -61,3 +61,49 @@ def test_bench_gpu_cpu_side_helpers():
     assert set(bench.versions()) >= {"torch", "triton"}
     if not torch.cuda.is_available():
         assert bench.main([]) == 2  # a clear message and a non-zero exit, no crash
+
+
+def test_gpu_run_also_runs_the_gpu_tests_and_the_trainer(tmp_path):
+    from benchmarks.bench_gpu import smoke_commands
+
+    one = smoke_commands(tmp_path, gpus=1)
+    assert one[0][1:3] == ["-m", "pytest"] and one[0][4:6] == ["-m", "gpu"]
+    trainer = [c for c in one if "fastdc.train" in c]
+    assert len(trainer) == 2 and sum("--amp" in c for c in trainer) == 1
+    assert all(c[c.index("--device") + 1] == "cuda" for c in trainer)
+    two = smoke_commands(tmp_path, gpus=2)
+    assert len(two) == 4 and "--nproc_per_node" in two[-1]
+
+
+def test_gpu_estimate_finds_the_innermost_hgmma_loop():
+    from benchmarks.gpu_estimate import main_loop_length
+
+    sass = "\n".join([
+        "/*0000*/ MOV R1, c[0x0][0x28] ;",
+        "/*0010*/ HGMMA.64x32x16.F32.BF16 R24, R40, gdesc[UR4], RZ ;",
+        "/*0020*/ IADD3 R2, R2, 0x1, RZ ;",
+        "/*0030*/ HGMMA.64x32x16.F32.BF16 R24, R40, gdesc[UR4], R24 ;",
+        "/*0040*/ FSETP.GEU.AND P0, PT, R3, R4, PT ;",
+        "/*0050*/ @!P0 BRA 0x20 ;",  # inner loop: 0x20..0x50, four instructions
+        "/*0060*/ @!P1 BRA 0x0 ;",  # outer loop: seven instructions
+        "/*0070*/ @P2 BRA 0x90 ;",  # forward branch: not a loop
+        "/*0080*/ EXIT ;",
+    ])
+    assert main_loop_length(sass) == 4
+    assert main_loop_length("/*0000*/ FADD R1, R2, R3 ;\n/*0010*/ BRA 0x0 ;") == 0
+
+
+def test_gpu_estimate_overlaps_only_with_two_ctas_per_sm():
+    from benchmarks.gpu_estimate import H100, pass_seconds, tile_cycles
+
+    small = {"registers": 128, "shared_bytes": 80 * 1024, "loop_instructions": 400}
+    big = dict(small, shared_bytes=150 * 1024)
+    two = tile_cycles(small, 64, 32, 256, 4, H100["bf16_flops"])
+    one = tile_cycles(big, 64, 32, 256, 4, H100["bf16_flops"])
+    assert two["ctas_per_sm"] == 2 and one["ctas_per_sm"] == 1
+    assert two["tensor"] == pytest.approx(256)  # 2·64·32·256 flop at 4 096 flop per clock
+    assert two["total"] == max(two["tensor"], two["l2"], two["smem"], two["issue"])
+    assert one["total"] == max(one["tensor"] + one["issue"], one["l2"], one["smem"])
+    # one wave of 132 programs over one centroid tile: exactly one tile time
+    assert pass_seconds(one, 64, 32, 64 * 132, 32) == pytest.approx(
+        one["total"] / H100["clock_hz"])

@@ -54,6 +54,24 @@ def test_cu_compiles_for_sm90(source_path, tmp_path):
 
 @needs_nvcc
 @pytest.mark.parametrize("source_path", SOURCES, ids=lambda p: p.name)
+def test_cu_kernels_do_not_spill_on_sm90(source_path, tmp_path):
+    """ptxas -v on the sm_90 cubin: every kernel has no stack frame and no spills."""
+    out = tmp_path / (source_path.stem + ".cubin")
+    proc = subprocess.run(
+        ["nvcc", "-arch=sm_90", "-cubin", "-std=c++17", "-Xptxas", "-v",
+         *defines(source_path.stem), "-o", str(out), str(source_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill "
+                        r"loads", proc.stderr)
+    kernels = re.findall(r"Compiling entry function '(\w+)'", proc.stderr)
+    assert frames and len(frames) == len(kernels), proc.stderr
+    assert all(f == ("0", "0", "0") for f in frames), dict(zip(kernels, frames, strict=True))
+
+
+@needs_nvcc
+@pytest.mark.parametrize("source_path", SOURCES, ids=lambda p: p.name)
 def test_cu_refuses_to_compile_without_the_launch_sizes(source_path, tmp_path):
     proc = nvcc(source_path, tmp_path / "out.ptx")
     assert proc.returncode != 0

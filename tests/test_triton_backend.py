@@ -62,40 +62,43 @@ SMEM_LIMIT = 232448  # bytes of shared memory one H100 block may use
 
 
 def build(fn, sig, const, **opts):
-    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=const)
+    # pointers 16-byte aligned, as Triton's launcher specialises torch tensors at run time
+    attrs = {{(fn.arg_names.index(n),): [["tt.divisibility", 16]]
+             for n, t in sig.items() if t.startswith("*")}}
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
     return triton.compile(src, target=TARGET, options=opts)
 
 
 P = lambda t: "*" + t
-sig_a = dict(x_ptr=P("fp32"), c_ptr=P("fp32"), csq_ptr=P("fp32"), cmax_ptr=P("fp32"),
+sig_a = dict(x_ptr=P("fp32"), c_ptr=P("fp32"), pad_ptr=P("fp32"), coef_ptr=P("fp32"),
              rows_ptr=P("i32"), nrows_ptr=P("i64"), dist_ptr=P("fp32"), idx_ptr=P("i64"),
-             tie_ptr=P("i8"), N="i32", K="i32", N_LIST="i32", tie_tol="fp32")
-consts = ["D", "IS_L2", "DOT_MODE", "TRACK_TIES", "GATHER", "UPCAST_BF16", "BLOCK_N",
+             cand_ptr=P("i64"), N="i32", K="i32", KP="i32", N_LIST="i32")
+consts = ["D", "IS_L2", "DOT_MODE", "COUNT", "GATHER", "UPCAST_BF16", "BLOCK_N",
           "BLOCK_K", "BLOCK_D"]
 sig_a.update({{k: "constexpr" for k in consts}})
 """
 
 _COMPILE_SCRIPT = _PRELUDE + r"""
 fits = 0
-for mode, track, gather, D, dtype in [("tf32", True, False, 256, "fp32"),
+for mode, count, gather, D, dtype in [("bf16", True, False, 256, "fp32"),
                                       ("ieee", False, True, 256, "fp32"),
                                       ("bf16", False, False, 257, "fp32"),
                                       ("ieee", False, False, 64, "bf16")]:
-    sig = dict(sig_a, x_ptr=P(dtype), c_ptr=P(dtype))
+    sig = dict(sig_a, x_ptr=P(dtype), c_ptr=P("bf16" if count else dtype))
     cfgs = A._prune_assign_configs(A.assign_configs(), dict(N=1281167, K=10000), D=D)
     for cfg in cfgs[:2]:
         kw = dict(cfg.kwargs)
         kw["BLOCK_D"] = A._resolve_block_d(dict(kw, D=D))
-        const = dict(D=D, IS_L2=True, DOT_MODE=mode, TRACK_TIES=track, GATHER=gather,
+        const = dict(D=D, IS_L2=True, DOT_MODE=mode, COUNT=count, GATHER=gather,
                      UPCAST_BF16=False, **kw)
         k = build(A._assign_kernel, sig, const, num_warps=cfg.num_warps,
                   num_stages=cfg.num_stages)
         fits += k.metadata.shared <= SMEM_LIMIT
 assert fits >= 4, fits
-build(A._exact_dist_kernel,
-      dict(x_ptr=P("fp32"), c_ptr=P("fp32"), csq_ptr=P("fp32"), idx_ptr=P("i64"),
-           dist_ptr=P("fp32"), N="i32", K="i32", D="constexpr", IS_L2="constexpr",
-           BLOCK_N="constexpr", BLOCK_D="constexpr"),
+build(A._rescore_kernel,
+      dict(x_ptr=P("fp32"), c_ptr=P("fp32"), pad_ptr=P("fp32"), second_ptr=P("i64"),
+           idx_ptr=P("i64"), dist_ptr=P("fp32"), N="i32", K="i32", KP="i32", D="constexpr",
+           IS_L2="constexpr", BLOCK_N="constexpr", BLOCK_D="constexpr"),
       dict(D=256, IS_L2=True, BLOCK_N=32, BLOCK_D=64))
 sig_s = dict(img_ptr=P("u8"), out_ptr=P("bf16"), H="i32", W="i32", m0="fp32", m1="fp32",
              m2="fp32", s0="fp32", s1="fp32", s2="fp32", IS_U8="constexpr", NORM="constexpr",
@@ -119,21 +122,24 @@ print("compiled")
 """
 
 
-# Every autotune candidate of the default mode's TF32 main pass and of its fp32 re-check at
-# D = 256: no stack frame (spills live there), shared memory within one H100 block's limit,
-# wgmma in the main pass's PTX.
+# Every autotune candidate of the default mode's bf16 main pass, of the one-pass TF32 mode and
+# of the fp32 re-check at D = 256: no stack frame (spills live there), shared memory within one
+# H100 block's limit, wgmma in the tensor-core passes' PTX.
 _ASSIGN_CONFIGS_SCRIPT = _PRELUDE + r"""
 import os, re, subprocess, tempfile
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
-runs = [(cfg, "tf32") for cfg in A.assign_configs()]
+runs = [(cfg, mode) for mode in ("bf16", "tf32") for cfg in A._prune_assign_configs(
+    A.assign_configs(), dict(N=1281167, K=10000), D=256, DOT_MODE=mode, COUNT=mode == "bf16")]
+assert len(runs) == 2 * len(A.assign_configs()) - 1, len(runs)
 runs += [(cfg, "ieee") for cfg in A._prune_assign_configs(
     A.assign_configs(), dict(N=1281167, K=10000), D=256, DOT_MODE="ieee")]
 for cfg, mode in runs:
     kw = dict(cfg.kwargs)
     kw["BLOCK_D"] = A._resolve_block_d(dict(kw, D=256))
-    const = dict(D=256, IS_L2=True, DOT_MODE=mode, TRACK_TIES=mode == "tf32",
+    const = dict(D=256, IS_L2=True, DOT_MODE=mode, COUNT=mode == "bf16",
                  GATHER=mode == "ieee", UPCAST_BF16=False, **kw)
-    k = build(A._assign_kernel, sig_a, const, num_warps=cfg.num_warps,
+    sig = dict(sig_a, c_ptr=P("bf16")) if mode == "bf16" else sig_a
+    k = build(A._assign_kernel, sig, const, num_warps=cfg.num_warps,
               num_stages=cfg.num_stages)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(k.asm["cubin"])
@@ -171,6 +177,7 @@ def test_triton_kernels_compile_for_sm90(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU run compiles them for real")
 def test_assign_configs_do_not_spill_on_sm90(tmp_path):
-    """Each autotune tile of the TF32 main pass compiles for sm_90 without a stack frame,
-    within the shared-memory limit, and on wgmma (about 25 s on 2 cores)."""
+    """Each autotune tile of the bf16 main pass (and of the TF32 mode) compiles for sm_90
+    without a stack frame, within the shared-memory limit, and on wgmma (about 50 s on 2
+    cores)."""
     _compile_in_subprocess(_ASSIGN_CONFIGS_SCRIPT, tmp_path)
