@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fastdc.kernels.assign import candidates_ref
 
 from benchmarks.report import record
-from fastdc.kernels.assign import candidates_ref
 from fastdc.pca import pca_whiten
 
 N, D_IN, DIM = 20_000, 512, 256
