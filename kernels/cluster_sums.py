@@ -2,9 +2,13 @@
 
 Two modes:
 
-- **atomic** (the default): each program reads BLOCK_N rows once and adds them into
-  ``sums[b, idx[n]]`` with fp32 atomics. One read of x, no sort; the order of the additions
-  (hence the last bits of the sums) varies run to run.
+- **atomic** (the default): each program reads BLOCK_N rows once, sorts them by cluster id in
+  registers, sums each run of rows that share a cluster (a segmented scan, fp32) and adds each
+  run's sum into ``sums[b, k]`` with one fp32 atomic per column. Rows that arrive grouped by
+  class (ImageNet's order) then cost one atomic per (cluster, column) per block instead of one
+  per row, so they no longer serialise on the same addresses; random ids cost what they did
+  (one atomic per row) plus the sort. One read of x; the order of the additions (hence the
+  last bits of the sums) varies run to run.
 - **deterministic** (``deterministic=True``, or whenever
   ``torch.are_deterministic_algorithms_enabled()``): rows are sorted by cluster id (stable
   sort), then one program per (cluster, feature chunk) sums its contiguous segment in a fixed
@@ -28,6 +32,12 @@ from ._common import device_reasons, next_pow2, rows_with_ids
 
 
 @triton.jit
+def _segment_add(k1, v1, k2, v2):
+    """Combine of a segmented sum over sorted keys: restart where the key changes."""
+    return k2, v2 + tl.where(k1 == k2, v1, 0.0)
+
+
+@triton.jit
 def _cluster_sums_atomic_kernel(
     x_ptr,  # [B, N, D] float, contiguous: the rows
     idx_ptr,  # [B, N] int64: cluster id of each row, in [0, K)
@@ -42,20 +52,33 @@ def _cluster_sums_atomic_kernel(
     BLOCK_D: tl.constexpr,  # feature chunk
 ):
     b, rows, row_ok, ci = rows_with_ids(idx_ptr, N, BLOCK_N)
+    # sort the block's rows by cluster (masked rows get id K: last), then sum each run of equal
+    # ids in registers and issue one atomic per (cluster, column) at the run's last row
+    lane = tl.arange(0, BLOCK_N)
+    key = tl.sort(tl.where(row_ok, ci, K) * BLOCK_N + lane)
+    src = rows - lane + key % BLOCK_N  # the row now in each lane
+    key = key // BLOCK_N
+    ok = key < K
+    run_end = tl.sum((key[None, :] <= key[:, None]).to(tl.int32), axis=1) == lane + 1
+    put = ok & run_end
     if HAS_W:
-        w = tl.load(w_ptr + b * N + rows, mask=row_ok, other=0.0)
+        w = tl.load(w_ptr + b * N + src, mask=ok, other=0.0)
     else:
-        w = tl.full([BLOCK_N], 1.0, dtype=tl.float32)
-    tl.atomic_add(counts_ptr + b * K + ci, w, mask=row_ok, sem="relaxed")
+        w = tl.where(ok, 1.0, 0.0)
+    _, w_run = tl.associative_scan((key, w), 0, _segment_add)
+    tl.atomic_add(counts_ptr + b * K + key, w_run, mask=put, sem="relaxed")
     dd = tl.arange(0, BLOCK_D)
-    x_rows = x_ptr + b * N * D + rows[:, None] * D
-    s_rows = sums_ptr + b * K * D + ci[:, None] * D
+    x_rows = x_ptr + b * N * D + src[:, None] * D
+    s_rows = sums_ptr + b * K * D + key[:, None] * D
+    key_2d = tl.broadcast_to(key[:, None], (BLOCK_N, BLOCK_D))
     for d0 in range(0, D, BLOCK_D):
-        m = row_ok[:, None] & ((d0 + dd) < D)[None, :]
-        xv = tl.load(x_rows + d0 + dd[None, :], mask=m, other=0.0).to(tl.float32)
+        d_ok = ((d0 + dd) < D)[None, :]
+        xv = tl.load(x_rows + d0 + dd[None, :], mask=ok[:, None] & d_ok, other=0.0)
+        xv = xv.to(tl.float32)
         if HAS_W:
             xv = xv * w[:, None]
-        tl.atomic_add(s_rows + d0 + dd[None, :], xv, mask=m, sem="relaxed")
+        _, x_run = tl.associative_scan((key_2d, xv), 0, _segment_add)
+        tl.atomic_add(s_rows + d0 + dd[None, :], x_run, mask=put[:, None] & d_ok, sem="relaxed")
 
 
 @triton.jit
