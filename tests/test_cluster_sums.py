@@ -156,6 +156,26 @@ def test_triton_modes_match_float64(shape, weighted, deterministic):
     assert_close(counts, ec, torch.float64)
 
 
+@pytest.mark.parametrize("order", ["one_cluster_per_block", "class_ordered", "random"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_triton_atomic_mode_on_class_ordered_rows(order, weighted):
+    """The atomic mode sums runs of equal ids inside a block before its atomics: whole blocks in
+    one cluster, runs that straddle blocks (sorted ids) and random ids, on odd N and D."""
+    kernels = triton_kernels("cluster_sums")
+    B, N, K, D = 2, 203, 11, 37
+    block = kernels.cluster_sums_config(N, D, K)["BLOCK_N"]
+    x, idx, w = problem(B, N, K, D, weighted, seed=11, device=TRITON_DEVICE)
+    if order == "one_cluster_per_block":
+        idx = (torch.arange(N) // block % K).expand(B, N).contiguous().to(TRITON_DEVICE)
+    elif order == "class_ordered":
+        idx = idx.sort(dim=1).values
+    with poisoned_allocations():
+        sums, counts = kernels.cluster_sums_triton(x, idx, K, w, False)
+    es, ec = float64_sums(x, idx, K, w)
+    assert_close(sums, es, torch.float32)
+    assert_close(counts, ec, torch.float64)
+
+
 def test_triton_deterministic_mode_is_bit_identical_run_to_run():
     kernels = triton_kernels("cluster_sums")
     x, _, _ = problem(2, 200, 4, 20, False, seed=8, device=TRITON_DEVICE)

@@ -154,6 +154,39 @@ print("compiled")
 """
 
 
+# cluster_sums' atomic pass (sort, segmented scans, atomics) for each weighting and input dtype:
+# no stack frame, shared memory within the limit.
+_CLUSTER_SUMS_SCRIPT = _PRELUDE + r"""
+import os, re, subprocess, tempfile
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+
+
+def check(k, what):
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        res = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True,
+                             text=True, check=True).stdout
+    assert int(re.search(r"STACK:(\d+)", res).group(1)) == 0, (what, res)
+    assert k.metadata.shared <= SMEM_LIMIT, (what, k.metadata.shared)
+
+
+sig_u = dict(x_ptr=P("fp32"), idx_ptr=P("i64"), w_ptr=P("fp32"), sums_ptr=P("fp32"),
+             counts_ptr=P("fp32"), N="i32", K="i32", D="i32", HAS_W="constexpr",
+             BLOCK_N="constexpr", BLOCK_D="constexpr")
+for dtype in ("fp32", "bf16"):
+    for has_w in (True, False):
+        for D in (16, 256):
+            cfg = U.cluster_sums_config(1281167, D, 10000)
+            k = build(U._cluster_sums_atomic_kernel, dict(sig_u, x_ptr=P(dtype)),
+                      dict(HAS_W=has_w, BLOCK_N=cfg["BLOCK_N"],
+                           BLOCK_D=cfg["BLOCK_D_ATOMIC"]),
+                      num_warps=cfg["num_warps"])
+            check(k, ("cluster_sums", dtype, has_w, D))
+print("compiled")
+"""
+
+
 def _compile_in_subprocess(script: str, tmp_path) -> None:
     """Run a compile script without the interpreter; skip when Triton ships no ptxas."""
     pytest.importorskip("triton")
@@ -181,3 +214,10 @@ def test_assign_configs_do_not_spill_on_sm90(tmp_path):
     without a stack frame, within the shared-memory limit, and on wgmma (about 50 s on 2
     cores)."""
     _compile_in_subprocess(_ASSIGN_CONFIGS_SCRIPT, tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU run compiles them for real")
+def test_cluster_sums_does_not_spill_on_sm90(tmp_path):
+    """cluster_sums' atomic pass, at its launch configs, compiles for sm_90 without
+    a stack frame (spills live there) and within one H100 block's shared memory."""
+    _compile_in_subprocess(_CLUSTER_SUMS_SCRIPT, tmp_path)
