@@ -1,11 +1,13 @@
 """Triton sobel: DeepCluster's input filter in one pass over the image batch.
 
-Per output tile: read the 3×3 neighbourhood of every pixel from the three input channels
-(uint8 or float), scale uint8 to [0, 1], normalise (x - mean) / std, grey = the 1×1 conv with
-weights 1/3, then Gx and Gy with zero padding (0 in grey space, as conv2d pads) and one store
-per output channel in float32/float16/bfloat16. Matches
-:func:`fastdc.ops.sobel.sobel_ref` to fp32 rounding (same operations, summation order of the
-3×3 taps aside).
+Each program walks a strip of columns top to bottom. Grey (normalise, then the 1×1 conv with
+weights 1/3) is computed once per row of the strip, at the three column shifts the stencil
+needs, and kept for the next two output rows; then Gx and Gy with zero padding (0 in grey
+space, as conv2d pads) and one store per output channel in float32/float16/bfloat16. uint8
+input reads each channel's grey contribution from a [3, 256] look-up table built with the
+reference's roundings (x / 255, (x - mean) / std, · 1/3): three loads and two adds per pixel
+instead of six correctly rounded divisions. Matches :func:`fastdc.ops.sobel.sobel_ref` to fp32
+rounding (summation order of the grey channels and the 3×3 taps aside).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from fastdc.ops.checks import grad_reasons
 from fastdc.ops.registry import register
 from fastdc.ops.sobel import sobel_ref  # noqa: F401  (the ground truth)
 
-from ._common import device_reasons
+from ._common import device_reasons, next_pow2
 
 # ---------------------------------------------------------------------------------------------
 # kernel
@@ -26,69 +28,91 @@ from ._common import device_reasons
 
 
 @triton.jit
-def _grey(img, off, ok, m0, m1, m2, s0, s1, s2, HW, IS_U8: tl.constexpr, NORM: tl.constexpr):
-    """Normalised grey value at flat pixel offsets ``off`` of one image; 0 where ~ok."""
-    v0 = tl.load(img + off, mask=ok, other=0).to(tl.float32)
-    v1 = tl.load(img + HW + off, mask=ok, other=0).to(tl.float32)
-    v2 = tl.load(img + 2 * HW + off, mask=ok, other=0).to(tl.float32)
-    if IS_U8:  # x / 255, correctly rounded like torch's division
-        v0 = tl.div_rn(v0, 255.0)
-        v1 = tl.div_rn(v1, 255.0)
-        v2 = tl.div_rn(v2, 255.0)
-    if NORM:
-        v0 = tl.div_rn(v0 - m0, s0)
-        v1 = tl.div_rn(v1 - m1, s1)
-        v2 = tl.div_rn(v2 - m2, s2)
-    third = 0.3333333432674408  # float32(1/3): the 1×1 conv's weight
-    g = v0 * third + v1 * third + v2 * third
-    return tl.where(ok, g, 0.0)
+def _grey(img, lut, off, ok, m0, m1, m2, s0, s1, s2, HW, IS_U8: tl.constexpr,
+          NORM: tl.constexpr):
+    """Normalised grey value at flat pixel offsets ``off`` of one image; 0 where ~ok.
+
+    uint8: three look-ups in ``lut`` ([3, 256] float32: each channel's grey contribution),
+    summed in channel order. float: normalise and weight in registers, the same operations.
+    """
+    v0 = tl.load(img + off, mask=ok, other=0)
+    v1 = tl.load(img + HW + off, mask=ok, other=0)
+    v2 = tl.load(img + 2 * HW + off, mask=ok, other=0)
+    if IS_U8:
+        g0 = tl.load(lut + v0.to(tl.int32), mask=ok, other=0.0)
+        g1 = tl.load(lut + 256 + v1.to(tl.int32), mask=ok, other=0.0)
+        g2 = tl.load(lut + 512 + v2.to(tl.int32), mask=ok, other=0.0)
+    else:
+        v0 = v0.to(tl.float32)
+        v1 = v1.to(tl.float32)
+        v2 = v2.to(tl.float32)
+        if NORM:
+            v0 = tl.div_rn(v0 - m0, s0)
+            v1 = tl.div_rn(v1 - m1, s1)
+            v2 = tl.div_rn(v2 - m2, s2)
+        third = 0.3333333432674408  # float32(1/3): the 1×1 conv's weight
+        g0 = v0 * third
+        g1 = v1 * third
+        g2 = v2 * third
+    return tl.where(ok, g0 + g1 + g2, 0.0)
+
+
+@triton.jit
+def _grey_row(img, lut, y, xs, H, W, m0, m1, m2, s0, s1, s2, HW, IS_U8: tl.constexpr,
+              NORM: tl.constexpr):
+    """Grey of row ``y`` at columns xs - 1, xs, xs + 1 (zero outside the image): [BLOCK_W] x3."""
+    y_ok = (y >= 0) & (y < H)
+    row = img + y * W
+    left = _grey(row, lut, xs - 1, y_ok & (xs >= 1) & (xs <= W), m0, m1, m2, s0, s1, s2, HW,
+                 IS_U8, NORM)
+    mid = _grey(row, lut, xs, y_ok & (xs < W), m0, m1, m2, s0, s1, s2, HW, IS_U8, NORM)
+    right = _grey(row, lut, xs + 1, y_ok & (xs + 1 < W), m0, m1, m2, s0, s1, s2, HW, IS_U8,
+                  NORM)
+    return left, mid, right
 
 
 @triton.jit
 def _sobel_kernel(
     img_ptr,  # [B, 3, H, W] uint8 or float, contiguous: the images
+    lut_ptr,  # [3, 256] float32: grey contribution of each uint8 value (read when IS_U8)
     out_ptr,  # [B, 2, H, W] float32/float16/bfloat16 out: Gx then Gy
     H,  # image height
     W,  # image width
-    m0, m1, m2,  # float32 per-channel mean (read when NORM)
-    s0, s1, s2,  # float32 per-channel std (read when NORM)
-    IS_U8: tl.constexpr,  # input is uint8 in 0..255 (scaled by 1/255 first)
-    NORM: tl.constexpr,  # apply (x - mean) / std
-    BLOCK_H: tl.constexpr,  # output rows per program
+    m0, m1, m2,  # float32 per-channel mean (read when NORM and not IS_U8)
+    s0, s1, s2,  # float32 per-channel std (read when NORM and not IS_U8)
+    IS_U8: tl.constexpr,  # input is uint8 in 0..255 (grey from the look-up table)
+    NORM: tl.constexpr,  # apply (x - mean) / std to float input
+    BLOCK_H: tl.constexpr,  # output rows per program (a strip, walked top to bottom)
     BLOCK_W: tl.constexpr,  # output columns per program
 ):
     pid_t = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
     tiles_w = tl.cdiv(W, BLOCK_W)
-    ty = pid_t // tiles_w
-    tx = pid_t % tiles_w
-    ys = ty * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]  # [BLOCK_H, 1]
-    xs = tx * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]  # [1, BLOCK_W]
+    y0 = (pid_t // tiles_w) * BLOCK_H
+    xs = (pid_t % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
     HW = tl.cast(H, tl.int64) * W  # int64: B·3·H·W may pass 2^31
     img = img_ptr + b * 3 * HW
-    gx = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
-    gy = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
-    # conv2d is a correlation: out[y, x] = sum_{a,b} G[a][b] * grey[y + a - 1, x + b - 1]
-    # Gx = [[1, 0, -1], [2, 0, -2], [1, 0, -1]], Gy = [[1, 2, 1], [0, 0, 0], [-1, -2, -1]]
-    for a in tl.static_range(3):
-        yy = ys + (a - 1)
-        y_ok = (yy >= 0) & (yy < H)
-        for c in tl.static_range(3):
-            # Gx[a][c] = (1 - c)·(2 on the middle row, else 1); Gy[a][c] likewise transposed
-            wx = (1 - c) * (2 - (a - 1) * (a - 1))
-            wy = (1 - a) * (2 - (c - 1) * (c - 1))
-            if wx * wx + wy * wy != 0:  # skip the centre tap (0 in both filters)
-                xx = xs + (c - 1)
-                ok = y_ok & (xx >= 0) & (xx < W)
-                g = _grey(img, yy * W + xx, ok, m0, m1, m2, s0, s1, s2, HW, IS_U8, NORM)
-                if wx != 0:
-                    gx += g * wx
-                if wy != 0:
-                    gy += g * wy
-    out_ok = (ys < H) & (xs < W)
-    out = out_ptr + b * 2 * HW + ys * W + xs
-    tl.store(out, gx.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=out_ok)
-    tl.store(out + HW, gy.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=out_ok)
+    out = out_ptr + b * 2 * HW + xs
+    # each grey row is computed once (at three column shifts) and kept for the next two output
+    # rows. conv2d is a correlation: out[y, x] = sum_{a,c} G[a][c] * grey[y + a - 1, x + c - 1]
+    # with Gx = [[1, 0, -1], [2, 0, -2], [1, 0, -1]], Gy = [[1, 2, 1], [0, 0, 0], [-1, -2, -1]],
+    # added tap by tap in row-major order
+    l0, c0, r0 = _grey_row(img, lut_ptr, y0 - 1, xs, H, W, m0, m1, m2, s0, s1, s2, HW, IS_U8,
+                           NORM)
+    l1, c1, r1 = _grey_row(img, lut_ptr, y0, xs, H, W, m0, m1, m2, s0, s1, s2, HW, IS_U8, NORM)
+    for i in range(BLOCK_H):
+        y = y0 + i
+        l2, c2, r2 = _grey_row(img, lut_ptr, y + 1, xs, H, W, m0, m1, m2, s0, s1, s2, HW, IS_U8,
+                               NORM)
+        gx = 0.0 + l0 * 1 + r0 * -1 + l1 * 2 + r1 * -2 + l2 * 1 + r2 * -1
+        gy = 0.0 + l0 * 1 + c0 * 2 + r0 * 1 + l2 * -1 + c2 * -2 + r2 * -1
+        ok = (xs < W) & (y < H)
+        dst = out + y * W
+        tl.store(dst, gx.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=ok)
+        tl.store(dst + HW, gy.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"),
+                 mask=ok)
+        l0, c0, r0 = l1, c1, r1
+        l1, c1, r1 = l2, c2, r2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,10 +121,23 @@ def _sobel_kernel(
 
 
 def sobel_config(H: int, W: int) -> dict:
-    """Tile keyed on the image size: 16 rows × 64 columns (64 contiguous pixels per row read
-    and written: full 128-byte lines for fp16 out, 256 for fp32; the 8 neighbour re-reads hit
-    L1). 4 warps. Not yet measured on a GPU."""
-    return {"BLOCK_H": 16, "BLOCK_W": 64 if W > 32 else 32, "num_warps": 4}
+    """Strip keyed on the image size: 32 rows × 128 columns (64 when W <= 64, 32 when W <= 32),
+    walked row by row, so each grey row is computed once per strip plus two halo rows; 4 warps.
+    Not yet measured on a GPU."""
+    return {"BLOCK_H": 32, "BLOCK_W": min(128, max(32, next_pow2(W))), "num_warps": 4}
+
+
+def grey_lut(mean, std, device) -> torch.Tensor:
+    """[3, 256] float32: channel c's grey contribution of the uint8 value u,
+    ((u / 255 - mean[c]) / std[c]) / 3 with the reference's roundings (the division by 3 is
+    its 1×1 conv's float32 weight 1/3). Without mean/std: (u / 255) · float32(1/3)."""
+    v = torch.arange(256, dtype=torch.float32, device=device) / 255.0
+    v = v.expand(3, 256)
+    if mean is not None:
+        m = torch.tensor([float(t) for t in mean], dtype=torch.float32, device=device)
+        s = torch.tensor([float(t) for t in std], dtype=torch.float32, device=device)
+        v = (v - m[:, None]) / s[:, None]
+    return (v * torch.tensor(1.0 / 3.0, dtype=torch.float32, device=device)).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,11 +161,13 @@ def sobel_triton(images: torch.Tensor, mean, std, out_dtype: torch.dtype) -> tor
     norm = mean is not None
     m = [float(v) for v in mean] if norm else [0.0, 0.0, 0.0]
     s = [float(v) for v in std] if norm else [1.0, 1.0, 1.0]
+    is_u8 = images.dtype == torch.uint8
+    lut = grey_lut(mean, std, images.device) if is_u8 else out
     cfg = sobel_config(H, W)
     grid = (triton.cdiv(H, cfg["BLOCK_H"]) * triton.cdiv(W, cfg["BLOCK_W"]), B)
     _sobel_kernel[grid](
-        images, out, H, W, *m, *s,
-        IS_U8=images.dtype == torch.uint8, NORM=norm,
+        images, lut, out, H, W, *m, *s,
+        IS_U8=is_u8, NORM=norm,
         BLOCK_H=cfg["BLOCK_H"], BLOCK_W=cfg["BLOCK_W"], num_warps=cfg["num_warps"],
     )
     return out

@@ -9,8 +9,15 @@ import torch
 from fastdc.ops import Sobel, sobel
 from fastdc.ops import registry as backends
 from fastdc.ops.registry import BackendError
-from fastdc.ops.sobel import IMAGENET_MEAN, IMAGENET_STD, sobel_ref
-from tests.helpers import assert_close, backend_params, is_interpreted, poisoned_allocations
+from fastdc.ops.sobel import GX, GY, IMAGENET_MEAN, IMAGENET_STD, normalise, sobel_ref
+from tests.helpers import (
+    TRITON_DEVICE,
+    assert_close,
+    backend_params,
+    is_interpreted,
+    poisoned_allocations,
+    triton_kernels,
+)
 
 IN_DTYPES = [torch.uint8, torch.float32, torch.float16, torch.float64]
 OUT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -47,6 +54,34 @@ def test_matches_reference(backend, device, in_dtype, out_dtype, normalise):
         out = sobel(batch, mean=mean, std=std, out_dtype=out_dtype, backend=backend)
     assert out.shape == (3, 2, 37, 45) and out.dtype == out_dtype
     assert_close(out, sobel_ref(batch, mean, std, out_dtype), out_dtype)
+
+
+def tap_by_tap(batch, mean, std, out_dtype):
+    """The Triton kernel's arithmetic in float32 torch ops: x / 255, (x - mean) / std, · 1/3 per
+    channel, channels summed in order, then the 3×3 taps added in row-major order from 0."""
+    v = normalise(batch, mean, std) * torch.tensor(1.0 / 3.0)
+    g = torch.nn.functional.pad(v[:, 0] + v[:, 1] + v[:, 2], (1, 1, 1, 1))
+    H, W = batch.shape[2:]
+    tap = [[g[:, a:a + H, c:c + W] for c in range(3)] for a in range(3)]
+    gx, gy = torch.zeros_like(tap[0][0]), torch.zeros_like(tap[0][0])
+    for a in range(3):
+        for c in range(3):
+            gx = gx + tap[a][c] * GX[a][c] if GX[a][c] else gx
+            gy = gy + tap[a][c] * GY[a][c] if GY[a][c] else gy
+    return torch.stack([gx, gy], dim=1).to(out_dtype)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 5), (1, 37, 45), (2, 70, 33)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("normalise_", [True, False])
+def test_triton_uint8_look_up_table_gives_the_same_bits(shape, normalise_):
+    """uint8 grey from the [3, 256] table: bit for bit the per-pixel divisions' result."""
+    kernels = triton_kernels("sobel")
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalise_ else (None, None)
+    batch = images(*shape, seed=16)
+    with poisoned_allocations():
+        out = kernels.sobel_triton(batch.to(TRITON_DEVICE), mean, std, torch.float32)
+    assert torch.equal(out.cpu(), tap_by_tap(batch, mean, std, torch.float32))
 
 
 @pytest.mark.parametrize("backend,device", backend_params("sobel"))

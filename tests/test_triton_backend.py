@@ -100,12 +100,6 @@ build(A._rescore_kernel,
            idx_ptr=P("i64"), dist_ptr=P("fp32"), N="i32", K="i32", KP="i32", D="constexpr",
            IS_L2="constexpr", BLOCK_N="constexpr", BLOCK_D="constexpr"),
       dict(D=256, IS_L2=True, BLOCK_N=32, BLOCK_D=64))
-sig_s = dict(img_ptr=P("u8"), out_ptr=P("bf16"), H="i32", W="i32", m0="fp32", m1="fp32",
-             m2="fp32", s0="fp32", s1="fp32", s2="fp32", IS_U8="constexpr", NORM="constexpr",
-             BLOCK_H="constexpr", BLOCK_W="constexpr")
-build(S._sobel_kernel, sig_s, dict(IS_U8=True, NORM=True, BLOCK_H=16, BLOCK_W=64))
-build(S._sobel_kernel, dict(sig_s, img_ptr=P("fp16"), out_ptr=P("fp32"), H="constexpr"),
-      dict(H=1, IS_U8=False, NORM=False, BLOCK_H=16, BLOCK_W=32))  # H == 1 is specialised
 build(R._resplit_empty_kernel,
       dict(c_ptr=P("fp32"), cnt_ptr=P("fp32"), u_ptr=P("fp64"), nsplit_ptr=P("i64"), K="i32",
            D="i32", n_frozen="i32", EPS="constexpr", BLOCK_K="constexpr", BLOCK_D="constexpr"),
@@ -154,9 +148,10 @@ print("compiled")
 """
 
 
-# cluster_sums' atomic pass (sort, segmented scans, atomics) for each weighting and input dtype:
-# no stack frame, shared memory within the limit.
-_CLUSTER_SUMS_SCRIPT = _PRELUDE + r"""
+# cluster_sums' atomic pass (sort, segmented scans, atomics) for each weighting and input dtype,
+# and sobel for uint8 (look-up table) and float input: no stack frame, shared memory within the
+# limit.
+_CLUSTER_SUMS_SOBEL_SCRIPT = _PRELUDE + r"""
 import os, re, subprocess, tempfile
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
 
@@ -183,6 +178,19 @@ for dtype in ("fp32", "bf16"):
                            BLOCK_D=cfg["BLOCK_D_ATOMIC"]),
                       num_warps=cfg["num_warps"])
             check(k, ("cluster_sums", dtype, has_w, D))
+sig_s = dict(img_ptr=P("u8"), lut_ptr=P("fp32"), out_ptr=P("fp32"), H="i32", W="i32",
+             m0="fp32", m1="fp32", m2="fp32", s0="fp32", s1="fp32", s2="fp32",
+             IS_U8="constexpr", NORM="constexpr", BLOCK_H="constexpr", BLOCK_W="constexpr")
+for img, is_u8 in (("u8", True), ("fp16", False), ("fp32", False)):
+    for W in (32, 224):
+        cfg = S.sobel_config(224, W)
+        k = build(S._sobel_kernel, dict(sig_s, img_ptr=P(img)),
+                  dict(IS_U8=is_u8, NORM=True, BLOCK_H=cfg["BLOCK_H"], BLOCK_W=cfg["BLOCK_W"]),
+                  num_warps=cfg["num_warps"])
+        check(k, ("sobel", img, W))
+k = build(S._sobel_kernel, dict(sig_s, img_ptr=P("fp16"), out_ptr=P("bf16"), H="constexpr"),
+          dict(H=1, IS_U8=False, NORM=False, BLOCK_H=32, BLOCK_W=32))  # H == 1 is specialised
+check(k, ("sobel", "H == 1"))
 print("compiled")
 """
 
@@ -217,7 +225,7 @@ def test_assign_configs_do_not_spill_on_sm90(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU run compiles them for real")
-def test_cluster_sums_does_not_spill_on_sm90(tmp_path):
-    """cluster_sums' atomic pass, at its launch configs, compiles for sm_90 without
+def test_cluster_sums_and_sobel_do_not_spill_on_sm90(tmp_path):
+    """cluster_sums' atomic pass and sobel, at their launch configs, compile for sm_90 without
     a stack frame (spills live there) and within one H100 block's shared memory."""
-    _compile_in_subprocess(_CLUSTER_SUMS_SCRIPT, tmp_path)
+    _compile_in_subprocess(_CLUSTER_SUMS_SOBEL_SCRIPT, tmp_path)
