@@ -2,13 +2,14 @@
 
 Two modes:
 
-- **atomic** (the default): each program reads BLOCK_N rows once, sorts them by cluster id in
-  registers, sums each run of rows that share a cluster (a segmented scan, fp32) and adds each
-  run's sum into ``sums[b, k]`` with one fp32 atomic per column. Rows that arrive grouped by
-  class (ImageNet's order) then cost one atomic per (cluster, column) per block instead of one
-  per row, so they no longer serialise on the same addresses; random ids cost what they did
-  (one atomic per row) plus the sort. One read of x; the order of the additions (hence the
-  last bits of the sums) varies run to run.
+- **atomic** (the default): each program reads BLOCK_N rows once, sums the rows of the block
+  that share a cluster in registers (a [BLOCK_N, BLOCK_N] one-hot product on the rows, fp32)
+  and adds each cluster's block sum into ``sums[b, k]`` with one fp32 atomic per column. Rows
+  that arrive grouped by class (ImageNet's order) then cost one atomic per (cluster, column)
+  per block instead of one per row, so they no longer serialise on the same addresses; random
+  ids cost what they did (one atomic per row) plus the product (BLOCK_N fp32 FMAs per
+  element). One read of x; the order of the additions (hence the last bits of the sums)
+  varies run to run.
 - **deterministic** (``deterministic=True``, or whenever
   ``torch.are_deterministic_algorithms_enabled()``): rows are sorted by cluster id (stable
   sort), then one program per (cluster, feature chunk) sums its contiguous segment in a fixed
@@ -32,12 +33,6 @@ from ._common import device_reasons, next_pow2, rows_with_ids
 
 
 @triton.jit
-def _segment_add(k1, v1, k2, v2):
-    """Combine of a segmented sum over sorted keys: restart where the key changes."""
-    return k2, v2 + tl.where(k1 == k2, v1, 0.0)
-
-
-@triton.jit
 def _cluster_sums_atomic_kernel(
     x_ptr,  # [B, N, D] float, contiguous: the rows
     idx_ptr,  # [B, N] int64: cluster id of each row, in [0, K)
@@ -48,36 +43,35 @@ def _cluster_sums_atomic_kernel(
     K,  # clusters per problem
     D,  # feature dim
     HAS_W: tl.constexpr,  # weights given
-    BLOCK_N: tl.constexpr,  # rows per program
+    BLOCK_N: tl.constexpr,  # rows per program (>= 16: the block's one-hot product is a tl.dot)
     BLOCK_D: tl.constexpr,  # feature chunk
 ):
     b, rows, row_ok, ci = rows_with_ids(idx_ptr, N, BLOCK_N)
-    # sort the block's rows by cluster (masked rows get id K: last), then sum each run of equal
-    # ids in registers and issue one atomic per (cluster, column) at the run's last row
+    # same[i, j]: rows i and j of the block share a cluster. same @ rows sums each cluster's rows
+    # of the block (exact products by 0 and 1, fp32 sums); only the last row of each cluster in
+    # the block issues its atomics
     lane = tl.arange(0, BLOCK_N)
-    key = tl.sort(tl.where(row_ok, ci, K) * BLOCK_N + lane)
-    src = rows - lane + key % BLOCK_N  # the row now in each lane
-    key = key // BLOCK_N
-    ok = key < K
-    run_end = tl.sum((key[None, :] <= key[:, None]).to(tl.int32), axis=1) == lane + 1
-    put = ok & run_end
+    key = tl.where(row_ok, ci, -1)
+    same = key[:, None] == key[None, :]
+    last = tl.sum((same & (lane[None, :] > lane[:, None])).to(tl.int32), axis=1) == 0
+    put = row_ok & last
     if HAS_W:
-        w = tl.load(w_ptr + b * N + src, mask=ok, other=0.0)
+        w = tl.load(w_ptr + b * N + rows, mask=row_ok, other=0.0)
     else:
-        w = tl.where(ok, 1.0, 0.0)
-    w_run = tl.associative_scan((key, w), 0, _segment_add)[1]
-    tl.atomic_add(counts_ptr + b * K + key, w_run, mask=put, sem="relaxed")
+        w = tl.where(row_ok, 1.0, 0.0)
+    w_run = tl.sum(tl.where(same, w[None, :], 0.0), axis=1)
+    tl.atomic_add(counts_ptr + b * K + ci, w_run, mask=put, sem="relaxed")
+    one_hot = same.to(tl.float32)
     dd = tl.arange(0, BLOCK_D)
-    x_rows = x_ptr + b * N * D + src[:, None] * D
-    s_rows = sums_ptr + b * K * D + key[:, None] * D
-    key_2d = tl.broadcast_to(key.to(tl.int32)[:, None], (BLOCK_N, BLOCK_D))  # K < 2^31
+    x_rows = x_ptr + b * N * D + rows[:, None] * D
+    s_rows = sums_ptr + b * K * D + ci[:, None] * D
     for d0 in range(0, D, BLOCK_D):
         d_ok = ((d0 + dd) < D)[None, :]
-        xv = tl.load(x_rows + d0 + dd[None, :], mask=ok[:, None] & d_ok, other=0.0)
+        xv = tl.load(x_rows + d0 + dd[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
         xv = xv.to(tl.float32)
         if HAS_W:
             xv = xv * w[:, None]
-        x_run = tl.associative_scan((key_2d, xv), 0, _segment_add)[1]
+        x_run = tl.dot(one_hot, xv, input_precision="ieee")
         tl.atomic_add(s_rows + d0 + dd[None, :], x_run, mask=put[:, None] & d_ok, sem="relaxed")
 
 
@@ -133,13 +127,14 @@ def _cluster_sums_segment_kernel(
 def cluster_sums_config(N: int, D: int, K: int) -> dict:
     """Tile sizes keyed on N, D, K (fixed, not autotuned: autotuning would re-run the atomics).
 
-    atomic: 64 rows × up to 32 features per step (the row is read once; atomics to the
-    K×D sums, 10 MB for DeepCluster, stay in the 50 MB L2; 32 columns keep the segmented scan's
-    values and addresses in registers, no spills on sm_90). segment: 32 rows × up to 128
+    atomic: 32 rows × up to 32 features per step (the row is read once; atomics to the
+    K×D sums, 10 MB for DeepCluster, stay in the 50 MB L2; the block's one-hot product costs
+    32 FMAs per element, under the memory floor on an H100 by the datasheet's figures, and
+    32 × 32 tiles keep it in registers, no spills on sm_90). segment: 32 rows × up to 128
     features per step. Not yet measured on a GPU.
     """
     block_d = min(128, max(16, next_pow2(D)))
-    return {"BLOCK_N": 64, "BLOCK_R": 32, "BLOCK_D": block_d,
+    return {"BLOCK_N": 32, "BLOCK_R": 32, "BLOCK_D": block_d,
             "BLOCK_D_ATOMIC": min(32, block_d), "num_warps": 4}
 
 
