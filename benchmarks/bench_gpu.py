@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make the repository importable
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.timing import measure  # noqa: E402
+from benchmarks.timing import Deadline, measure  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -198,6 +198,44 @@ def _third_party_kmeans(x: torch.Tensor, k: int, iters: int) -> list[dict]:
     return rows
 
 
+def agreement(found: dict, ref: tuple) -> dict:
+    """Per (backend, precision): the fraction of rows whose index equals the fp32 reference's,
+    and the largest relative distance gap on the rows that differ (near ties when tiny)."""
+    ref_d, ref_i = ref
+    out = {}
+    for (b, p), (dist, idx) in found.items():
+        differ = idx != ref_i
+        gap = ((dist - ref_d).abs() / ref_d.abs().clamp_min(1e-12))[differ]
+        out[f"{b} ({p})"] = {"same_index": float(1 - differ.float().mean()),
+                             "rows_differing": int(differ.sum()),
+                             "max_rel_dist_gap_where_differing":
+                                 float(gap.max()) if gap.numel() else 0.0}
+    return out
+
+
+def recheck_fractions(x: torch.Tensor, c: torch.Tensor) -> dict:
+    """The default mode's bf16 main pass alone on [B, N, D] / [B, K, D]: the fractions of rows
+    with 1, 2 and more than 2 candidates within the proven bound (the last go to the full fp32
+    pass). Uses the Triton launcher's own pieces, so it measures what the kernel counts."""
+    from fastdc.kernels import assign as tk
+
+    cf = c.float()
+    pad = tk._score_offsets(cf, True)
+    c16 = c.to(torch.bfloat16)
+    coef = tk.candidate_width(cf.norm(dim=2).amax(dim=1),
+                              (cf - c16.float()).norm(dim=2).amax(dim=1), x.shape[2],
+                              tk.BF16_UNIT)
+    B, N, _ = x.shape
+    dist = torch.empty(B, N, dtype=torch.float32, device=x.device)
+    idx = torch.empty(B, N, dtype=torch.int64, device=x.device)
+    cand = torch.empty(B, N, dtype=torch.int64, device=x.device)
+    tk._launch(x, c16, pad, dist, idx, is_l2=True, mode="bf16", coef=coef.contiguous(),
+               cand=cand)
+    count = (cand >> 32).flatten()
+    return {"one": float((count == 1).float().mean()), "two": float((count == 2).float().mean()),
+            "more": float((count > 2).float().mean()), "zero": float((count < 1).float().mean())}
+
+
 def _time_assign(x, c, rows: list[dict], summary: dict) -> None:
     """assign in every backend and precision, and a TF32 torch.mm of the same shape."""
     N, K, D = x.shape[1], c.shape[1], x.shape[2]
@@ -205,17 +243,31 @@ def _time_assign(x, c, rows: list[dict], summary: dict) -> None:
     impls = [(b, p) for b in _backends("assign") for p in
              (("default", "tf32", "bf16") if b == "triton" else ("default",))]
     impls.append(("torch", "default"))
+    found = {}
     for b, p in impls:
-        fn = _impl("assign", b, x=x, centroids=c, metric="l2", precision=p)
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        ms = measure(lambda fn=fn, p=p: fn(x=x, centroids=c, metric="l2", precision=p),
-                     **GPU_ROUNDS).median * 1e3
+        try:
+            fn = _impl("assign", b, x=x, centroids=c, metric="l2", precision=p)
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            timing = measure(lambda fn=fn, p=p: fn(x=x, centroids=c, metric="l2", precision=p),
+                             **GPU_ROUNDS)
+        except Exception as exc:
+            rows.append({"case": "assign", "impl": f"{b} ({p})", "ms": None,
+                         "note": f"failed: {type(exc).__name__}: {exc}"[:200]})
+            continue
+        ms = timing.median * 1e3
         extra = torch.cuda.max_memory_allocated() - base
         rows.append({"case": "assign", "impl": f"{b} ({p})", "ms": ms,
                      "note": f"{flops / ms / 1e9:.1f} TFLOP/s, +{extra / 2**20:.0f} MB"})
         summary[f"assign_ms_{b}_{p}"] = ms
         summary[f"assign_extra_mb_{b}_{p}"] = extra / 2**20
+        found[(b, p)] = timing.result
+    if ("torch", "default") in found:
+        summary["agreement_with_fp32_reference"] = agreement(found, found[("torch", "default")])
+    try:
+        summary["recheck_fractions_triton_default"] = recheck_fractions(x, c)
+    except Exception as exc:
+        summary["recheck_fractions_triton_default"] = f"failed: {type(exc).__name__}: {exc}"
 
     # TF32 torch.mm of the same shape, timed on a row chunk (the full N×K product is 51 GB)
     chunk = min(N, 131_072)
@@ -226,41 +278,62 @@ def _time_assign(x, c, rows: list[dict], summary: dict) -> None:
     rows.append({"case": "assign", "impl": "torch.mm TF32 (scaled)", "ms": ms_mm,
                  "note": f"{flops / ms_mm / 1e9:.1f} TFLOP/s, GEMM only, no argmin"})
     summary["tf32_mm_ms"] = ms_mm
+    xh, ch = xc.bfloat16(), c[0].bfloat16()
+    ms_bf = measure(lambda: torch.mm(xh, ch.T), **GPU_ROUNDS).median * 1e3 * N / chunk
+    rows.append({"case": "assign", "impl": "torch.mm bf16 (scaled)", "ms": ms_bf,
+                 "note": f"{flops / ms_bf / 1e9:.1f} TFLOP/s, GEMM only, no argmin"})
+    summary["bf16_mm_ms"] = ms_bf
     if "assign_ms_triton_default" in summary:
         summary["assign_vs_tf32_mm"] = ms_mm / summary["assign_ms_triton_default"]
+        summary["assign_vs_bf16_mm"] = ms_bf / summary["assign_ms_triton_default"]
+
+
+def _failed(rows: list[dict], case: str, impl: str, exc: Exception) -> None:
+    """Record a timing that raised, so the other implementations still run."""
+    rows.append({"case": case, "impl": impl, "ms": None,
+                 "note": f"failed: {type(exc).__name__}: {exc}"[:200]})
 
 
 def _time_kmeans(x, c, rows: list[dict], summary: dict) -> None:
     """One and 20 Lloyd iterations per backend, and the centroid update's share of one."""
     for b in [*_backends("assign"), "torch"]:
-        gen = torch.Generator(device=x.device).manual_seed(1)
-        ms1 = measure(lambda b=b, gen=gen: kmeans_iteration(x, c, b, gen),
-                      **GPU_ROUNDS).median * 1e3
-        rows.append({"case": "kmeans 1 iteration", "impl": b, "ms": ms1})
-
-        def twenty(b=b, gen=gen):
-            cur = c
-            for _ in range(20):
-                cur = kmeans_iteration(x, cur, b, gen)
-            return cur
-
-        slow = b == "torch"  # the reference re-splits on the host: seconds per iteration
-        ms20 = measure(twenty, rounds=1 if slow else 3, warmup=0 if slow else 1).median * 1e3
-        rows.append({"case": "kmeans 20 iterations", "impl": b, "ms": ms20})
-        summary[f"kmeans_20_iters_s_{b}"] = ms20 / 1e3
-        _, idx = _impl("assign", b, x=x, centroids=c, metric="l2", precision="default")(
-            x=x, centroids=c, metric="l2", precision="default")
-        ms_ur = measure(lambda b=b, idx=idx, gen=gen: centroid_update(x, idx, c.shape[1], b, gen),
-                        **GPU_ROUNDS).median * 1e3
-        rows.append({"case": "cluster_sums + resplit_empty", "impl": b, "ms": ms_ur,
-                     "note": f"{100 * ms_ur / ms1:.1f}% of an iteration"})
-        summary[f"cluster_sums_resplit_empty_share_{b}"] = ms_ur / ms1
-        grouped = idx.sort(dim=-1).values  # ids grouped by cluster, as ImageNet's rows come
-        ms_gr = measure(lambda b=b, g=grouped, gen=gen: centroid_update(x, g, c.shape[1], b, gen),
-                        **GPU_ROUNDS).median * 1e3
-        rows.append({"case": "cluster_sums + resplit_empty, grouped ids", "impl": b,
-                     "ms": ms_gr, "note": f"{ms_gr / ms_ur:.2f}x the random ids' time"})
+        try:
+            _time_kmeans_backend(x, c, b, rows, summary)
+        except Exception as exc:
+            _failed(rows, "kmeans", b, exc)
     rows += _third_party_kmeans(x, c.shape[1], 20)
+
+
+def _time_kmeans_backend(x, c, b: str, rows: list[dict], summary: dict) -> None:
+    """:func:`_time_kmeans` for one backend."""
+    gen = torch.Generator(device=x.device).manual_seed(1)
+    ms1 = measure(lambda b=b, gen=gen: kmeans_iteration(x, c, b, gen),
+                  **GPU_ROUNDS).median * 1e3
+    rows.append({"case": "kmeans 1 iteration", "impl": b, "ms": ms1})
+
+    def twenty(b=b, gen=gen):
+        cur = c
+        for _ in range(20):
+            cur = kmeans_iteration(x, cur, b, gen)
+        return cur
+
+    # the reference re-splits on the host and the CUDA C fallback runs ~0.3 s per iteration
+    slow = b in ("torch", "cuda")
+    ms20 = measure(twenty, rounds=1 if slow else 3, warmup=0 if slow else 1).median * 1e3
+    rows.append({"case": "kmeans 20 iterations", "impl": b, "ms": ms20})
+    summary[f"kmeans_20_iters_s_{b}"] = ms20 / 1e3
+    _, idx = _impl("assign", b, x=x, centroids=c, metric="l2", precision="default")(
+        x=x, centroids=c, metric="l2", precision="default")
+    ms_ur = measure(lambda b=b, idx=idx, gen=gen: centroid_update(x, idx, c.shape[1], b, gen),
+                    **GPU_ROUNDS).median * 1e3
+    rows.append({"case": "cluster_sums + resplit_empty", "impl": b, "ms": ms_ur,
+                 "note": f"{100 * ms_ur / ms1:.1f}% of an iteration"})
+    summary[f"cluster_sums_resplit_empty_share_{b}"] = ms_ur / ms1
+    grouped = idx.sort(dim=-1).values  # ids grouped by cluster, as ImageNet's rows come
+    ms_gr = measure(lambda b=b, g=grouped, gen=gen: centroid_update(x, g, c.shape[1], b, gen),
+                    **GPU_ROUNDS).median * 1e3
+    rows.append({"case": "cluster_sums + resplit_empty, grouped ids", "impl": b,
+                 "ms": ms_gr, "note": f"{ms_gr / ms_ur:.2f}x the random ids' time"})
 
 
 def _time_sobel(batch: int, dev, rows: list[dict], summary: dict) -> None:
@@ -277,9 +350,13 @@ def _time_sobel(batch: int, dev, rows: list[dict], summary: dict) -> None:
         rows.append({"case": f"sobel uint8->{out_dtype}", "impl": "copy (same bytes)",
                      "ms": ms_copy, "note": f"{moved / ms_copy / 1e6:.0f} GB/s"})
         for b in [*_backends("sobel"), "torch"]:
-            fn = _impl("sobel", b, images=images, out_dtype=out_dtype, **norm)
-            ms = measure(lambda fn=fn, od=out_dtype: fn(images=images, out_dtype=od, **norm),
-                         **GPU_ROUNDS).median * 1e3
+            try:
+                fn = _impl("sobel", b, images=images, out_dtype=out_dtype, **norm)
+                ms = measure(lambda fn=fn, od=out_dtype: fn(images=images, out_dtype=od, **norm),
+                             **GPU_ROUNDS).median * 1e3
+            except Exception as exc:
+                _failed(rows, f"sobel uint8->{out_dtype}", b, exc)
+                continue
             rows.append({"case": f"sobel uint8->{out_dtype}", "impl": b, "ms": ms,
                          "note": f"{moved / ms / 1e6:.0f} GB/s, {ms_copy / ms:.2f}× copy"})
             summary[f"sobel_vs_copy_{b}_{out_dtype}"] = ms_copy / ms
@@ -289,13 +366,17 @@ def _time_batched(xb, cb, rows: list[dict], summary: dict) -> None:
     """B problems in one assign launch vs B calls of one problem."""
     Bb = xb.shape[0]
     for b in _backends("assign"):
-        fn = _impl("assign", b, x=xb, centroids=cb, metric="l2", precision="default")
-        one = measure(lambda fn=fn: fn(x=xb, centroids=cb, metric="l2", precision="default"),
-                      **GPU_ROUNDS).median * 1e3
-        singles = [(xb[i:i + 1].contiguous(), cb[i:i + 1].contiguous()) for i in range(Bb)]
-        many = measure(lambda fn=fn, singles=singles: [
-            fn(x=a, centroids=q, metric="l2", precision="default") for a, q in singles],
-            **GPU_ROUNDS).median * 1e3
+        try:
+            fn = _impl("assign", b, x=xb, centroids=cb, metric="l2", precision="default")
+            one = measure(lambda fn=fn: fn(x=xb, centroids=cb, metric="l2", precision="default"),
+                          **GPU_ROUNDS).median * 1e3
+            singles = [(xb[i:i + 1].contiguous(), cb[i:i + 1].contiguous()) for i in range(Bb)]
+            many = measure(lambda fn=fn, singles=singles: [
+                fn(x=a, centroids=q, metric="l2", precision="default") for a, q in singles],
+                **GPU_ROUNDS).median * 1e3
+        except Exception as exc:
+            _failed(rows, f"batched assign B={Bb}", b, exc)
+            continue
         rows.append({"case": f"batched assign B={Bb}", "impl": f"{b} one launch", "ms": one})
         rows.append({"case": f"batched assign B={Bb}", "impl": f"{b} {Bb} calls", "ms": many,
                      "note": f"speed-up {many / one:.2f}×"})
@@ -307,7 +388,8 @@ def smoke_commands(out_dir: Path, gpus: int) -> list[list[str]]:
     autocast, and two processes under torchrun when two GPUs are present)."""
     train = ["-m", "fastdc.train", "--device", "cuda", "--epochs", "1", "--subset", "1000",
              "--k", "10"]
-    cmds = [[sys.executable, "-m", "pytest", "-q", "-m", "gpu", str(ROOT / "tests")],
+    cmds = [[sys.executable, "-m", "pytest", "-q", "-m", "gpu", str(ROOT / "tests"), "-rfE",
+             "-p", "no:cacheprovider"],
             [sys.executable, *train, "--out", str(out_dir / "fp32")],
             [sys.executable, *train, "--amp", "--out", str(out_dir / "amp")]]
     if gpus >= 2:
@@ -316,65 +398,115 @@ def smoke_commands(out_dir: Path, gpus: int) -> list[list[str]]:
     return cmds
 
 
-def smoke_runs(out_dir: Path) -> list[dict]:
-    """Run :func:`smoke_commands` one after the other; exit status, seconds, output's tail."""
+def smoke_runs(out_dir: Path, budget: Deadline, log_dir: Path | None = None) -> list[dict]:
+    """Run :func:`smoke_commands` one after the other, each within the time ``budget`` has
+    left; exit status, seconds and the output's tail per command (the whole output in
+    ``log_dir/smoke_<i>.log`` when given). Commands past the budget are recorded as skipped."""
     import subprocess
 
     runs = []
-    for cmd in smoke_commands(out_dir, torch.cuda.device_count()):
-        timing = measure(lambda cmd=cmd: subprocess.run(cmd, cwd=ROOT, capture_output=True,
-                                                        text=True, timeout=3600),
-                         rounds=1, warmup=0)
+    for i, cmd in enumerate(smoke_commands(out_dir, torch.cuda.device_count())):
+        label = " ".join(cmd[1:])
+        if budget.left() < 10:
+            runs.append({"command": label, "returncode": None, "seconds": 0.0,
+                         "tail": "skipped: the time budget was spent"})
+            continue
+        try:
+            timing = measure(lambda cmd=cmd: subprocess.run(
+                cmd, cwd=ROOT, capture_output=True, text=True, timeout=budget.left()),
+                rounds=1, warmup=0)
+        except subprocess.TimeoutExpired as exc:
+            text = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (
+                exc.stdout or "")
+            runs.append({"command": label, "returncode": None, "seconds": exc.timeout,
+                         "tail": f"timed out after {exc.timeout:.0f} s\n{text[-2000:]}"})
+            continue
         proc = timing.result
-        runs.append({"command": " ".join(cmd[1:]), "returncode": proc.returncode,
-                     "seconds": timing.best, "tail": (proc.stdout + proc.stderr)[-2000:]})
+        output = proc.stdout + proc.stderr
+        if log_dir is not None:
+            (log_dir / f"smoke_{i}.log").write_text(f"$ {label}\n{output}")
+        runs.append({"command": label, "returncode": proc.returncode,
+                     "seconds": timing.best, "tail": output[-2000:]})
     return runs
 
 
-def run(quick: bool = False) -> dict:
-    """All timings on the current CUDA device; returns the JSON-ready result."""
+def run(quick: bool = False, budget_s: float | None = None, log_dir: Path | None = None,
+        partial: Path | None = None) -> dict:
+    """All checks and timings on the current CUDA device; returns the JSON-ready result.
+
+    Stages run in order (correctness, assign, kmeans, sobel, batched, smoke); one that raises
+    is recorded under "errors" and the next one runs; stages that would start after
+    ``budget_s`` seconds are listed under "skipped". After each stage the result so far is
+    written to ``partial`` when given, so a killed run still leaves its figures."""
     ensure_fastdc_importable()
     from fastdc.ops.registry import available
 
     dev = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False  # the reference is fp32 (faiss-gpu stand-in)
     torch.backends.cudnn.allow_tf32 = False
+    budget = Deadline(budget_s)
     scale = QUICK_SCALE if quick else 1
     N, D, K = DEEPCLUSTER["N"] // scale, DEEPCLUSTER["D"], DEEPCLUSTER["K"] // (8 if quick else 1)
-    rows: list[dict] = []
-    summary: dict = {}
-
-    checks = correctness(dev)
-    g = torch.Generator(device=dev).manual_seed(0)
-    x = torch.randn(1, N, D, generator=g, device=dev)
-    x /= x.norm(dim=2, keepdim=True)  # DeepCluster clusters L2-normalised PCA features
-    c = x[:, torch.randperm(N, generator=g, device=dev)[:K]].contiguous()
-    _time_assign(x, c, rows, summary)
-    _time_kmeans(x, c, rows, summary)
     sb = SOBEL["B"] // (8 if quick else 1)
-    _time_sobel(sb, dev, rows, summary)
     Nb = BATCHED["N"] // scale
-    xb = torch.randn(BATCHED["B"], Nb, BATCHED["D"], generator=g, device=dev)
-    cb = torch.randn(BATCHED["B"], BATCHED["K"], BATCHED["D"], generator=g, device=dev)
-    _time_batched(xb, cb, rows, summary)
-
     props = torch.cuda.get_device_properties(dev)
-    return {
+    result = {
         "device": props.name,
         "device_memory_gb": props.total_memory / 2**30,
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "versions": versions(),
         "sizes": {"deepcluster": {"N": N, "D": D, "K": K}, "batched": {**BATCHED, "N": Nb},
                   "sobel": {**SOBEL, "B": sb}, "quick": quick},
-        "x_bytes": x.numel() * 4,
-        "correctness": checks,
-        "rows": rows,
-        "summary": summary,
-        "targets": TARGETS,
+        "x_bytes": N * D * 4,
+        "correctness": [], "rows": [], "summary": {}, "targets": TARGETS,
         "backends": {op: available(op) for op in
                      ("assign", "cluster_sums", "resplit_empty", "sobel")},
-        "smoke": smoke_runs(Path(tempfile.mkdtemp(prefix="fastdc_gpu_"))),
+        "errors": {}, "skipped": [], "smoke": [],
     }
+    rows, summary = result["rows"], result["summary"]
+    data = {}
+
+    def deepcluster_data():
+        g = torch.Generator(device=dev).manual_seed(0)
+        x = torch.randn(1, N, D, generator=g, device=dev)
+        x /= x.norm(dim=2, keepdim=True)  # DeepCluster clusters L2-normalised PCA features
+        data["x"] = x
+        data["c"] = x[:, torch.randperm(N, generator=g, device=dev)[:K]].contiguous()
+        return data["x"], data["c"]
+
+    def batched():
+        g = torch.Generator(device=dev).manual_seed(1)
+        xb = torch.randn(BATCHED["B"], Nb, BATCHED["D"], generator=g, device=dev)
+        cb = torch.randn(BATCHED["B"], BATCHED["K"], BATCHED["D"], generator=g, device=dev)
+        _time_batched(xb, cb, rows, summary)
+
+    stages = [
+        ("correctness", lambda: result["correctness"].extend(correctness(dev))),
+        ("assign", lambda: _time_assign(*deepcluster_data(), rows, summary)),
+        ("kmeans", lambda: _time_kmeans(*(data.get("x"), data.get("c")) if data
+                                        else deepcluster_data(), rows, summary)),
+        ("sobel", lambda: _time_sobel(sb, dev, rows, summary)),
+        ("batched", batched),
+        ("smoke", lambda: result["smoke"].extend(smoke_runs(
+            Path(tempfile.mkdtemp(prefix="fastdc_gpu_")), budget, log_dir))),
+    ]
+    for name, stage in stages:
+        if budget.left() <= 0:
+            result["skipped"].append(name)
+            continue
+        try:
+            stage()
+        except Exception:
+            result["errors"][name] = traceback.format_exc()[-4000:]
+            print(f"bench_gpu: stage {name} failed:\n{result['errors'][name]}", file=sys.stderr)
+        if name == "kmeans":
+            data.clear()
+            torch.cuda.empty_cache()
+        if partial is not None:
+            partial.write_text(json.dumps(result, indent=2, default=str))
+        print(f"bench_gpu: stage {name} done, {budget.left():.0f} s of the budget left",
+              file=sys.stderr, flush=True)
+    return result
 
 
 def _estimate(path: Path) -> int:
@@ -399,6 +531,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="no GPU needed: compile the assign kernels for sm_90, print their "
                         "resources and a modelled H100 time per Lloyd iteration, write "
                         "results/gpu_estimate_h100_model.json")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="wall-clock budget in seconds: stages that would start later are "
+                        "skipped and listed, the GPU tests and trainer runs get what is left")
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="folder for the whole output of each smoke command (smoke_<i>.log)")
     args = parser.parse_args(argv)
     if args.estimate:
         return _estimate(args.out or RESULTS / "gpu_estimate_h100_model.json")
@@ -406,13 +543,17 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_gpu: no CUDA device is available; GPU figures can only be taken on a GPU. "
               "Nothing was measured.", file=sys.stderr)
         return 2
+    probe = result_path(torch.cuda.get_device_name())
+    path = args.out or probe
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if args.log_dir is not None:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
     try:
-        result = run(quick=args.quick)
+        result = run(quick=args.quick, budget_s=args.budget_s, log_dir=args.log_dir,
+                     partial=path)
     except Exception:
         traceback.print_exc()
         return 1
-    path = args.out or result_path(result["device"])
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str))
     print(f"device: {result['device']}  versions: {result['versions']}")
     bad = [c for c in result["correctness"] if not c["ok"]]
@@ -421,10 +562,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  FAILED {c['op']} [{c['backend']}]: {c.get('error', c['value'])}")
     print(format_table(result["rows"]))
     for r in result["smoke"]:
-        print(f"{'ok' if r['returncode'] == 0 else 'FAILED':6} {r['seconds']:7.1f} s  "
-              f"{r['command']}")
+        state = {0: "ok", None: "SKIPPED"}.get(r["returncode"], "FAILED")
+        print(f"{state:7} {r['seconds']:7.1f} s  {r['command']}")
+    for name, trace in result["errors"].items():
+        print(f"stage {name} FAILED: {trace.strip().splitlines()[-1]}")
+    if result["skipped"]:
+        print(f"skipped (budget spent): {', '.join(result['skipped'])}")
     print(f"written to {path}")
-    return 0
+    failed = bad or result["errors"] or any(r["returncode"] not in (0, None)
+                                            for r in result["smoke"])
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

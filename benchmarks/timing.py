@@ -65,3 +65,18 @@ def measure(fn: Callable[[], Any], *, rounds: int = 3, warmup: int = 1) -> Timin
         _sync()
         seconds.append(time.perf_counter() - start)
     return Timing(tuple(seconds), result)
+
+
+class Deadline:
+    """A wall-clock budget of ``seconds`` from now (``None``: unlimited), for scripts that must
+    finish inside a lease: :meth:`left` says how many seconds remain (negative once spent)."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self.start = time.perf_counter()
+
+    def left(self) -> float:
+        """Seconds still available (infinite without a budget)."""
+        if self.seconds is None:
+            return float("inf")
+        return self.seconds - (time.perf_counter() - self.start)
