@@ -213,10 +213,9 @@ def agreement(found: dict, ref: tuple) -> dict:
     return out
 
 
-def recheck_fractions(x: torch.Tensor, c: torch.Tensor) -> dict:
-    """The default mode's bf16 main pass alone on [B, N, D] / [B, K, D]: the fractions of rows
-    with 1, 2 and more than 2 candidates within the proven bound (the last go to the full fp32
-    pass). Uses the Triton launcher's own pieces, so it measures what the kernel counts."""
+def main_pass(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The default mode's bf16 main pass alone on [B, N, D] / [B, K, D] (L2), through the
+    Triton launcher's own pieces; returns the packed candidates [B, N] int64 it writes."""
     from fastdc.kernels import assign as tk
 
     cf = c.float()
@@ -231,9 +230,22 @@ def recheck_fractions(x: torch.Tensor, c: torch.Tensor) -> dict:
     cand = torch.empty(B, N, dtype=torch.int64, device=x.device)
     tk._launch(x, c16, pad, dist, idx, is_l2=True, mode="bf16", coef=coef.contiguous(),
                cand=cand)
-    count = (cand >> 32).flatten()
+    return cand
+
+
+def recheck_fractions(x: torch.Tensor, c: torch.Tensor) -> dict:
+    """Fractions of rows with 0, 1, 2 and more than 2 candidates after :func:`main_pass` (the
+    last go on to the TF32 counting pass), as the kernel counts them."""
+    count = (main_pass(x, c) >> 32).flatten()
     return {"one": float((count == 1).float().mean()), "two": float((count == 2).float().mean()),
             "more": float((count > 2).float().mean()), "zero": float((count < 1).float().mean())}
+
+
+def autotuned_configs() -> dict:
+    """What Triton's autotuner chose for each key of the assign kernel in this process."""
+    from fastdc.kernels import assign as tk
+
+    return {str(key): str(cfg) for key, cfg in getattr(tk._assign_tuned, "cache", {}).items()}
 
 
 def _time_assign(x, c, rows: list[dict], summary: dict) -> None:
@@ -266,6 +278,10 @@ def _time_assign(x, c, rows: list[dict], summary: dict) -> None:
         summary["agreement_with_fp32_reference"] = agreement(found, found[("torch", "default")])
     try:
         summary["recheck_fractions_triton_default"] = recheck_fractions(x, c)
+        ms = measure(lambda: main_pass(x, c), **GPU_ROUNDS).median * 1e3
+        rows.append({"case": "assign", "impl": "triton (default): bf16 pass alone", "ms": ms,
+                     "note": f"{flops / ms / 1e9:.1f} TFLOP/s, counting candidates"})
+        summary["assign_ms_triton_main_pass"] = ms
     except Exception as exc:
         summary["recheck_fractions_triton_default"] = f"failed: {type(exc).__name__}: {exc}"
 
@@ -336,6 +352,32 @@ def _time_kmeans_backend(x, c, b: str, rows: list[dict], summary: dict) -> None:
                  "ms": ms_gr, "note": f"{ms_gr / ms_ur:.2f}x the random ids' time"})
 
 
+def _time_kmeans_mixture(n: int, k: int, dev, rows: list[dict], summary: dict) -> None:
+    """20 Lloyd iterations of the Triton backend on DeepCluster-like rows (a PCA-whitened,
+    L2-normalised ReLU mixture, :func:`benchmarks.bench_rounding.whitened_mixture`), and the
+    default mode's candidate fractions at the first and the 21st assignment."""
+    from benchmarks.bench_rounding import whitened_mixture
+
+    x = whitened_mixture(n, d_in=512, dim=DEEPCLUSTER["D"], device=dev)[None].contiguous()
+    g = torch.Generator(device=dev).manual_seed(2)
+    c = x[:, torch.randperm(n, generator=g, device=dev)[:k]].contiguous()
+    summary["mixture_recheck_fractions_first"] = recheck_fractions(x, c)
+    gen = torch.Generator(device=dev).manual_seed(1)
+
+    def twenty():
+        cur = c
+        for _ in range(20):
+            cur = kmeans_iteration(x, cur, "triton", gen)
+        return cur
+
+    timing = measure(twenty, rounds=3, warmup=1)
+    ms = timing.median * 1e3
+    rows.append({"case": "kmeans 20 iterations, whitened mixture", "impl": "triton", "ms": ms,
+                 "note": f"{ms / 20:.1f} ms per iteration"})
+    summary["kmeans_20_iters_s_triton_mixture"] = ms / 1e3
+    summary["mixture_recheck_fractions_after_20"] = recheck_fractions(x, timing.result)
+
+
 def _time_sobel(batch: int, dev, rows: list[dict], summary: dict) -> None:
     """sobel per backend vs a device-to-device copy of the same bytes."""
     images = torch.randint(0, 256, (batch, 3, SOBEL["H"], SOBEL["W"]), dtype=torch.uint8,
@@ -388,8 +430,12 @@ def smoke_commands(out_dir: Path, gpus: int) -> list[list[str]]:
     autocast, and two processes under torchrun when two GPUs are present)."""
     train = ["-m", "fastdc.train", "--device", "cuda", "--epochs", "1", "--subset", "1000",
              "--k", "10"]
+    import importlib.util
+
+    # pytest-xdist, where installed, spreads the tests' Triton compilations over the CPU cores
+    spread = ["-n", "8"] if importlib.util.find_spec("xdist") else []
     cmds = [[sys.executable, "-m", "pytest", "-q", "-m", "gpu", str(ROOT / "tests"), "-rfE",
-             "-p", "no:cacheprovider"],
+             "-p", "no:cacheprovider", *spread],
             [sys.executable, *train, "--out", str(out_dir / "fp32")],
             [sys.executable, *train, "--amp", "--out", str(out_dir / "amp")]]
     if gpus >= 2:
@@ -434,9 +480,9 @@ def run(quick: bool = False, budget_s: float | None = None, log_dir: Path | None
         partial: Path | None = None) -> dict:
     """All checks and timings on the current CUDA device; returns the JSON-ready result.
 
-    Stages run in order (correctness, assign, kmeans, sobel, batched, smoke); one that raises
-    is recorded under "errors" and the next one runs; stages that would start after
-    ``budget_s`` seconds are listed under "skipped". After each stage the result so far is
+    Stages run in order (correctness, assign, kmeans, kmeans_mixture, sobel, batched, smoke);
+    one that raises is recorded under "errors" and the next one runs; stages that would start
+    after ``budget_s`` seconds are listed under "skipped". After each stage the result so far is
     written to ``partial`` when given, so a killed run still leaves its figures."""
     ensure_fastdc_importable()
     from fastdc.ops.registry import available
@@ -485,6 +531,7 @@ def run(quick: bool = False, budget_s: float | None = None, log_dir: Path | None
         ("assign", lambda: _time_assign(*deepcluster_data(), rows, summary)),
         ("kmeans", lambda: _time_kmeans(*(data.get("x"), data.get("c")) if data
                                         else deepcluster_data(), rows, summary)),
+        ("kmeans_mixture", lambda: _time_kmeans_mixture(N, K, dev, rows, summary)),
         ("sobel", lambda: _time_sobel(sb, dev, rows, summary)),
         ("batched", batched),
         ("smoke", lambda: result["smoke"].extend(smoke_runs(
@@ -502,6 +549,7 @@ def run(quick: bool = False, budget_s: float | None = None, log_dir: Path | None
         if name == "kmeans":
             data.clear()
             torch.cuda.empty_cache()
+        result["autotuned"] = autotuned_configs()
         if partial is not None:
             partial.write_text(json.dumps(result, indent=2, default=str))
         print(f"bench_gpu: stage {name} done, {budget.left():.0f} s of the budget left",

@@ -24,14 +24,22 @@ N, D_IN, DIM = 20_000, 512, 256
 ITERATIONS = (0, 1, 4)  # Lloyd iterations after which the assignment is simulated
 
 
-def whitened_mixture(n: int, d_in: int = D_IN, dim: int = DIM, seed: int = 0) -> torch.Tensor:
+def whitened_mixture(n: int, d_in: int = D_IN, dim: int = DIM, seed: int = 0,
+                     device: str | torch.device = "cpu") -> torch.Tensor:
     """[n, dim] float32 rows like DeepCluster's input to k-means: non-negative (ReLU) features
-    of 64 clusters on a decaying spectrum of 128 directions, PCA-whitened, L2-normalised."""
-    g = torch.Generator().manual_seed(seed)
-    basis = torch.randn(128, d_in, generator=g) / torch.arange(1, 129).float()[:, None] ** 0.75
-    means = torch.randn(64, 128, generator=g)
-    z = means[torch.randint(0, 64, (n,), generator=g)] + 0.7 * torch.randn(n, 128, generator=g)
-    feats = torch.relu(z @ basis + 0.05 * torch.randn(n, d_in, generator=g))
+    of 64 clusters on a decaying spectrum of 128 directions, PCA-whitened, L2-normalised; made
+    on ``device`` with that device's generator (the same seed gives other rows on a GPU)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, device=device)
+
+    scale = torch.arange(1, 129, device=device).float()[:, None] ** 0.75
+    basis = randn(128, d_in) / scale
+    means = randn(64, 128)
+    pick = torch.randint(0, 64, (n,), generator=g, device=device)
+    z = means[pick] + 0.7 * randn(n, 128)
+    feats = torch.relu(z @ basis + 0.05 * randn(n, d_in))
     return pca_whiten(feats, min(dim, d_in)).contiguous()
 
 

@@ -8,9 +8,10 @@ Precision modes (``precision=``):
 
 - ``"default"``: a bf16 tensor-core pass (centroids rounded once per call, x once per tile,
   fp32 accumulation) that counts, per row, the centroids within the proven rounding bound of
-  the best (:func:`candidate_width`); every row is re-scored in fp32 on its one or two
-  candidates, and rows with more go through the full fp32 pass (compacted on the device, no
-  host sync). The candidates always hold the fp32 and the exact arg-min, so indices equal fp32
+  the best (:func:`candidate_width`); rows with more than two candidates go through a TF32
+  pass that counts again within its own, about 4× narrower bound; every row is then re-scored
+  in fp32 on its one or two candidates, and rows with more still go through the full fp32 pass
+  (each pass's rows compacted on the device, no host sync). The candidates always hold the fp32 and the exact arg-min, so indices equal fp32
   brute force's (up to fp32 near ties); distances are fp32.
 - ``"fp32"``: one pass, fp32 products on CUDA cores (``input_precision="ieee"``): exact but
   about 8× slower than TF32 on an H100.
@@ -203,15 +204,26 @@ def _fold_tile(acc, pad_b, k0, kk, best, best_i, cnt, isum, width, IS_L2: tl.con
 
 
 @triton.jit
-def _row_norms(x_rows, row_ok, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """|x|² and |x − bf16(x)|² of the rows (fp32 [BLOCK_N] each), D streamed in BLOCK_D."""
+def _residual(xf, DOT_MODE: tl.constexpr):
+    """x − (x as the main pass's product sees it), exact in fp32: bf16 round-to-nearest, or
+    TF32 truncation (an upper bound, element by element, of any TF32 rounding's residual)."""
+    if DOT_MODE == "tf32":
+        return xf - (xf.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    return xf - xf.to(tl.bfloat16).to(tl.float32)
+
+
+@triton.jit
+def _row_norms(x_rows, row_ok, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+               DOT_MODE: tl.constexpr):
+    """|x|² and |x − x_h|² of the rows (fp32 [BLOCK_N] each; x_h as :func:`_residual`), D
+    streamed in BLOCK_D."""
     dd = tl.arange(0, BLOCK_D)
     x_sq = tl.zeros([BLOCK_N], dtype=tl.float32)
     xl_sq = tl.zeros([BLOCK_N], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         m = row_ok[:, None] & ((d0 + dd) < D)[None, :]
         xf = tl.load(x_rows + d0 + dd[None, :], mask=m, other=0.0).to(tl.float32)
-        xl = xf - xf.to(tl.bfloat16).to(tl.float32)  # exact in fp32
+        xl = _residual(xf, DOT_MODE)
         x_sq += tl.sum(xf * xf, axis=1)
         xl_sq += tl.sum(xl * xl, axis=1)
     return x_sq, xl_sq
@@ -235,7 +247,7 @@ def _assign_kernel(
     D: tl.constexpr,  # feature dim (specialised: one compile per D)
     IS_L2: tl.constexpr,  # True: smallest squared L2 distance; False: largest inner product
     DOT_MODE: tl.constexpr,  # "ieee" | "tf32" | "tf32x3" | "bf16"
-    COUNT: tl.constexpr,  # the bf16 main pass: count candidates within the proven bound
+    COUNT: tl.constexpr,  # bf16 main pass / TF32 second pass: count candidates in the bound
     GATHER: tl.constexpr,  # rows come from rows_ptr (the fp32 re-check of flagged rows)
     UPCAST_BF16: tl.constexpr,  # interpreter only: multiply bf16 tiles in fp32 (see _dot)
     BLOCK_N: tl.constexpr,  # rows per program
@@ -249,13 +261,13 @@ def _assign_kernel(
     if BLOCK_D >= D:  # the resident x tile, rounded once when the pass is bf16
         x_tile = tl.load(x_rows + dd[None, :], mask=row_ok[:, None] & (dd[None, :] < D), other=0.0)
         xf = x_tile.to(tl.float32)
-        xl = xf - xf.to(tl.bfloat16).to(tl.float32)  # exact in fp32
+        xl = _residual(xf, DOT_MODE)
         x_sq = tl.sum(xf * xf, axis=1)
         xl_sq = tl.sum(xl * xl, axis=1)
-        if COUNT and not UPCAST_BF16:
+        if COUNT and DOT_MODE == "bf16" and not UPCAST_BF16:
             x_tile = x_tile.to(tl.bfloat16)
     else:
-        x_sq, xl_sq = _row_norms(x_rows, row_ok, D, BLOCK_N, BLOCK_D)
+        x_sq, xl_sq = _row_norms(x_rows, row_ok, D, BLOCK_N, BLOCK_D, DOT_MODE)
     width = tl.zeros([BLOCK_N], dtype=tl.float32)
     if COUNT:
         coef = coef_ptr + b * 3
@@ -386,7 +398,8 @@ def _prune_assign_configs(configs, named_args, **kwargs):
     n, k, d = named_args["N"], named_args["K"], kwargs.get("D", named_args.get("D"))
     full = assign_block_d(d)
     x = named_args.get("x_ptr")
-    half = kwargs.get("COUNT") or (x is not None and x.element_size() == 2)
+    half = (kwargs.get("COUNT") and kwargs.get("DOT_MODE") == "bf16") or (
+        x is not None and x.element_size() == 2)
     kept = []
     for c in configs:
         bn, bk, bd = c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_D"]
@@ -472,7 +485,7 @@ def assign_triton(
     :data:`PRECISIONS` (``_reasons`` declines the others). Returns dist [B, N] float32 (squared
     L2 clamped at 0, or the best inner product) and idx [B, N] int64 (ties: the smallest index).
     Extra memory: |c|² padded, a bf16 copy of the centroids and, in the default mode, about
-    21 bytes per row (packed candidates, the second candidate, the re-check's row list).
+    25 bytes per row (packed candidates, the second candidate, the re-checks' row lists).
     """
     B, N, D = x.shape
     dist = torch.empty(B, N, dtype=torch.float32, device=x.device)
@@ -493,6 +506,13 @@ def assign_triton(
     coef = candidate_width(cmax, (cf - c16.float()).norm(dim=2).amax(dim=1), D, BF16_UNIT)
     cand = torch.empty(B, N, dtype=torch.int64, device=x.device)
     _launch(x, c16, pad, dist, idx, is_l2=is_l2, mode="bf16", coef=coef.contiguous(), cand=cand)
+    # ... rows with more than two go through a TF32 pass that counts again within its
+    # (about 4x narrower) bound ...
+    rows, nrows = _compact((cand >> 32) > 2)
+    ct = round_operand(cf, "tf32")
+    coef32 = candidate_width(cmax, (cf - ct).norm(dim=2).amax(dim=1), D, TF32_UNIT)
+    _launch(x, centroids, pad, dist, idx, is_l2=is_l2, mode="tf32", coef=coef32.contiguous(),
+            cand=cand, rows=rows, nrows=nrows)
     # ... every row is re-scored in fp32 on its first and (if any) second candidate ...
     count = cand >> 32
     second = torch.where(count == 2, (cand & 0xFFFFFFFF) - idx, idx)

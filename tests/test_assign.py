@@ -229,6 +229,39 @@ def test_triton_recheck_path_covers_every_row(monkeypatch):
         assert_close(dist, ref_d, torch.float32)
 
 
+def test_triton_tf32_pass_settles_rows_the_bf16_pass_leaves_open(monkeypatch):
+    """With the bf16 pass's width made infinite every row reaches the TF32 counting pass; its
+    own bound settles most of them, so far fewer reach the full fp32 pass, and every index
+    still equals the fp32 reference's."""
+    kernels = triton_kernels("assign")
+    width = kernels.candidate_width
+
+    def wide_bf16(cmax, cl_max, d, unit):
+        if unit == kernels.BF16_UNIT:
+            return torch.full((len(cmax), 3), 1e30, device=cmax.device)
+        return width(cmax, cl_max, d, unit)
+
+    flagged = []
+    compact = kernels._compact
+
+    def counting_compact(flag):
+        flagged.append(int(flag.sum()))
+        return compact(flag)
+
+    monkeypatch.setattr(kernels, "candidate_width", wide_bf16)
+    monkeypatch.setattr(kernels, "_compact", counting_compact)
+    x, c = randn(2, 150, 48, seed=6, device=TRITON_DEVICE), randn(2, 70, 48, seed=7,
+                                                                  device=TRITON_DEVICE)
+    for metric in ("l2", "ip"):
+        flagged.clear()
+        with poisoned_allocations():
+            dist, idx = kernels.assign_triton(x, c, metric, "default")
+        ref_d, ref_i = assign_ref(x, c, metric)
+        assert torch.equal(idx, ref_i)
+        assert_close(dist, ref_d, torch.float32)
+        assert flagged[0] == 300 and flagged[1] < 30, flagged
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_triton_two_candidates_are_rescored_in_fp32(metric):
     """Each centroid twice: every row has two equal best scores and keeps the smaller index."""

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-cpu = pytest.importorskip("fastdc.ops.cpu", reason="the fastdc._C extension is not built")
+pytest.importorskip("fastdc._C", reason="the fastdc._C extension is not built")
+cpu = pytest.importorskip("fastdc.ops.cpu")
 
 from tests.helpers import ODD_SHAPE_IDS, ODD_SHAPES, assert_assign_matches  # noqa: E402
 

@@ -116,22 +116,24 @@ print("compiled")
 """
 
 
-# Every autotune candidate of the default mode's bf16 main pass, of the one-pass TF32 mode and
-# of the fp32 re-check at D = 256: no stack frame (spills live there), shared memory within one
+# Every autotune candidate of the default mode's three passes (bf16 main pass, TF32 counting
+# pass, fp32 re-check) and of the one-pass TF32 mode at D = 256: no stack frame (spills live there), shared memory within one
 # H100 block's limit, wgmma in the tensor-core passes' PTX.
 _ASSIGN_CONFIGS_SCRIPT = _PRELUDE + r"""
 import os, re, subprocess, tempfile
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
-runs = [(cfg, mode) for mode in ("bf16", "tf32") for cfg in A._prune_assign_configs(
-    A.assign_configs(), dict(N=1281167, K=10000), D=256, DOT_MODE=mode, COUNT=mode == "bf16")]
-assert len(runs) == 2 * len(A.assign_configs()) - 1, len(runs)
-runs += [(cfg, "ieee") for cfg in A._prune_assign_configs(
-    A.assign_configs(), dict(N=1281167, K=10000), D=256, DOT_MODE="ieee")]
-for cfg, mode in runs:
+# (mode, COUNT, GATHER): the default mode's bf16 main pass, its TF32 counting pass and full
+# fp32 pass on gathered rows, and the one-pass TF32 mode
+passes = [("bf16", True, False), ("tf32", True, True), ("ieee", False, True),
+          ("tf32", False, False)]
+runs = [(cfg, *p) for p in passes for cfg in A._prune_assign_configs(
+    A.assign_configs(), dict(N=1281167, K=10000), D=256, DOT_MODE=p[0], COUNT=p[1])]
+assert len(runs) == 3 * len(A.assign_configs()) - 1, len(runs)
+for cfg, mode, count, gather in runs:
     kw = dict(cfg.kwargs)
     kw["BLOCK_D"] = A._resolve_block_d(dict(kw, D=256))
-    const = dict(D=256, IS_L2=True, DOT_MODE=mode, COUNT=mode == "bf16",
-                 GATHER=mode == "ieee", UPCAST_BF16=False, **kw)
+    const = dict(D=256, IS_L2=True, DOT_MODE=mode, COUNT=count, GATHER=gather,
+                 UPCAST_BF16=False, **kw)
     sig = dict(sig_a, c_ptr=P("bf16")) if mode == "bf16" else sig_a
     k = build(A._assign_kernel, sig, const, num_warps=cfg.num_warps,
               num_stages=cfg.num_stages)
