@@ -426,18 +426,22 @@ def _time_batched(xb, cb, rows: list[dict], summary: dict) -> None:
 
 
 def smoke_commands(out_dir: Path, gpus: int) -> list[list[str]]:
-    """The GPU test suite and short trainer runs on the device (with and without bf16
-    autocast, and two processes under torchrun when two GPUs are present)."""
-    train = ["-m", "fastdc.train", "--device", "cuda", "--epochs", "1", "--subset", "1000",
-             "--k", "10"]
+    """The GPU test suite and short trainer runs on the device: DeepCluster with and without
+    bf16 autocast and with PIC clustering, DeeperCluster, and two processes under torchrun
+    when two GPUs are present."""
     import importlib.util
 
+    train = ["-m", "fastdc.train", "--device", "cuda", "--epochs", "1", "--subset", "1000",
+             "--k", "10"]
     # pytest-xdist, where installed, spreads the tests' Triton compilations over the CPU cores
     spread = ["-n", "8"] if importlib.util.find_spec("xdist") else []
     cmds = [[sys.executable, "-m", "pytest", "-q", "-m", "gpu", str(ROOT / "tests"), "-rfE",
              "-p", "no:cacheprovider", *spread],
             [sys.executable, *train, "--out", str(out_dir / "fp32")],
-            [sys.executable, *train, "--amp", "--out", str(out_dir / "amp")]]
+            [sys.executable, *train, "--amp", "--out", str(out_dir / "amp")],
+            [sys.executable, *train, "--clustering", "pic", "--out", str(out_dir / "pic")],
+            [sys.executable, *train, "--method", "deepercluster", "--out",
+             str(out_dir / "deepercluster")]]
     if gpus >= 2:
         cmds.append([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                      *train[1:], "--out", str(out_dir / "ddp")])

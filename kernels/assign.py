@@ -11,8 +11,9 @@ Precision modes (``precision=``):
   the best (:func:`candidate_width`); rows with more than two candidates go through a TF32
   pass that counts again within its own, about 4× narrower bound; every row is then re-scored
   in fp32 on its one or two candidates, and rows with more still go through the full fp32 pass
-  (each pass's rows compacted on the device, no host sync). The candidates always hold the fp32 and the exact arg-min, so indices equal fp32
-  brute force's (up to fp32 near ties); distances are fp32.
+  (each pass's rows compacted on the device, no host sync). The candidates always hold the
+  fp32 and the exact arg-min, so indices equal fp32 brute force's (up to fp32 near ties);
+  distances are fp32.
 - ``"fp32"``: one pass, fp32 products on CUDA cores (``input_precision="ieee"``): exact but
   about 8× slower than TF32 on an H100.
 - ``"tf32x3"``: one pass, three TF32 products per fp32 product (error ≈ fp32).
@@ -369,10 +370,11 @@ def assign_configs() -> list[triton.Config]:
 
     BLOCK_D = 0 means "all of D": the x tile is loaded once per program and kept in shared
     memory while centroid tiles stream past. Otherwise D is streamed in BLOCK_D chunks. The
-    list keeps only tiles that compiled for sm_90 (Triton 3.8, D = 256, fp32 inputs, the
-    default mode's bf16 main pass and the one-pass TF32 mode) with no stack frame (no spills)
-    and <= 227 KB of shared memory (tests/test_triton_backend.py checks this); tiles that
-    spilled there (128×32 and 128×128×64 with 8 warps, 64×128 with 4) are left out. Which one
+    list keeps only tiles that compiled for sm_90 (Triton 3.8 and 3.6, D = 256, fp32 inputs,
+    the default mode's passes and the one-pass TF32 mode) with no stack frame (no spills) and
+    <= 227 KB of shared memory (tests/test_triton_backend.py checks this); tiles that spilled
+    there (128×32 and 128×128×64 with 8 warps, 256-row tiles with 8 or 16 warps, 128×64 with
+    4) are left out. Which one
     wins is the autotuner's measurement on the GPU, cached on disk per (N, D, K, metric, mode,
     candidate counting, gather); ``python benchmarks/bench_gpu.py --estimate`` models each.
     Interpreter: one 32×32 tile (the CPU runs one program at a time).
@@ -382,7 +384,7 @@ def assign_configs() -> list[triton.Config]:
                               num_stages=1)]
     tiles = [  # (BLOCK_N, BLOCK_K, BLOCK_D, warps, stages)
         (128, 64, 0, 8, 1), (128, 64, 0, 8, 2), (64, 64, 0, 4, 2), (64, 32, 0, 4, 3),
-        (128, 64, 64, 8, 3), (128, 128, 32, 8, 4),
+        (128, 64, 64, 8, 3), (128, 128, 32, 8, 4), (64, 128, 0, 4, 1), (128, 128, 0, 8, 1),
     ]
     return [
         triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd}, num_warps=w, num_stages=s)
@@ -390,10 +392,16 @@ def assign_configs() -> list[triton.Config]:
     ]
 
 
+HALF_ONLY_TILES = {(128, 64, 0, 2), (64, 128, 0, 1), (128, 128, 0, 1)}
+"""(BLOCK_N, BLOCK_K, BLOCK_D, stages) of the resident tiles kept for 16-bit operands only: at
+D = 256 in fp32 they need 192-256 KB of shared memory or spill (sm_90, Triton 3.8). With bf16
+operands 64×128 (206 registers × 128 threads, 96 KB) leaves room for two CTAs per SM."""
+
+
 def _prune_assign_configs(configs, named_args, **kwargs):
     """Drop chunked candidates when one chunk covers D, tiles far larger than N or K, the
-    2-stage 128×64 resident tile unless the operands are 16-bit (COUNT's bf16 pass or half
-    inputs), and, for the fp32 CUDA-core product, every tile but 64×32 (the others spill
+    :data:`HALF_ONLY_TILES` unless the operands are 16-bit (the default mode's bf16 pass or
+    half inputs), and, for the fp32 CUDA-core product, every tile but 64×32 (the others spill
     0.4-15 KB per thread on sm_90 at D = 256)."""
     n, k, d = named_args["N"], named_args["K"], kwargs.get("D", named_args.get("D"))
     full = assign_block_d(d)
@@ -405,8 +413,8 @@ def _prune_assign_configs(configs, named_args, **kwargs):
         bn, bk, bd = c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_D"]
         if kwargs.get("DOT_MODE") == "ieee" and (bn, bk) != (64, 32):
             continue
-        if not half and (bn, bk, bd, c.num_stages) == (128, 64, 0, 2):
-            continue  # 128 KB of 16-bit tiles; 256 KB in fp32, over the limit
+        if not half and (bn, bk, bd, c.num_stages) in HALF_ONLY_TILES:
+            continue
         if full and bd >= full:
             continue  # a chunk covering D is the resident variant (BLOCK_D = 0) again
         if bk > max(32, next_pow2(k)) or bn > max(32, next_pow2(n)):

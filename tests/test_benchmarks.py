@@ -69,10 +69,11 @@ def test_gpu_run_also_runs_the_gpu_tests_and_the_trainer(tmp_path):
     one = smoke_commands(tmp_path, gpus=1)
     assert one[0][1:3] == ["-m", "pytest"] and one[0][4:6] == ["-m", "gpu"]
     trainer = [c for c in one if "fastdc.train" in c]
-    assert len(trainer) == 2 and sum("--amp" in c for c in trainer) == 1
+    assert len(trainer) == 4 and sum("--amp" in c for c in trainer) == 1
+    assert sum("pic" in c for c in trainer) == 1 and sum("deepercluster" in c for c in trainer) == 1
     assert all(c[c.index("--device") + 1] == "cuda" for c in trainer)
     two = smoke_commands(tmp_path, gpus=2)
-    assert len(two) == 4 and "--nproc_per_node" in two[-1]
+    assert len(two) == 6 and "--nproc_per_node" in two[-1]
 
 
 def test_gpu_estimate_finds_the_innermost_hgmma_loop():
