@@ -334,21 +334,20 @@ def _time_knn(n: int, dev, rows: list[dict], summary: dict) -> None:
         return [torch.cdist(x[0, s:s + KNN_CHUNK], x[0]).topk(k, largest=False)
                 for s in range(0, n, KNN_CHUNK)]
 
-    impls = [(b, _impl("knn", b, x=x, y=x, k=k, metric="l2")) for b in _backends("knn")]
-    impls.append(("torch.cdist + topk (chunks)", cdist_topk))
-    for name, fn in impls:
+    impls = [(b, b, lambda b=b: _impl("knn", b, x=x, y=x, k=k, metric="l2")(
+        x=x, y=x, k=k, metric="l2")) for b in _backends("knn")]
+    impls.append(("torch.cdist + topk (chunks)", "cdist_topk", cdist_topk))
+    for name, key, fn in impls:
         try:
-            call = fn if name.startswith("torch.cdist") else (
-                lambda fn=fn: fn(x=x, y=x, k=k, metric="l2"))
-            ms = measure(call, **GPU_ROUNDS).median * 1e3
+            ms = measure(fn, **GPU_ROUNDS).median * 1e3
             rows.append({"case": case, "impl": name, "ms": ms,
                          "note": f"{flops / ms / 1e9:.1f} TFLOP/s"})
-            summary[f"knn_ms_{name.split()[0]}"] = ms
+            summary[f"knn_ms_{key}"] = ms
         except Exception as exc:
             rows.append({"case": case, "impl": name, "ms": None,
                          "note": f"failed: {type(exc).__name__}: {exc}"[:120]})
-    if "knn_ms_triton" in summary and "knn_ms_torch.cdist" in summary:
-        summary["knn_triton_vs_cdist_topk"] = summary["knn_ms_torch.cdist"] / summary[
+    if "knn_ms_triton" in summary and "knn_ms_cdist_topk" in summary:
+        summary["knn_triton_vs_cdist_topk"] = summary["knn_ms_cdist_topk"] / summary[
             "knn_ms_triton"]
 
 
