@@ -1,14 +1,15 @@
 """Triton knn: fused distance + top-k, batched over B problems, never building N×M.
 
 Each program owns BLOCK_N query rows of one problem; database tiles of BLOCK_M rows stream
-past, their scores come from one fp32 ``tl.dot`` (``input_precision="ieee"``: exact fp32
-products on CUDA cores, so the ranking is the reference's up to fp32 near ties), and every row
-keeps its running k best in registers.
+past, their scores come from one fp32 ``tl.dot`` (``input_precision="ieee"``: fp32 FMAs on
+CUDA cores, no TF32 rounding, so the ranking is the reference's up to fp32 near ties), and
+every row keeps its running k best in registers.
 
 Order and ties. A score s of database row j becomes one int64 key: the 32 bits of s mapped to
 a signed integer of the same order, shifted up, with j in the low 32 bits. Keys are unique per
 row and compare as (score, index), so "the k smallest keys" are the k best rows with equal
-scores going to the smallest index, and no step needs a second tie-break.
+scores going to the smallest index, and no step needs a second tie-break (-0.0 is folded into
++0.0 first, so the two zeros tie as they do in the reference's sort).
 
 Merge of one tile into a row's list of k keys: the tile's keys below the list's worst are
 counted; for as many rounds as the block's largest count (at most k), each row takes its
@@ -236,7 +237,7 @@ def knn_triton(
     M = y.shape[1]
     dist = torch.empty(B, N, k, dtype=torch.float32, device=x.device)
     idx = torch.empty(B, N, k, dtype=torch.int64, device=x.device)
-    if N == 0:
+    if dist.numel() == 0:
         return dist, idx
     is_l2 = metric == "l2"
     # the reference's |x|² and |y|²: the same torch reductions, so distances match it closely
