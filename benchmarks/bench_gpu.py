@@ -3,14 +3,16 @@
 On a CUDA device: correctness checks first (every backend against the torch reference), then
 timings by :func:`benchmarks.timing.measure` (median of a few calls, the device synchronised
 before every clock read, warm-up and Triton autotuning outside the timed region) of assign, one
-k-means iteration, 20 iterations, cluster_sums + resplit_empty, sobel and the batched case, for
+k-means iteration, 20 iterations, cluster_sums + resplit_empty, sobel, the batched case and the
+knn graph of PIC (N = 200 000, D = 128, k = 6, against chunked ``torch.cdist`` + ``topk``), for
 DeepCluster's shape (N = 1 281 167, D = 256, K = 10 000), side by side with the ``torch``
 reference in fp32 with TF32 off (the faiss-gpu stand-in: an SGEMM tile then an argmin pass),
 a TF32 ``torch.mm`` of the same shape, and flash-kmeans / fastkmeans when importable. Writes
 ``benchmarks/results/gpu_<device>_<date>.json`` and prints a table. Without CUDA it says so and
 exits with status 2. After the timings it runs ``pytest -m gpu`` and short trainer runs on the
-device (fp32, ``--amp``, and two processes under torchrun with two GPUs), recorded under
-"smoke". ``--quick`` shrinks every size (a smoke run). ``--estimate`` needs no GPU:
+device (fp32, ``--amp``, ``--clustering pic``, ``--method deepercluster``, and two processes
+under torchrun with two GPUs), recorded under "smoke"; ``--budget-s`` skips what would start
+past a wall-clock budget. ``--quick`` shrinks every size (a smoke run). ``--estimate`` needs no GPU:
 it compiles the assign kernels for sm_90 and prints their resources and a modelled H100 time
 per Lloyd iteration (benchmarks/gpu_estimate.py, assumptions printed). The helpers above
 ``main`` need no GPU, so tests can import this file.
@@ -41,6 +43,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 DEEPCLUSTER = {"N": 1_281_167, "D": 256, "K": 10_000}
 BATCHED = {"B": 16, "N": 80_000, "D": 256, "K": 5_000}
 SOBEL = {"B": 256, "H": 224, "W": 224}  # one ImageNet training batch
+KNN = {"N": 200_000, "D": 128, "k": 6}  # PIC's graph: 5 neighbours + the row itself (y = x)
+KNN_CHUNK = 4096  # rows per torch.cdist + topk chunk (a 4096 × N fp32 block: 3.3 GB at 200k)
 QUICK_SCALE = 64  # --quick divides N (and the sobel batch) by this
 GPU_ROUNDS = {"rounds": 5, "warmup": 2}  # timed calls (median reported) after compile/autotune
 
@@ -149,6 +153,7 @@ def correctness(dev) -> list[dict]:
     ref_s, ref_n = ops.cluster_sums(x, ref_i, 700, backend="torch")
     ref_sob = ops.sobel(images, backend="torch")
     ref_split = ops.resplit_empty(c, cnt, seed=1, backend="torch")
+    ref_knn = [ops.knn(x, c, 6, metric=m, backend="torch") for m in ("l2", "ip")]
     for b in ("triton", "cuda"):
         checks = {
             "assign": lambda b=b: float((ops.assign(x, c, backend=b)[1] == ref_i).float().mean()),
@@ -160,16 +165,31 @@ def correctness(dev) -> list[dict]:
                 for p, q in zip(ops.resplit_empty(c, cnt, seed=1, backend=b), ref_split,
                                 strict=True)),
         }
+        if b in _backends("knn"):
+            checks["knn"] = lambda b=b: _knn_agreement(x, c, ref_knn, b)
         for op, fn in checks.items():
             try:
                 value = fn()
-                ok = value is True or (op == "assign" and value >= 0.999) or (
-                    isinstance(value, float) and op != "assign" and value < 1e-3)
+                ok = value is True or (op in ("assign", "knn") and value >= 0.999) or (
+                    isinstance(value, float) and op not in ("assign", "knn") and value < 1e-3)
                 out.append({"op": op, "backend": b, "value": value, "ok": bool(ok)})
             except Exception as exc:
                 out.append({"op": op, "backend": b, "value": None, "ok": False,
                             "error": f"{type(exc).__name__}: {exc}"[:300]})
     return out
+
+
+def _knn_agreement(x, y, ref: list, backend: str) -> float:
+    """Fraction of knn(x, y, 6) entries (L2 and IP, worse of the two) whose index equals the
+    reference's ``ref`` [(dist, idx) for l2, ip] and whose value is within 1e-4 relative."""
+    from fastdc import ops
+
+    agree = []
+    for metric, (ref_d, ref_i) in zip(("l2", "ip"), ref, strict=True):
+        dist, idx = ops.knn(x, y, 6, metric=metric, backend=backend)
+        close = (dist - ref_d).abs() <= 1e-4 * (1 + ref_d.abs())
+        agree.append(float(((idx == ref_i) & close).float().mean()))
+    return min(agree)
 
 
 def _third_party_kmeans(x: torch.Tensor, k: int, iters: int) -> list[dict]:
@@ -425,6 +445,40 @@ def _time_batched(xb, cb, rows: list[dict], summary: dict) -> None:
         summary[f"batched_speedup_{b}"] = many / one
 
 
+def _time_knn(n: int, dev, rows: list[dict], summary: dict) -> None:
+    """The k-NN graph of n rows (y = x, D and k of :data:`KNN`) per knn backend and by
+    ``torch.cdist`` + ``topk`` on row chunks of :data:`KNN_CHUNK`; a failure is recorded."""
+    D, k = KNN["D"], KNN["k"]
+    g = torch.Generator(device=dev).manual_seed(2)
+    x = torch.randn(1, n, D, generator=g, device=dev)
+    flops = 2.0 * n * n * D
+    case = f"knn graph N={n} D={D} k={k}"
+
+    def cdist_topk():
+        return [torch.cdist(x[0, s:s + KNN_CHUNK], x[0]).topk(k, largest=False)
+                for s in range(0, n, KNN_CHUNK)]
+
+    impls = [(b, b, lambda b=b: _impl("knn", b, x=x, y=x, k=k, metric="l2")(
+        x=x, y=x, k=k, metric="l2")) for b in _backends("knn")]
+    impls.append(("torch.cdist + topk (chunks)", "cdist_topk", cdist_topk))
+    for name, key, fn in impls:
+        try:
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            ms = measure(fn, **GPU_ROUNDS).median * 1e3
+            extra = (torch.cuda.max_memory_allocated() - base) / 2**20
+            rows.append({"case": case, "impl": name, "ms": ms,
+                         "note": f"{flops / ms / 1e9:.1f} TFLOP/s, +{extra:.0f} MB"})
+            summary[f"knn_ms_{key}"] = ms
+            summary[f"knn_extra_mb_{key}"] = extra
+        except Exception as exc:
+            rows.append({"case": case, "impl": name, "ms": None,
+                         "note": f"failed: {type(exc).__name__}: {exc}"[:120]})
+    if "knn_ms_triton" in summary and "knn_ms_cdist_topk" in summary:
+        summary["knn_triton_vs_cdist_topk"] = summary["knn_ms_cdist_topk"] / summary[
+            "knn_ms_triton"]
+
+
 def smoke_commands(out_dir: Path, gpus: int) -> list[list[str]]:
     """The GPU test suite and short trainer runs on the device: DeepCluster with and without
     bf16 autocast and with PIC clustering, DeeperCluster, and two processes under torchrun
@@ -484,7 +538,8 @@ def run(quick: bool = False, budget_s: float | None = None, log_dir: Path | None
         partial: Path | None = None) -> dict:
     """All checks and timings on the current CUDA device; returns the JSON-ready result.
 
-    Stages run in order (correctness, assign, kmeans, kmeans_mixture, sobel, batched, smoke);
+    Stages run in order (correctness, assign, kmeans, kmeans_mixture, sobel, batched, knn,
+    smoke);
     one that raises is recorded under "errors" and the next one runs; stages that would start
     after ``budget_s`` seconds are listed under "skipped". After each stage the result so far is
     written to ``partial`` when given, so a killed run still leaves its figures."""
@@ -506,11 +561,12 @@ def run(quick: bool = False, budget_s: float | None = None, log_dir: Path | None
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "versions": versions(),
         "sizes": {"deepcluster": {"N": N, "D": D, "K": K}, "batched": {**BATCHED, "N": Nb},
-                  "sobel": {**SOBEL, "B": sb}, "quick": quick},
+                  "sobel": {**SOBEL, "B": sb}, "knn": {**KNN, "N": KNN["N"] // scale},
+                  "quick": quick},
         "x_bytes": N * D * 4,
         "correctness": [], "rows": [], "summary": {}, "targets": TARGETS,
         "backends": {op: available(op) for op in
-                     ("assign", "cluster_sums", "resplit_empty", "sobel")},
+                     ("assign", "knn", "cluster_sums", "resplit_empty", "sobel")},
         "errors": {}, "skipped": [], "smoke": [],
     }
     rows, summary = result["rows"], result["summary"]
@@ -538,6 +594,7 @@ def run(quick: bool = False, budget_s: float | None = None, log_dir: Path | None
         ("kmeans_mixture", lambda: _time_kmeans_mixture(N, K, dev, rows, summary)),
         ("sobel", lambda: _time_sobel(sb, dev, rows, summary)),
         ("batched", batched),
+        ("knn", lambda: _time_knn(KNN["N"] // scale, dev, rows, summary)),
         ("smoke", lambda: result["smoke"].extend(smoke_runs(
             Path(tempfile.mkdtemp(prefix="fastdc_gpu_")), budget, log_dir))),
     ]

@@ -1,5 +1,7 @@
 """knn: every backend against a float64 brute-force top-k on odd shapes (ragged N/M/D, k = 1,
-k = M, batched), exact ties, the self-neighbour of a graph, poisoned outputs and errors."""
+k = M, batched), exact ties, the self-neighbour of a graph, poisoned outputs and errors. The
+triton backend runs here compiled on a GPU, else under TRITON_INTERPRET=1 on fewer rows; k
+above its register limit (kernels/knn.py: MAX_K) is left to the reference."""
 
 import pytest
 import torch
@@ -15,9 +17,21 @@ from tests.helpers import (
     backend_params,
     is_interpreted,
     poisoned_allocations,
+    triton_kernels,
 )
 
-INTERPRETED_ROWS = 200
+INTERPRETED_ROWS = 100
+INTERPRETED_MAX_K = 8  # k = M under the interpreter only up to here; k = 64: its own test
+TRITON_MAX_K = 64  # kernels/knn.py: MAX_K
+
+
+def ks_for(backend, device, M):
+    """k = 1, 5 and M, the ones ``backend`` takes (triton: k <= TRITON_MAX_K, and under the
+    interpreter k <= INTERPRETED_MAX_K)."""
+    top = TRITON_MAX_K if backend == "triton" else M
+    if is_interpreted(backend, device):
+        top = INTERPRETED_MAX_K
+    return [k for k in sorted({1, min(5, M), M}) if k <= top]
 
 
 def brute_force_topk(x, y, k, metric):
@@ -60,7 +74,7 @@ def test_matches_float64_brute_force(backend, device, metric, shape):
     g = torch.Generator().manual_seed(N * 17 + M)
     x = torch.randn(B, N, D, generator=g).to(device)
     y = torch.randn(B, M, D, generator=g).to(device)
-    for k in sorted({1, min(5, M), M}):
+    for k in ks_for(backend, device, M):
         with poisoned_allocations():
             dist, idx = knn(x, y, k, metric=metric, backend=backend)
         assert dist.shape == idx.shape == (B, N, k)
@@ -93,6 +107,34 @@ def test_graph_of_x_finds_itself_first(backend, device):
     assert torch.equal(idx[:, 0].cpu(), torch.arange(300))
     assert dist[:, 0].abs().max().item() < 1e-4
     assert (dist[:, 1:] >= dist[:, :-1]).all()
+
+
+@pytest.mark.parametrize("backend,device", backend_params("knn"))
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_the_largest_k_over_many_tiles(backend, device, metric):
+    # k = 64 (the triton kernel's largest list, one full 64-slot list) against a database of
+    # ten 32-row tiles: every tile merges into a full list; clustered rows make close scores
+    g = torch.Generator().manual_seed(5)
+    y = (torch.randn(4, 8, generator=g).repeat(80, 1) + 0.1 * torch.randn(320, 8, generator=g))
+    x = torch.randn(2, 37, 8, generator=g).to(device)
+    y = torch.stack([y, y.flip(0)]).to(device)
+    with poisoned_allocations():
+        dist, idx = knn(x, y, TRITON_MAX_K, metric=metric, backend=backend)
+    values, truth, clear = brute_force_topk(x, y, TRITON_MAX_K, metric)
+    same = idx.cpu() == truth.cpu()
+    assert same[clear.cpu()].all(), f"{int((~same & clear.cpu()).sum())} wrong"
+    assert_close_scaled(dist, values)
+
+
+def test_triton_declines_a_k_above_its_limit():
+    kernels = triton_kernels("knn")
+    x, y = torch.zeros(1, 3, 4), torch.zeros(1, 100, 4)
+    assert not [r for r in kernels._reasons(x=x, y=y, k=TRITON_MAX_K, metric="l2")
+                if "device" not in r]
+    why = kernels._reasons(x=x, y=y, k=TRITON_MAX_K + 1, metric="l2")
+    assert any(f"at most k = {TRITON_MAX_K}" in r for r in why)
+    assert any("float32" in r for r in kernels._reasons(x=x.double(), y=y.double(), k=2,
+                                                          metric="ip"))
 
 
 def test_cpu_results_do_not_depend_on_the_thread_count():

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
     "op, inputs",
     [
         ("assign", dict(x=torch.zeros(1, 2, 3), centroids=torch.zeros(1, 1, 3), metric="l2")),
+        ("knn", dict(x=torch.zeros(1, 2, 3), y=torch.zeros(1, 4, 3), k=2, metric="l2")),
         ("cluster_sums", dict(x=torch.zeros(1, 2, 3), idx=torch.zeros(1, 2, dtype=torch.int64),
                               k=1, weights=None)),
         ("resplit_empty", dict(centroids=torch.zeros(1, 2, 3), counts=torch.zeros(1, 2),
@@ -150,6 +151,37 @@ print("compiled")
 """
 
 
+# Every knn autotune candidate, at D = 128 (the resident x tile) and D = 256 (D streamed), for
+# k padded to 1, 8 (PIC's k = 6) and 64 (the largest), L2, and the inner product at k = 6: no
+# stack frame, shared memory within the limit.
+_KNN_CONFIGS_SCRIPT = _PRELUDE + r"""
+import os, re, subprocess, tempfile
+from fastdc.kernels import knn as KN
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+sig = dict(x_ptr=P("fp32"), y_ptr=P("fp32"), xsq_ptr=P("fp32"), ysq_ptr=P("fp32"),
+           dist_ptr=P("fp32"), idx_ptr=P("i64"), N="i32", M="i32", K="i32")
+sig.update({{k: "constexpr" for k in ["D", "IS_L2", "KP", "BLOCK_N", "BLOCK_M", "BLOCK_D"]}})
+runs = [(D, kp, True) for D in (128, 256) for kp in (1, 8, 64)] + [(128, 8, False)]
+seen = set()
+for D, kp, l2 in runs:
+    for cfg in KN._prune_knn_configs(KN.knn_configs(), dict(N=200000, M=200000), D=D):
+        kw = dict(cfg.kwargs)
+        kw["BLOCK_D"] = KN._resolve_block_d(dict(kw, D=D))
+        seen.add(str(cfg))
+        k = build(KN._knn_kernel, sig, dict(D=D, IS_L2=l2, KP=kp, **kw),
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(k.asm["cubin"])
+            f.flush()
+            res = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True,
+                                 text=True, check=True).stdout
+        assert int(re.search(r"STACK:(\d+)", res).group(1)) == 0, (D, kp, cfg, res)
+        assert k.metadata.shared <= SMEM_LIMIT, (D, kp, cfg, k.metadata.shared)
+assert len(seen) == len(KN.knn_configs()), seen
+print("compiled")
+"""
+
+
 # cluster_sums' atomic pass (sort, segmented scans, atomics) for each weighting and input dtype,
 # and sobel for uint8 (look-up table) and float input: no stack frame, shared memory within the
 # limit.
@@ -224,6 +256,13 @@ def test_assign_configs_do_not_spill_on_sm90(tmp_path):
     without a stack frame, within the shared-memory limit, and on wgmma (about 50 s on 2
     cores)."""
     _compile_in_subprocess(_ASSIGN_CONFIGS_SCRIPT, tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU run compiles them for real")
+def test_knn_configs_do_not_spill_on_sm90(tmp_path):
+    """Each autotune tile of the knn kernel compiles for sm_90 without a stack frame and within
+    the shared-memory limit, for k padded to 1, 8 and 64 (about 60 s on 2 cores)."""
+    _compile_in_subprocess(_KNN_CONFIGS_SCRIPT, tmp_path)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU run compiles them for real")
