@@ -5,6 +5,7 @@ hierarchy targets the trainer builds, and a short end-to-end run."""
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -66,6 +67,14 @@ def test_loss_is_super_rotation_ce_plus_ce_inside_own_super_class():
     torch.testing.assert_close(parts.super_rot, want_super)
     torch.testing.assert_close(parts.sub, torch.stack(want_sub).mean())
     torch.testing.assert_close(parts.total, want_super + torch.stack(want_sub).mean())
+    # top-1 accuracies of each term, the sub-class one over the own super-class's columns
+    pred_super = logits[:, : s * r].argmax(dim=1)
+    want_acc = (pred_super == sup * r + rot).float().mean()
+    sub_pred = torch.stack([logits[i, s * r + sup[i] * k: s * r + sup[i] * k + (2 if sup[i] == 0
+                                                                                else k)].argmax()
+                            for i in range(b)])
+    torch.testing.assert_close(parts.super_rot_acc, want_acc)
+    torch.testing.assert_close(parts.sub_acc, (sub_pred == sub).float().mean())
     s_dec, k_dec = dc.split_targets(sup * k + sub, k)
     assert torch.equal(s_dec, sup) and torch.equal(k_dec, sub)
 
@@ -127,6 +136,12 @@ def test_deepercluster_end_to_end_with_reclustering_every_two_epochs(tmp_path, c
     assert log[1]["clustering_loss"] is None and log[2]["clustering_loss"] is not None
     assert all(np.isfinite(r["train_loss"]) and 0 <= r["nmi_labels"] <= 1 for r in log)
     assert all(0 <= r["nmi_labels_super"] <= 1 for r in log)
+    # the two loss terms and their top-1 accuracies, logged apart
+    for r in log:
+        assert r["train_loss_super_rot"] + r["train_loss_sub"] == pytest.approx(r["train_loss"],
+                                                                                 rel=1e-5)
+        assert 0 <= r["train_acc_super_rot"] <= 1 and 0 <= r["train_acc_sub"] <= 1
+    assert "super×rot" in console and "sub " in console
     a = [np.load(out / "assignments" / f"epoch_{e:03d}.npy") for e in (1, 2, 3)]
     np.testing.assert_array_equal(a[0], a[1])  # no re-clustering in epoch 2
     assert all(x.min() >= 0 and x.max() < 15 for x in a)
@@ -178,8 +193,14 @@ def test_method_objects_give_each_method_its_targets_head_inputs_and_loss():
     deeper.begin_epoch(assignment)
     logits, targets = torch.randn(5, 27, generator=g), torch.tensor([0, 3, 7, 11, 14])
     present = torch.from_numpy(dc.present_targets(assignment, 15))
-    want = dc.deepercluster_loss(logits, targets, rot, present, 3, 5, 4).total
-    torch.testing.assert_close(deeper.loss(logits, targets, rot), want)
+    want = dc.deepercluster_loss(logits, targets, rot, present, 3, 5, 4)
+    torch.testing.assert_close(deeper.loss(logits, targets, rot), want.total)
+    total, stats = deeper.loss_and_stats(logits, targets, rot)
+    torch.testing.assert_close(total, want.total)
+    assert deeper.step_stats == ("loss_super_rot", "loss_sub", "acc_super_rot", "acc_sub")
+    torch.testing.assert_close(stats, torch.stack([want.super_rot, want.sub, want.super_rot_acc,
+                                                   want.sub_acc]))
+    assert deep.loss_and_stats(logits[:, :7], targets % 7, None)[1].numel() == 0
     metrics = deeper.metrics(assignment, assignment // 5)
     assert metrics == {"nmi_labels_super": 1.0, "nonempty_super_classes": 3}
 

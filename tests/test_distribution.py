@@ -25,8 +25,9 @@ def test_one_process_is_a_world_of_one():
     assert torch.equal(d.gather_rows(labels), labels)
     assert d.agreed_stop(True) and not d.agreed_stop(False)
     loss = 0.1 + 0.2  # no rounding on the way through the float64 tensor
-    assert d.sum_step(loss, 3, False) == (loss, 3, False)
-    assert d.sum_step(0.0, 0, True) == (0.0, 0, True)
+    assert d.sum_step(loss, 3, False) == (loss, 3, False, [])
+    assert d.sum_step(0.0, 0, True) == (0.0, 0, True, [])
+    assert d.sum_step(loss, 3, False, [1.5, 0.25]) == (loss, 3, False, [1.5, 0.25])
 
 
 def test_one_process_trains_the_model_itself():

@@ -130,7 +130,7 @@ def test_nan_rows_are_refused():
         pic(x)
 
 
-def test_trainer_clusters_with_pic_sizes_the_head_and_resumes(tmp_path):
+def test_trainer_clusters_with_pic_sizes_the_head_and_resumes(tmp_path, capsys):
     from fastdc.deepcluster import load_checkpoint, main
 
     out = tmp_path / "run"
@@ -139,6 +139,9 @@ def test_trainer_clusters_with_pic_sizes_the_head_and_resumes(tmp_path):
     assert main([*tiny, "--epochs", "1"]) == 0
     state = load_checkpoint(out / "checkpoint.pt")
     found = state["records"][-1]["pic_clusters"]
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch"))
+    assert f"clusters {found:>5}" in line and "+ PIC " in line  # no k-means loss to show
+    assert "clust-loss" not in line and "k-means" not in line
     assert state["config"]["clustering"] == "pic" and found > 1
     assert state["model"]["top_layer.weight"].shape[0] == found
     assert state["records"][-1]["nonempty_clusters"] == found

@@ -22,7 +22,8 @@ N(0, 0.01) layer at every re-clustering, like DeepCluster's head):
   super-class, as if each super-class had its own sub-head), with the columns of empty
   sub-classes masked to -inf.
 
-loss = CE(super × rotation) + CE(sub-class | super-class), each a mean over the batch.
+loss = CE(super × rotation) + CE(sub-class | super-class), each a mean over the batch. The two
+terms and their top-1 accuracies are logged apart, as the reference logs them.
 
 Why one head and not S heads: the whole model stays one ``nn.Module`` whose ``forward`` gives
 every logit, so DDP sees every parameter used in every step (no unused sub-heads to declare),
@@ -86,11 +87,14 @@ def present_targets(assignment: np.ndarray, n_targets: int) -> np.ndarray:
 
 @dataclass
 class LossParts:
-    """The two terms of DeeperCluster's loss (float32 scalars, graph attached)."""
+    """The two terms of DeeperCluster's loss (float32 scalars, graph attached) and the batch's
+    top-1 accuracies on each (float32 scalars in [0, 1], no graph)."""
 
     total: torch.Tensor
     super_rot: torch.Tensor
     sub: torch.Tensor
+    super_rot_acc: torch.Tensor
+    sub_acc: torch.Tensor
 
 
 def deepercluster_loss(logits: torch.Tensor, targets: torch.Tensor, rotations: torch.Tensor,
@@ -112,7 +116,10 @@ def deepercluster_loss(logits: torch.Tensor, targets: torch.Tensor, rotations: t
     allowed = present.to(logits.device).reshape(n_super, n_sub)[sup]
     sub_logits = sub_logits.masked_fill(~allowed, float("-inf"))
     sub_loss = F.cross_entropy(sub_logits, sub)
-    return LossParts(super_rot + sub_loss, super_rot, sub_loss)
+    with torch.no_grad():
+        super_rot_acc = (logits[:, :sr].argmax(dim=1) == sup * n_rot + rotations).float().mean()
+        sub_acc = (sub_logits.argmax(dim=1) == sub).float().mean()
+    return LossParts(super_rot + sub_loss, super_rot, sub_loss, super_rot_acc, sub_acc)
 
 
 @dataclass

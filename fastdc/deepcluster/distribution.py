@@ -21,6 +21,7 @@ In a group of P ranks:
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -84,13 +85,14 @@ class Distribution:
         flag = torch.tensor([1.0 if stop else 0.0], dtype=torch.float64, device=self.comm_device)
         return bool(fdist.all_reduce_sum(flag, self.group).item() > 0)
 
-    def sum_step(self, loss_sum: float, rows: int, stop: bool) -> tuple[float, int, bool]:
-        """One training step's (loss × rows, rows, stop) summed over the group (one
-        all-reduce; the stop is True when any rank stops)."""
-        t = torch.tensor([loss_sum, rows, float(stop)], dtype=torch.float64,
+    def sum_step(self, loss_sum: float, rows: int, stop: bool, stat_sums: Sequence[float] = ()
+                 ) -> tuple[float, int, bool, list[float]]:
+        """One training step's (loss × rows, rows, stop, the method's statistics × rows)
+        summed over the group (one all-reduce; the stop is True when any rank stops)."""
+        t = torch.tensor([loss_sum, rows, float(stop), *stat_sums], dtype=torch.float64,
                          device=self.comm_device)
-        loss_sum, rows_all, stops = fdist.all_reduce_sum(t, self.group).tolist()
-        return loss_sum, int(rows_all), stops > 0
+        loss_sum, rows_all, stops, *sums = fdist.all_reduce_sum(t, self.group).tolist()
+        return loss_sum, int(rows_all), stops > 0, sums
 
     def prepare_model(self, model: torch.nn.Module, sync_bn: bool) -> torch.nn.Module:
         """``model`` with SyncBatchNorm when ``sync_bn`` asks for it in a group on CUDA."""

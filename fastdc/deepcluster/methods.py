@@ -50,6 +50,7 @@ class Method(ABC):
     head_outputs: int  # outputs of the head
     min_rows: int  # readable images needed to cluster
     min_rows_flag: str  # the flag that sets ``min_rows``, for the error message
+    step_stats: tuple[str, ...] = ()  # per-step statistics besides the loss (record keys)
 
     def __init__(self, cfg: Config, dist: Distribution) -> None:
         self.cfg, self.dist = cfg, dist
@@ -79,6 +80,12 @@ class Method(ABC):
              aux: torch.Tensor | None) -> torch.Tensor:
         """The training loss (float32 scalar) of the readable rows' logits [b, head_outputs]
         and targets int64 [b]; ``aux`` from :meth:`inputs`."""
+
+    def loss_and_stats(self, logits: torch.Tensor, targets: torch.Tensor,
+                       aux: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`loss`, and the batch means of :attr:`step_stats` (float32 [len(step_stats)],
+        no graph)."""
+        return self.loss(logits, targets, aux), torch.zeros(0)
 
     def metrics(self, assignment: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
         """Entries the method adds to an epoch's record (none here)."""
@@ -124,6 +131,7 @@ class DeeperCluster(Method):
     outputs and the loss of :func:`fastdc.deepcluster.deepercluster.deepercluster_loss`."""
 
     title = "DeeperCluster"
+    step_stats = ("loss_super_rot", "loss_sub", "acc_super_rot", "acc_sub")
 
     def __init__(self, cfg: Config, dist: Distribution) -> None:
         super().__init__(cfg, dist)
@@ -162,8 +170,17 @@ class DeeperCluster(Method):
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor,
              aux: torch.Tensor | None) -> torch.Tensor:
-        return dc.deepercluster_loss(logits, targets, aux, self.present, self.cfg.super_classes,
-                                     self.cfg.k, self.n_rot).total
+        return self.loss_and_stats(logits, targets, aux)[0]
+
+    def loss_and_stats(self, logits: torch.Tensor, targets: torch.Tensor,
+                       aux: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The total loss, and its (super-class × rotation, sub-class) terms and top-1
+        accuracies, in the order of :attr:`step_stats`."""
+        parts = dc.deepercluster_loss(logits, targets, aux, self.present, self.cfg.super_classes,
+                                      self.cfg.k, self.n_rot)
+        stats = torch.stack([parts.super_rot.detach(), parts.sub.detach(), parts.super_rot_acc,
+                             parts.sub_acc]).float().cpu()
+        return parts.total, stats
 
     def metrics(self, assignment: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
         """NMI of the super-classes with the labels, and how many super-classes are used."""

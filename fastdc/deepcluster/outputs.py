@@ -92,15 +92,26 @@ class Outputs:
                 f.writelines(json.dumps(r) + "\n" for r in records)
 
     def print_epoch(self, r: dict[str, Any]) -> None:
-        """The epoch's console line."""
-        c_loss = "  -   " if r["clustering_loss"] is None else f"{r['clustering_loss']:.4f}"
+        """The epoch's console line: PIC runs show the clusters found instead of a k-means
+        loss; DeeperCluster runs add the two loss terms and their top-1 accuracies."""
+        pic = self.cfg.clustering == "pic"
+        if pic:
+            clustering = f"clusters {r['nonempty_clusters']:>5}"
+        else:
+            c_loss = "  -   " if r["clustering_loss"] is None else f"{r['clustering_loss']:.4f}"
+            clustering = f"clust-loss {c_loss}"
+        terms = ""
+        if "train_loss_super_rot" in r:
+            terms = (f" (super×rot {r['train_loss_super_rot']:.3f} acc"
+                     f" {r['train_acc_super_rot']:.3f}, sub {r['train_loss_sub']:.3f} acc"
+                     f" {r['train_acc_sub']:.3f})")
         deeper = (f"  NMI(super, labels) {_fmt(r['nmi_labels_super'])}"
                   if "nmi_labels_super" in r else "")
-        self.say(f"epoch {r['epoch']:>3}/{self.cfg.epochs}  clust-loss {c_loss}"
-                 f"  train-loss {r['train_loss']:.4f}  NMI(prev) {_fmt(r['nmi_prev'])}"
+        self.say(f"epoch {r['epoch']:>3}/{self.cfg.epochs}  {clustering}"
+                 f"  train-loss {r['train_loss']:.4f}{terms}  NMI(prev) {_fmt(r['nmi_prev'])}"
                  f"  NMI(labels) {_fmt(r['nmi_labels'])}{deeper}  time {r['time']:.1f}s"
-                 f" (feat {r['time_features']:.1f} + k-means {r['time_clustering']:.1f}"
-                 f" + train {r['time_train']:.1f})")
+                 f" (feat {r['time_features']:.1f} + {'PIC' if pic else 'k-means'}"
+                 f" {r['time_clustering']:.1f} + train {r['time_train']:.1f})")
 
     def print_table(self, ev: dict[str, Any]) -> None:
         """The final evaluation's table: one column per feature set."""

@@ -22,7 +22,8 @@ from fastdc.deepcluster.config import UsageError
 
 # Entries of an epoch's record logged as epoch/<key> (when present and not None).
 EPOCH_SCALARS = ("train_loss", "clustering_loss", "clustering_loss_super", "nmi_prev",
-                 "nmi_labels", "nmi_labels_super")
+                 "nmi_labels", "nmi_labels_super", "train_loss_super_rot", "train_loss_sub",
+                 "train_acc_super_rot", "train_acc_sub")
 
 
 class TensorBoardLog:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ class Partial:
 
     assignment: int64 [N] targets; order: int64 [M] the epoch's training order; batch: steps
     done; loss_sum / seen: summed loss × rows and rows so far (over all ranks); record: the
-    epoch's record so far.
+    epoch's record so far; stat_sums: the method's step statistics × rows, summed likewise.
     """
 
     epoch: int
@@ -44,20 +44,21 @@ class Partial:
     loss_sum: float
     seen: int
     record: dict[str, Any]
+    stat_sums: list[float] = field(default_factory=list)
 
     def state(self, head_optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """The checkpoint's ``partial`` entry (with the head optimiser's state)."""
         return {"epoch": self.epoch, "batch": self.batch,
                 "assignment": self.assignment.astype(np.int32), "order": self.order,
                 "loss_sum": self.loss_sum, "seen": self.seen, "record": self.record,
-                "head_optimizer": head_optimizer.state_dict()}
+                "stat_sums": self.stat_sums, "head_optimizer": head_optimizer.state_dict()}
 
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> Partial:
         """The inverse of :meth:`state` (without the head optimiser)."""
         return cls(s["epoch"], s["batch"], np.asarray(s["assignment"], dtype=np.int64),
                    np.asarray(s["order"], dtype=np.int64), s["loss_sum"], s["seen"],
-                   s["record"])
+                   s["record"], list(s.get("stat_sums", [])))
 
 
 class EpochTraining:
@@ -76,8 +77,9 @@ class EpochTraining:
             on_step: Callable[[int, float], None] | None = None) -> float:
         """Train on this rank's part of ``p.order`` from batch ``p.batch`` on, updating ``p``
         after every step, and calling ``on_step(steps done this epoch, the step's mean loss
-        over all ranks)``; returns the epoch's mean loss over all ranks. Raises Interrupted at
-        a batch boundary after a stop signal (not after the last batch)."""
+        over all ranks)``; returns the epoch's mean loss over all ranks, and writes the means
+        of the method's step statistics into ``p.record`` as ``train_<name>``. Raises
+        Interrupted at a batch boundary after a stop signal (not after the last batch)."""
         model.train()
         net = self.dist.wrap(model)
         self.method.begin_epoch(p.assignment)
@@ -90,29 +92,36 @@ class EpochTraining:
         with progress_bar("train", nbatches, self.progress, initial=p.batch) as bar:
             for batch in batches:
                 warn_unreadable(self.skips, self.source, batch.errors)
-                loss_sum, rows = self.step(net, batch, targets, p, optimizers)
+                loss_sum, rows, stats = self.step(net, batch, targets, p, optimizers)
                 p.batch += 1
                 bar.update()
                 if self.on_batch is not None:
                     self.on_batch(p.epoch, p.batch)
-                loss_sum, rows, stop = self.dist.sum_step(loss_sum, rows, bool(self.stop))
+                loss_sum, rows, stop, stats = self.dist.sum_step(loss_sum, rows,
+                                                                 bool(self.stop), stats)
                 p.loss_sum += loss_sum
                 p.seen += rows
+                p.stat_sums = [a + b for a, b in zip(p.stat_sums or [0.0] * len(stats), stats,
+                                                     strict=True)]
                 if on_step is not None and rows:
                     on_step(p.batch, loss_sum / rows)
                 if stop and p.batch < nbatches:
                     raise Interrupted
         self.dist.sync_buffers(model)
+        if p.stat_sums:
+            for name, total in zip(self.method.step_stats, p.stat_sums, strict=True):
+                p.record[f"train_{name}"] = total / max(p.seen, 1)
         return p.loss_sum / max(p.seen, 1)
 
     def step(self, net: torch.nn.Module, batch: Batch, targets: torch.Tensor, p: Partial,
-             optimizers: tuple[torch.optim.Optimizer, ...]) -> tuple[float, int]:
+             optimizers: tuple[torch.optim.Optimizer, ...]) -> tuple[float, int, list[float]]:
         """One SGD step on ``batch`` with targets int64 [N] of every image; returns (loss ×
-        readable rows, readable rows). A batch without readable images is skipped in one
-        process; in a group the step runs anyway with a zero loss (DDP's all-reduce needs every
-        rank)."""
+        readable rows, readable rows, the method's step statistics × readable rows). A batch
+        without readable images is skipped in one process; in a group the step runs anyway
+        with a zero loss (DDP's all-reduce needs every rank)."""
+        nstats = len(self.method.step_stats)
         if not (batch.ok.any() or self.dist.distributed):
-            return 0.0, 0
+            return 0.0, 0, [0.0] * nstats
         torch.manual_seed(derive_seed(self.rank_seed, STREAM_DROPOUT, p.epoch, p.batch))
         keep = batch.ok.to(self.place.device)
         batch_targets = targets[batch.index].to(self.place.device)
@@ -121,12 +130,12 @@ class EpochTraining:
             logits = net(self.place.inputs(images))
         rows = int(keep.sum())
         if rows:
-            loss = self.method.loss(logits[keep], batch_targets[keep], aux)
+            loss, stats = self.method.loss_and_stats(logits[keep], batch_targets[keep], aux)
         else:
-            loss = logits.float().sum() * 0.0
+            loss, stats = logits.float().sum() * 0.0, torch.zeros(nstats)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
         for opt in optimizers:
             opt.step()
-        return float(loss.detach()) * rows, rows
+        return float(loss.detach()) * rows, rows, (stats.double() * rows).tolist()
