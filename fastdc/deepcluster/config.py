@@ -28,7 +28,9 @@ FOLDER_DEFAULTS = {"arch": "alexnet", "k": 10_000, "epochs": 200, "pca_dim": 256
 # its ImageNet/YFCC scripts): VGG16, lr 0.1, batch 48 per process, re-clustering every 3 epochs,
 # PCA 4096, 10 Lloyd iterations, head SGD with momentum 0.9, PyTorch's default Linear init for
 # the heads, SyncBatchNorm. The reference's --super_classes counts clusters × rotations and its
-# --k is the total number of sub-classes: reference S_ref = 4·S, k_ref = S·k here.
+# --k is the total number of sub-classes: reference S_ref = 4·S, k_ref = S·k here (its
+# src/utils.py sets nmb_super_clusters = super_classes // 4 under --rotnet, and main.py gives
+# each k // nmb_super_clusters sub-classes).
 # Settings that DeepCluster and the MNIST runs leave at these values:
 COMMON_DEFAULTS = {"kmeans_iters": 20, "reassign_every": 1, "sync_bn": False,
                    "head_momentum": 0.0, "head_init": "normal"}
