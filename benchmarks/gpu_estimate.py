@@ -37,9 +37,11 @@ ASSUMPTIONS = [
     "two CTAs per SM (registers and shared memory allow) overlap one's epilogue with the other's"
     " wgmma: tile time = max of the four; one CTA: tensor + issue (the epilogue waits), max with"
     " the memory terms",
-    "x is read once from HBM per pass (fp32); the re-check's full fp32 pass runs on the rows with"
-    " more than two candidates at the FP32 peak (fraction from bench_rounding at K = 10 000);"
-    " the two-candidate re-score reads x and two centroid rows per row",
+    "x is read once from HBM per pass (fp32); the TF32 counting pass runs on the rows the bf16"
+    " pass leaves with more than two candidates at the best TF32 tile's rate, the full fp32"
+    " pass on the rows TF32 leaves so at the FP32 peak (fractions from bench_rounding's"
+    " whitened mixture at K = 10 000); the two-candidate re-score reads x and two centroid rows"
+    " per row",
     "no launch overheads, no tail effect beyond rounding the tile count up to whole waves",
 ]
 
@@ -129,7 +131,12 @@ RECHECK_FRACTION = {"first": 0.0147, "later": 0.0012}
 """Rows with more than two candidates in the bf16 simulation (AMD EPYC Zen 4): the first Lloyd
 iteration at K = 10 000 (benchmarks/results/rounding_20k_256_10000.json) and, for later ones,
 K = 1 000 after four steps (rounding_20k_256_1000.json: 20 rows per centroid; at K = 10 000
-the simulation's 2 rows per centroid make later iterations trivially 0)."""
+the simulation's 2 rows per centroid make later iterations trivially 0). These rows go on to
+the TF32 counting pass."""
+
+FP32_FRACTION = {"first": 0.0014, "later": 0.0001}
+"""Rows with more than two candidates in the TF32 simulation of the same files: the rows that
+reach the full fp32 pass."""
 
 
 def _assign_signature(c_type: str) -> dict:
@@ -195,25 +202,47 @@ def rescore_resources() -> dict:
 
 
 def estimate() -> dict:
-    """Resources of every assign kernel and the modelled ms per Lloyd iteration (first and
-    later iterations) of the default mode and of one TF32 pass."""
+    """Resources of every assign kernel, the modelled ms per Lloyd iteration (first and later
+    iterations) of the default mode and of one TF32 pass, and the newest measured figures."""
     n, d, k = SHAPE["N"], SHAPE["D"], SHAPE["K"]
     bf16, tf32 = assign_passes("bf16"), assign_passes("tf32")
     x_read = 4 * n * d / H100["hbm_bytes_s"]
     rescore = max(x_read, 2 * 4 * n * d / H100["l2_bytes_s"])
-    full = {it: 2 * n * k * d * f / H100["fp32_flops"] for it, f in RECHECK_FRACTION.items()}
+    tf32_pass = min(r["ms"] for r in tf32) / 1e3
+    count = {it: tf32_pass * f for it, f in RECHECK_FRACTION.items()}
+    full = {it: 2 * n * k * d * f / H100["fp32_flops"] for it, f in FP32_FRACTION.items()}
     main = min(r["ms"] for r in bf16) / 1e3
-    iteration = {it: 1e3 * (main + x_read + rescore + full[it]) for it in full}
+    iteration = {it: 1e3 * (main + x_read + count[it] + rescore + full[it]) for it in full}
     return {
         "shape": SHAPE, "assumptions": ASSUMPTIONS,
         "kernels": bf16 + tf32 + [recheck_resources(), rescore_resources()],
         "default_ms_per_iteration": iteration,
         "default_parts_ms": {"main pass (best tile)": 1e3 * main, "x from HBM": 1e3 * x_read,
+                             **{f"TF32 counting pass, {it}": 1e3 * v for it, v in count.items()},
                              "rescore": 1e3 * rescore,
                              **{f"fp32 pass, {it}": 1e3 * v for it, v in full.items()}},
-        "tf32_one_pass_ms": min(r["ms"] for r in tf32) + 1e3 * x_read,
+        "tf32_one_pass_ms": 1e3 * (tf32_pass + x_read),
         "goal_ms_per_iteration": 25.0,
+        "measured": measured(),
     }
+
+
+def measured() -> dict | None:
+    """The newest GPU run's figures for the same shape (benchmarks/results/gpu_*.json from
+    ``bench_gpu.py``), to set the model beside: None when there is none."""
+    import json
+    from pathlib import Path
+
+    runs = sorted(p for p in (Path(__file__).parent / "results").glob("gpu_*.json")
+                  if "estimate" not in p.name)
+    if not runs:
+        return None
+    r = json.loads(runs[-1].read_text())
+    keys = ("assign_ms_triton_default", "assign_ms_triton_tf32", "assign_ms_triton_bf16",
+            "assign_ms_triton_main_pass", "kmeans_20_iters_s_triton",
+            "recheck_fractions_triton_default")
+    return {"file": runs[-1].name, "device": r.get("device"), "date": r.get("date"),
+            **{k: r["summary"][k] for k in keys if k in r.get("summary", {})}}
 
 
 def print_estimate(est: dict) -> None:
@@ -238,3 +267,10 @@ def print_estimate(est: dict) -> None:
         print(f"default mode, {it} iteration: {v:.2f} ms per iteration "
               f"(goal {est['goal_ms_per_iteration']:.0f} ms)")
     print(f"one TF32 pass (precision='tf32', no re-check): {est['tf32_one_pass_ms']:.2f} ms")
+    if est.get("measured"):
+        m = est["measured"]
+        print(f"measured ({m['device']}, {m['date']}, {m['file']}; random unit rows, the same "
+              "shape):")
+        for key, value in m.items():
+            if key not in ("file", "device", "date"):
+                print(f"  {key:34} {value}")
