@@ -35,6 +35,7 @@
 #include "assign_bf16.h"
 #include "common.h"
 #include "kernels.h"
+#include "pool.h"
 #include "simd_vec.h"
 
 namespace fastdc {
@@ -212,6 +213,11 @@ const Path PATHS[] = {
 // ---------------------------------------------------------------------------------------------
 // Blocking
 
+// Threads that pack `elements` floats of centroids: one below PACK_PARALLEL (K = 100, D = 256
+// packs in a few microseconds, less than handing the work to another thread).
+constexpr i64 PACK_PARALLEL = 1 << 18;
+int pack_threads(i64 elements, int n_threads) { return elements < PACK_PARALLEL ? 1 : n_threads; }
+
 // Rows per block: block_bytes of packed x, but at least 4 blocks per thread so that the
 // dynamic schedule balances (N = 1000 on 2 threads: 8 blocks). A multiple of MR.
 i64 choose_block_rows(i64 N, i64 D, const Path& path, int n_threads) {
@@ -354,8 +360,7 @@ void prepare_bf16(const float* c, i64 K, i64 D, bool ip, int nt, Bf16Problem& ou
     out.panels.reset(P * D2 * bf::NR);
     out.bias.reset(P * bf::NR);
     const float scale = ip ? -1.0f : -2.0f;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (i64 j = 0; j < P * bf::NR; ++j) {
+    parallel_for(P * bf::NR, pack_threads(K * D, nt), [&](i64 j, int) {
         const i64 p = j / bf::NR, l = j % bf::NR;
         std::uint32_t* panel = out.panels.data() + p * D2 * bf::NR + l;
         const float* cj = centred.data() + j * D;
@@ -364,7 +369,7 @@ void prepare_bf16(const float* c, i64 K, i64 D, bool ip, int nt, Bf16Problem& ou
                                                        2 * q + 1 < D ? scale * cj[2 * q + 1] : 0.0f);
         }
         out.bias[j] = j >= K ? INF : ip ? 0.0f : row_sq(cj, D);
-    }
+    });
     bf::BoundTerms& t = out.terms;
     t.D = D;
     t.scale = ip ? 1.0 : 2.0;
@@ -576,37 +581,26 @@ i64 assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, 
     const i64 P = (K + NR - 1) / NR;
     const bool half_last = path.half != nullptr && K - (P - 1) * NR <= NR / 2;
     AlignedBuffer<float> panels(B * P * D * NR), bias(B * P * NR);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (i64 bp = 0; bp < B * P; ++bp) {
+    parallel_for(B * P, pack_threads(B * K * D, nt), [&](i64 bp, int) {
         const i64 b = bp / P, p = bp % P;
         const i64 nr = half_last && p == P - 1 ? NR / 2 : NR;
         pack_panel(c + b * K * D, K, D, p * NR / nr, nr, ip, panels.data() + bp * D * NR,
                    bias.data() + bp * NR);
-    }
+    });
 
     const i64 rows = choose_block_rows(N, D, path, nt);
     const i64 blocks = (N + rows - 1) / rows;
     const auto run = [&](auto make_scratch, auto block) {
         using S = typename decltype(make_scratch())::element_type;
         std::vector<std::unique_ptr<S>> scratch;
-        // Allocated outside the parallel region: a throw inside it would terminate.
         for (int t = 0; t < nt; ++t) scratch.push_back(make_scratch());
-#pragma omp parallel num_threads(nt)
-        {
-#if defined(_OPENMP)
-            S& s = *scratch[omp_get_thread_num()];
-#else
-            S& s = *scratch[0];
-#endif
-#pragma omp for schedule(dynamic, 1)
-            for (i64 task = 0; task < B * blocks; ++task) {
-                const i64 b = task / blocks, row0 = (task % blocks) * rows;
-                const PackedCentroids pc{K, D, P, half_last, panels.data() + b * P * D * NR,
-                                         bias.data() + b * P * NR};
-                const Outputs out{dist + b * N, idx + b * N, dist2 ? dist2 + b * N : nullptr};
-                block(s, b, pc, row0, std::min(rows, N - row0), out);
-            }
-        }
+        parallel_for(B * blocks, nt, [&](i64 task, int slot) {
+            const i64 b = task / blocks, row0 = (task % blocks) * rows;
+            const PackedCentroids pc{K, D, P, half_last, panels.data() + b * P * D * NR,
+                                     bias.data() + b * P * NR};
+            const Outputs out{dist + b * N, idx + b * N, dist2 ? dist2 + b * N : nullptr};
+            block(*scratch[slot], b, pc, row0, std::min(rows, N - row0), out);
+        });
         return scratch;
     };
 #if FASTDC_X86
@@ -640,8 +634,7 @@ void assign_dist(const float* x, const float* c, const i64* idx, i64 B, i64 N, i
     }
     const int nt = clamp_threads(n_threads);
     const i64 groups = (B * N + 15) / 16;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (i64 g = 0; g < groups; ++g) {
+    parallel_for(groups, nt, [&](i64 g, int) {
         const i64 first = g * 16, n = std::min<i64>(16, B * N - first);
         const float* xs[16];
         const float* cs[16];
@@ -654,7 +647,7 @@ void assign_dist(const float* x, const float* c, const i64* idx, i64 B, i64 N, i
         }
         chain_scores(isa, D, n, xs, cs, bias, ip ? -1.0f : -2.0f, score);
         for (i64 r = 0; r < n; ++r) dist[first + r] = finish(score[r], row_sq(xs[r], D), ip);
-    }
+    });
 }
 
 std::string bf16_missing() {
