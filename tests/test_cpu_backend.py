@@ -108,9 +108,10 @@ def test_thread_pool_runs_in_a_forked_child():
         expected = _pool_work(7)
         ctx = mp.get_context("fork")
         queue = ctx.Queue()
-        child = ctx.Process(target=lambda: queue.put(_pool_work(7)))
+        # NumPy copies: torch tensors would travel in the child's shared memory, gone with it
+        child = ctx.Process(target=lambda: queue.put([t.numpy() for t in _pool_work(7)]))
         child.start()
-        got = queue.get(timeout=120)
+        got = tuple(torch.from_numpy(a) for a in queue.get(timeout=120))
         child.join(timeout=60)
     assert child.exitcode == 0
     assert _bitwise_equal(got, expected)
@@ -178,3 +179,18 @@ def test_generic_fallback_path_matches_float64():
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 300, 15), (1, 517, 16), (3, 257, 33),
+                                   (1, 1000, 256)])
+def test_row_norms_match_float64_and_flag_nan_inf(shape):
+    x = randn(*shape, seed=sum(shape)) * 1e3
+    x[0, 0, 0] = 3e19  # squares overflow float32, not float64
+    if shape[1] > 2:
+        x[-1, 1, -1], x[-1, 2, 0] = float("nan"), float("-inf")
+    got = cpu.row_norms_cpu(x=x)
+    ref = torch.linalg.vector_norm(x.double(), dim=-1)
+    assert got.dtype == torch.float32 and got.shape == shape[:2]
+    assert torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.isinf(), ref.isinf())
+    finite = ref.isfinite()
+    torch.testing.assert_close(got[finite].double(), ref[finite], rtol=2**-23, atol=0)
