@@ -70,6 +70,25 @@ def test_path_ties_go_to_the_smallest_index(isa, metric):
 
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_path_rows_reduce_like_the_scalar_loop(isa, metric):
+    """The per-row reduction over the tile's lanes (branch-free on AVX-512) against the generic
+    path: rows of NaN, of inf, of zeros (scores -0 and +0 tie), and centroids that tie across
+    lanes and in the half-width last panel (K = 100)."""
+    g = torch.Generator().manual_seed(5)
+    c = torch.randint(-2, 3, (100, 7), generator=g).float()
+    c[50:] = c[:50]  # every score ties with one 50 centroids on, in another lane
+    c[37] = 0.0
+    x = torch.randint(-2, 3, (61, 7), generator=g).float()
+    x[3], x[4, 2], x[5] = float("nan"), float("inf"), 0.0
+    x[6] = -c[37]
+    got = cpu.assign_cpu(x=x[None], centroids=c[None], metric=metric, isa=isa)
+    ref = cpu.assign_cpu(x=x[None], centroids=c[None], metric=metric, isa="generic")
+    assert torch.equal(got[1], ref[1])
+    assert torch.equal(got[0].view(torch.int32), ref[0].view(torch.int32))
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 def test_path_results_do_not_depend_on_the_thread_count(isa):
     x, c = _data(1, 2_000, 40, 70, seed=3)
     threads = torch.get_num_threads()
