@@ -18,8 +18,8 @@
 namespace fastdc {
 namespace {
 
-// Polls of the list counter a worker makes before it sleeps: about 30 us on Zen 4 (a PAUSE
-// takes ~65 cycles there), long enough to catch the next kernel of a Lloyd iteration issued
+// Polls of the list counter a worker makes before it sleeps: about 45 us on the 2-core Zen 4
+// VM (a PAUSE takes ~30 ns there, measured unloaded-ish at load 6), long enough to catch the next kernel of a Lloyd iteration issued
 // from Python, short enough not to take a core from the caller when it does other work.
 constexpr int SPIN = 1500;
 
