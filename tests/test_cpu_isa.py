@@ -278,3 +278,31 @@ def test_bf16_peak_is_measured_where_the_cpu_has_it():
             cpu.bf16_peak_gflops(threads=1, seconds=0.01)
     else:
         assert cpu.bf16_peak_gflops(threads=1, seconds=0.01) > 0
+
+
+KNN_SCRIPT = """
+import hashlib, torch
+from fastdc.ops import cpu
+g = torch.Generator().manual_seed(9)
+x, y = torch.randn(2, 301, 37, generator=g), torch.randn(2, 203, 37, generator=g)
+for metric in ("l2", "ip"):
+    d, i = cpu.knn_cpu(x=x, y=y, k=7, metric=metric)
+    print(cpu.simd(), metric, hashlib.sha256(d.numpy().tobytes() + i.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_knn_x86_paths_give_the_same_bits():
+    """knn's AVX-512 and AVX2 tiles (assign's width-generic ones) run the same chain per
+    lane: the same dist and idx, bit for bit, on ragged shapes (one process per path, as
+    FASTDC_CPU_ISA is read once)."""
+    paths = [isa for isa in ("avx2", "avx512") if not cpu.isa_missing(isa)]
+    if len(paths) < 2:
+        pytest.skip("needs a CPU with AVX-512 and AVX2")
+    digests = []
+    for isa in paths:
+        env = dict(os.environ, FASTDC_CPU_ISA=isa, PYTHONPATH=str(ROOT))
+        out = subprocess.run([sys.executable, "-c", KNN_SCRIPT], env=env, capture_output=True,
+                             text=True, check=True).stdout.split("\n")
+        assert [line.split()[0] for line in out if line] == [isa, isa]
+        digests.append([line.split()[2] for line in out if line])
+    assert digests[0] == digests[1]
