@@ -275,3 +275,85 @@ if __name__ == "__main__":
 
     run_kmeans_sweep(SWEEP_N, SWEEP_D, SWEEP_K)
     print_tables(_Printer())
+
+
+# --- small problems: where per-call overhead counts -------------------------------------------
+
+SMALL_CASES = [(5_000, 32, 100), (10_000, 256, 100), (20_000, 64, 300)]
+"""(N, D, K): the trainer's whitened features of the built-in run, DeepCluster's clustering
+step on 10k features, and a mid-sized cell."""
+SMALL_NITER = 20
+SMALL_ROUNDS = 5
+SMALL_TABLE = "kmeans_small_cpu"
+
+
+def deepcluster_like(n: int, d: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows [n, d] float32, k initial rows): a ReLU-ed mixture of 3k Gaussians in 2d
+    dimensions (CNN-like features), PCA-whitened to d dimensions and L2-normalised, as
+    DeepCluster's preprocess_features leaves them."""
+    from fastdc.engine import pca_whiten
+
+    rng = np.random.default_rng(n + d + k)
+    centres = rng.standard_normal((3 * k, 2 * d), dtype=np.float32)
+    raw = centres[rng.integers(3 * k, size=n)]
+    raw += 0.7 * rng.standard_normal((n, 2 * d), dtype=np.float32)
+    x = pca_whiten(torch.from_numpy(np.maximum(raw, 0)), dim=d, eigen_power=-0.5)
+    x = torch.nn.functional.normalize(x, dim=1).numpy()
+    return np.ascontiguousarray(x), x[rng.choice(n, k, replace=False)].copy()
+
+
+@pytest.mark.parametrize("threads", [None, 1], ids=["all-threads", "1-thread"])
+@pytest.mark.parametrize("case", SMALL_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_small_problems(case, threads):
+    """SMALL_NITER Lloyd iterations from the same initial rows, fastdc (defaults) against
+    faiss.Kmeans (all iterations), SMALL_ROUNDS rounds alternating the two after one warm-up
+    each; the best round of each. Assignments checked equal to fastdc's unpruned float32
+    loop; the load average is read before and after. threads=1: both libraries on one thread
+    (what each does per core, less sensitive to other processes on a shared machine)."""
+    faiss = pytest.importorskip("faiss")
+    if threads is None:
+        _small_problem(case, faiss, "")
+        return
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    try:
+        _small_problem(case, faiss, f", {threads} thread")
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])
+
+
+def _small_problem(case: tuple[int, int, int], faiss, label: str) -> None:
+    n, d, k = case
+    x, init = deepcluster_like(n, d, k)
+    xt, it = torch.from_numpy(x), torch.from_numpy(init)
+    km = faiss.Kmeans(d, k, niter=SMALL_NITER, seed=1, max_points_per_centroid=10**7,
+                      early_stop_threshold=-1.0)
+
+    def ours():
+        return kmeans(xt, k, niter=SMALL_NITER, init=it)
+
+    def theirs():
+        km.train(x, init_centroids=init)
+
+    load = os.getloadavg()[0]
+    ours(), theirs()
+    mine, faiss_s = [], []
+    for _ in range(SMALL_ROUNDS):
+        mine.append(measure(ours, rounds=1, warmup=0))
+        faiss_s.append(measure(theirs, rounds=1, warmup=0).best)
+    res = mine[-1].result
+    ref = kmeans(xt, k, niter=SMALL_NITER, init=it, prune=False, precision="fp32")
+    fastdc_s = min(m.best for m in mine)
+    record(SMALL_TABLE, {
+        "name": f"N={n} D={d} K={k}{label}", "fastdc_s": fastdc_s, "faiss_s": min(faiss_s),
+        "x_vs_faiss": min(faiss_s) / fastdc_s,
+        "objective": objective(x, res.centroids.numpy()),
+        "faiss_objective": objective(x, km.centroids),
+        "same_assignments": bool(torch.equal(res.assignments, ref.assignments)),
+        "loadavg_1min": [load, os.getloadavg()[0]],
+    }, note=f"{SMALL_NITER} Lloyd iterations, same initial rows, DeepCluster-like rows "
+            "(PCA-whitened, L2-normalised ReLU mixture); best of "
+            f"{SMALL_ROUNDS} alternating rounds; x_vs_faiss = faiss_s / fastdc_s")
+    assert torch.equal(res.assignments, ref.assignments)

@@ -45,6 +45,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     for name in ("faiss", "sklearn", "triton"):
         try:

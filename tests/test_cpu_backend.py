@@ -70,6 +70,53 @@ def test_cluster_sums_bit_identical_for_1_and_2_threads_and_poisoned():
     assert np.array_equal(out[0][1].view(np.int32), out[1][1].view(np.int32))
 
 
+def _pool_work(seed: int) -> tuple[torch.Tensor, ...]:
+    """assign then cluster_sums of one odd-shaped problem on the kernels' thread pool."""
+    x, c = randn(1, 1531, 45, seed=seed), randn(1, 37, 45, seed=seed + 1)
+    dist, idx = cpu.assign_cpu(x=x, centroids=c, metric="l2")
+    sums, counts = cpu.cluster_sums_cpu(x=x, idx=idx, k=37, weights=None)
+    return dist, idx, sums, counts
+
+
+def _bitwise_equal(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
+    return all(torch.equal(u.view(torch.int32) if u.is_floating_point() else u,
+                           v.view(torch.int32) if v.is_floating_point() else v)
+               for u, v in zip(a, b, strict=True))
+
+
+def test_thread_pool_serves_concurrent_callers_and_more_threads_than_cores():
+    """Python threads calling the kernels at once (one runs on the pool, the others on their
+    own thread) and 8-thread task lists on any machine give the one-thread answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with threads(1):
+        expected = [_pool_work(seed) for seed in range(6)]
+    with threads(8):
+        assert _bitwise_equal(_pool_work(0), expected[0])
+        with ThreadPoolExecutor(3) as ex:
+            got = list(ex.map(_pool_work, range(6)))
+    assert all(_bitwise_equal(g, e) for g, e in zip(got, expected, strict=True))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_thread_pool_runs_in_a_forked_child():
+    """A child forked after the pool started its workers (as DataLoader workers are) starts its
+    own and gets the same answers."""
+    import multiprocessing as mp
+
+    with threads(2):
+        expected = _pool_work(7)
+        ctx = mp.get_context("fork")
+        queue = ctx.Queue()
+        # NumPy copies: torch tensors would travel in the child's shared memory, gone with it
+        child = ctx.Process(target=lambda: queue.put([t.numpy() for t in _pool_work(7)]))
+        child.start()
+        got = tuple(torch.from_numpy(a) for a in queue.get(timeout=120))
+        child.join(timeout=60)
+    assert child.exitcode == 0
+    assert _bitwise_equal(got, expected)
+
+
 def test_registry_picks_cpu_for_float32_and_torch_for_float64():
     x, c = randn(1, 10, 4, seed=19), randn(1, 3, 4, seed=20)
     impl = backends.select("assign", x=x, centroids=c, metric="l2", precision="default")
@@ -132,3 +179,18 @@ def test_generic_fallback_path_matches_float64():
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 300, 15), (1, 517, 16), (3, 257, 33),
+                                   (1, 1000, 256)])
+def test_row_norms_match_float64_and_flag_nan_inf(shape):
+    x = randn(*shape, seed=sum(shape)) * 1e3
+    x[0, 0, 0] = 3e19  # squares overflow float32, not float64
+    if shape[1] > 2:
+        x[-1, 1, -1], x[-1, 2, 0] = float("nan"), float("-inf")
+    got = cpu.row_norms_cpu(x=x)
+    ref = torch.linalg.vector_norm(x.double(), dim=-1)
+    assert got.dtype == torch.float32 and got.shape == shape[:2]
+    assert torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.isinf(), ref.isinf())
+    finite = ref.isfinite()
+    torch.testing.assert_close(got[finite].double(), ref[finite], rtol=2**-23, atol=0)

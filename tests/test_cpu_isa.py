@@ -71,6 +71,25 @@ def test_path_ties_go_to_the_smallest_index(isa, metric):
 
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_path_rows_reduce_like_the_scalar_loop(isa, metric):
+    """The per-row reduction over the tile's lanes (branch-free on AVX-512) against the generic
+    path: rows of NaN, of inf, of zeros (scores -0 and +0 tie), and centroids that tie across
+    lanes and in the half-width last panel (K = 100)."""
+    g = torch.Generator().manual_seed(5)
+    c = torch.randint(-2, 3, (100, 7), generator=g).float()
+    c[50:] = c[:50]  # every score ties with one 50 centroids on, in another lane
+    c[37] = 0.0
+    x = torch.randint(-2, 3, (61, 7), generator=g).float()
+    x[3], x[4, 2], x[5] = float("nan"), float("inf"), 0.0
+    x[6] = -c[37]
+    got = cpu.assign_cpu(x=x[None], centroids=c[None], metric=metric, isa=isa)
+    ref = cpu.assign_cpu(x=x[None], centroids=c[None], metric=metric, isa="generic")
+    assert torch.equal(got[1], ref[1])
+    assert torch.equal(got[0].view(torch.int32), ref[0].view(torch.int32))
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 def test_path_results_do_not_depend_on_the_thread_count(isa):
     x, c = _data(1, 2_000, 40, 70, seed=3)
     threads = torch.get_num_threads()
@@ -260,3 +279,31 @@ def test_bf16_peak_is_measured_where_the_cpu_has_it():
             cpu.bf16_peak_gflops(threads=1, seconds=0.01)
     else:
         assert cpu.bf16_peak_gflops(threads=1, seconds=0.01) > 0
+
+
+KNN_SCRIPT = """
+import hashlib, torch
+from fastdc.ops import cpu
+g = torch.Generator().manual_seed(9)
+x, y = torch.randn(2, 301, 37, generator=g), torch.randn(2, 203, 37, generator=g)
+for metric in ("l2", "ip"):
+    d, i = cpu.knn_cpu(x=x, y=y, k=7, metric=metric)
+    print(cpu.simd(), metric, hashlib.sha256(d.numpy().tobytes() + i.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_knn_x86_paths_give_the_same_bits():
+    """knn's AVX-512 and AVX2 tiles (assign's width-generic ones) run the same chain per
+    lane: the same dist and idx, bit for bit, on ragged shapes (one process per path, as
+    FASTDC_CPU_ISA is read once)."""
+    paths = [isa for isa in ("avx2", "avx512") if not cpu.isa_missing(isa)]
+    if len(paths) < 2:
+        pytest.skip("needs a CPU with AVX-512 and AVX2")
+    digests = []
+    for isa in paths:
+        env = dict(os.environ, FASTDC_CPU_ISA=isa, PYTHONPATH=str(ROOT))
+        out = subprocess.run([sys.executable, "-c", KNN_SCRIPT], env=env, capture_output=True,
+                             text=True, check=True).stdout.split("\n")
+        assert [line.split()[0] for line in out if line] == [isa, isa]
+        digests.append([line.split()[2] for line in out if line])
+    assert digests[0] == digests[1]

@@ -35,6 +35,7 @@
 #include "assign_bf16.h"
 #include "common.h"
 #include "kernels.h"
+#include "pool.h"
 #include "simd_vec.h"
 
 namespace fastdc {
@@ -177,6 +178,31 @@ void tile_generic(i64 D, const float* a, const float* b, const float* bias, int 
 
 using TileFn = void (*)(i64, const float*, const float*, const float*, int, float*, int*,
                         float*);
+using ReduceFn = i64 (*)(const float*, const int*, float*, i64*);
+
+#if FASTDC_X86
+// reduce_row (below) of the AVX-512 path's 32 lanes without branches, the same answer: the
+// smallest value (never NaN: the tile's strict "<" keeps NaN scores out of best), then among
+// the lanes equal to it (-0 == +0) the smallest centroid index, the first such lane. The
+// scalar loop's data-dependent branches cost about as much as the tiles at D = 32, K = 100.
+FASTDC_AVX512 i64 reduce_row32(const float* best, const int* arg, float* value, i64* index) {
+    const __m512 b0 = _mm512_load_ps(best), b1 = _mm512_load_ps(best + 16);
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_min_ps(_mm512_min_ps(b0, b1)));
+    const __mmask16 e0 = _mm512_cmp_ps_mask(b0, m, _CMP_EQ_OQ);
+    const __mmask16 e1 = _mm512_cmp_ps_mask(b1, m, _CMP_EQ_OQ);
+    const __m512i a0 = _mm512_load_si512(arg), a1 = _mm512_load_si512(arg + 16);
+    const __m512i none = _mm512_set1_epi32(std::numeric_limits<int>::max());
+    const __m512i low = _mm512_min_epi32(_mm512_mask_blend_epi32(e0, none, a0),
+                                         _mm512_mask_blend_epi32(e1, none, a1));
+    const __m512i j = _mm512_set1_epi32(_mm512_reduce_min_epi32(low));
+    const unsigned w0 = e0 & _mm512_cmpeq_epi32_mask(a0, j);
+    const unsigned w1 = e1 & _mm512_cmpeq_epi32_mask(a1, j);
+    const i64 win = w0 ? __builtin_ctz(w0) : 16 + __builtin_ctz(w1);
+    *value = best[win];
+    *index = arg[win];
+    return win;
+}
+#endif
 
 // A SIMD path: its tile shape, micro-kernels (without / with the second smallest) and bytes
 // of packed x per block of rows.
@@ -185,6 +211,7 @@ struct Path {
     TileFn tile, tile2;
     i64 block_bytes;
     TileFn half, half2;  // the tiles of a half-width last panel (nullptr: the path has none)
+    ReduceFn reduce;     // reduce_row for this NR (nullptr: the scalar loop)
 };
 
 // The paths, indexed by Isa. Tile shapes fill the register file: avx2 6 x 16 (12 ymm
@@ -200,17 +227,22 @@ struct Path {
 constexpr i64 BLOCK_BYTES = 192 * 1024;
 const Path PATHS[] = {
     {MR_GENERIC, NR_GENERIC, tile_generic<false>, tile_generic<true>, BLOCK_BYTES, nullptr,
-     nullptr},
+     nullptr, nullptr},
 #if FASTDC_X86
     {6, 16, avx2::tile<6, false>, avx2::tile<6, true>, BLOCK_BYTES, avx2::tile<6, false, 1>,
-     avx2::tile<6, true, 1>},
+     avx2::tile<6, true, 1>, nullptr},
     {12, 32, avx512::tile<12, false>, avx512::tile<12, true>, BLOCK_BYTES,
-     avx512::tile<12, false, 1>, avx512::tile<12, true, 1>},
+     avx512::tile<12, false, 1>, avx512::tile<12, true, 1>, reduce_row32},
 #endif
 };
 
 // ---------------------------------------------------------------------------------------------
 // Blocking
+
+// Threads that pack `elements` floats of centroids: one below PACK_PARALLEL (K = 100, D = 256
+// packs in a few microseconds, less than handing the work to another thread).
+constexpr i64 PACK_PARALLEL = 1 << 18;
+int pack_threads(i64 elements, int n_threads) { return elements < PACK_PARALLEL ? 1 : n_threads; }
 
 // Rows per block: block_bytes of packed x, but at least 4 blocks per thread so that the
 // dynamic schedule balances (N = 1000 on 2 threads: 8 blocks). A multiple of MR.
@@ -305,7 +337,9 @@ void assign_block(const float* x, i64 N, i64 D, const PackedCentroids& pc, bool 
     for (i64 r = 0; r < rows; ++r) {
         float v;
         const float* best = s.best.data() + r * NR;
-        const i64 win = reduce_row(best, s.arg.data() + r * NR, NR, &v, out.idx + row0 + r);
+        const int* arg = s.arg.data() + r * NR;
+        const i64 win = path.reduce ? path.reduce(best, arg, &v, out.idx + row0 + r)
+                                    : reduce_row(best, arg, NR, &v, out.idx + row0 + r);
         out.dist[row0 + r] = finish(v, s.xsq[r], ip);
         if (second) {
             const float v2 = reduce_second(best, s.best2.data() + r * NR, NR, win);
@@ -354,8 +388,7 @@ void prepare_bf16(const float* c, i64 K, i64 D, bool ip, int nt, Bf16Problem& ou
     out.panels.reset(P * D2 * bf::NR);
     out.bias.reset(P * bf::NR);
     const float scale = ip ? -1.0f : -2.0f;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (i64 j = 0; j < P * bf::NR; ++j) {
+    parallel_for(P * bf::NR, pack_threads(K * D, nt), [&](i64 j, int) {
         const i64 p = j / bf::NR, l = j % bf::NR;
         std::uint32_t* panel = out.panels.data() + p * D2 * bf::NR + l;
         const float* cj = centred.data() + j * D;
@@ -364,7 +397,7 @@ void prepare_bf16(const float* c, i64 K, i64 D, bool ip, int nt, Bf16Problem& ou
                                                        2 * q + 1 < D ? scale * cj[2 * q + 1] : 0.0f);
         }
         out.bias[j] = j >= K ? INF : ip ? 0.0f : row_sq(cj, D);
-    }
+    });
     bf::BoundTerms& t = out.terms;
     t.D = D;
     t.scale = ip ? 1.0 : 2.0;
@@ -576,37 +609,26 @@ i64 assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, 
     const i64 P = (K + NR - 1) / NR;
     const bool half_last = path.half != nullptr && K - (P - 1) * NR <= NR / 2;
     AlignedBuffer<float> panels(B * P * D * NR), bias(B * P * NR);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (i64 bp = 0; bp < B * P; ++bp) {
+    parallel_for(B * P, pack_threads(B * K * D, nt), [&](i64 bp, int) {
         const i64 b = bp / P, p = bp % P;
         const i64 nr = half_last && p == P - 1 ? NR / 2 : NR;
         pack_panel(c + b * K * D, K, D, p * NR / nr, nr, ip, panels.data() + bp * D * NR,
                    bias.data() + bp * NR);
-    }
+    });
 
     const i64 rows = choose_block_rows(N, D, path, nt);
     const i64 blocks = (N + rows - 1) / rows;
     const auto run = [&](auto make_scratch, auto block) {
         using S = typename decltype(make_scratch())::element_type;
         std::vector<std::unique_ptr<S>> scratch;
-        // Allocated outside the parallel region: a throw inside it would terminate.
         for (int t = 0; t < nt; ++t) scratch.push_back(make_scratch());
-#pragma omp parallel num_threads(nt)
-        {
-#if defined(_OPENMP)
-            S& s = *scratch[omp_get_thread_num()];
-#else
-            S& s = *scratch[0];
-#endif
-#pragma omp for schedule(dynamic, 1)
-            for (i64 task = 0; task < B * blocks; ++task) {
-                const i64 b = task / blocks, row0 = (task % blocks) * rows;
-                const PackedCentroids pc{K, D, P, half_last, panels.data() + b * P * D * NR,
-                                         bias.data() + b * P * NR};
-                const Outputs out{dist + b * N, idx + b * N, dist2 ? dist2 + b * N : nullptr};
-                block(s, b, pc, row0, std::min(rows, N - row0), out);
-            }
-        }
+        parallel_for(B * blocks, nt, [&](i64 task, int slot) {
+            const i64 b = task / blocks, row0 = (task % blocks) * rows;
+            const PackedCentroids pc{K, D, P, half_last, panels.data() + b * P * D * NR,
+                                     bias.data() + b * P * NR};
+            const Outputs out{dist + b * N, idx + b * N, dist2 ? dist2 + b * N : nullptr};
+            block(*scratch[slot], b, pc, row0, std::min(rows, N - row0), out);
+        });
         return scratch;
     };
 #if FASTDC_X86
@@ -640,8 +662,7 @@ void assign_dist(const float* x, const float* c, const i64* idx, i64 B, i64 N, i
     }
     const int nt = clamp_threads(n_threads);
     const i64 groups = (B * N + 15) / 16;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (i64 g = 0; g < groups; ++g) {
+    parallel_for(groups, nt, [&](i64 g, int) {
         const i64 first = g * 16, n = std::min<i64>(16, B * N - first);
         const float* xs[16];
         const float* cs[16];
@@ -654,7 +675,7 @@ void assign_dist(const float* x, const float* c, const i64* idx, i64 B, i64 N, i
         }
         chain_scores(isa, D, n, xs, cs, bias, ip ? -1.0f : -2.0f, score);
         for (i64 r = 0; r < n; ++r) dist[first + r] = finish(score[r], row_sq(xs[r], D), ip);
-    }
+    });
 }
 
 std::string bf16_missing() {

@@ -4,10 +4,10 @@
 // Before each inclusion the includer defines FASTDC_TILE_TARGET (the function attribute that
 // enables the path's instructions) and opens the path's namespace, where Vec names
 // its struct of simd_vec.h, which holds the vector operations on W floats: F (float vector), I (int32 vector),
-// M (lane mask), load/store (aligned), loadu, loadi/storei, set1, zero, fmadd, add, min, lt
+// M (lane mask), load/store (aligned), loadu/storeu, loadi/storei, set1, zero, fmadd, add, min, lt
 // (s < m per lane), blend/blendi (take the second argument where the mask is set), iota
-// (j, j+1, ...). No include guard: each inclusion defines tile<MR, SECOND, NV> and
-// fma_chains<REGS> in the includer's namespace.
+// (j, j+1, ...). No include guard: each inclusion defines tile<MR, SECOND, NV>,
+// scores<MR, NV> and fma_chains<REGS> in the includer's namespace.
 
 // Fold a vector of W scores of centroids j.. into a row's running per-lane (min, argmin) and,
 // with SECOND, the per-lane second smallest (the old minimum when s wins, else min(s, second):
@@ -53,6 +53,35 @@ FASTDC_TILE_TARGET void tile(i64 D, const float* a, const float* b, const float*
             update<SECOND>(Vec::add(acc[r][v], Vec::loadu(bias + v * W)), Vec::iota(j0 + v * W),
                            best + o + v * W, arg + o + v * W, best2 + o + v * W);
         }
+    }
+}
+
+// The same MR x NR scores without the epilogue, for knn (knn.cpp): out[r * NR + l] = the
+// chain of tile's lane l (from zero, one FMA per d, then + bias[l]), so both kernels score a
+// pair with the same bits on a path, and each lane the same on every path's width.
+template <int MR, int NV = 2>
+FASTDC_TILE_TARGET void scores(i64 D, const float* a, const float* b, const float* bias,
+                               float* out) {
+    constexpr int W = Vec::W, NR = NV * W;
+    typename Vec::F acc[MR][NV];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = Vec::zero();
+    for (i64 d = 0; d < D; ++d) {
+        typename Vec::F bv[NV];
+        for (int v = 0; v < NV; ++v) bv[v] = Vec::load(b + v * W);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+            const typename Vec::F av = Vec::set1(a[r]);
+            for (int v = 0; v < NV; ++v) acc[r][v] = Vec::fmadd(av, bv[v], acc[r][v]);
+        }
+        a += MR;
+        b += NR;
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+        for (int v = 0; v < NV; ++v)
+            Vec::storeu(out + r * NR + v * W, Vec::add(acc[r][v], Vec::loadu(bias + v * W)));
     }
 }
 

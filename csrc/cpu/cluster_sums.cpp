@@ -15,6 +15,7 @@
 #include "aligned.h"
 #include "common.h"
 #include "kernels.h"
+#include "pool.h"
 
 #if FASTDC_X86
 #include <immintrin.h>
@@ -52,6 +53,7 @@ constexpr i64 CHUNK = 32;
 // at D = 256). Without groups a 1000-row cluster (N = 10^6, K = 1000) spills to L3 and the
 // eight chunk passes re-stream it from there.
 constexpr i64 ROW_GROUP = 64;
+constexpr i64 CLUSTERS_PER_TASK = 4;
 
 // Portable: add columns [d0, d1) of the n rows rows[] of x (float32 [., D]) times their weights
 // (or 1) to acc (float64 [D], in/out), each column in row order.
@@ -138,22 +140,17 @@ void cluster_sums(const float* x, const i64* idx, const float* weights, i64 B, i
         const float* xb = x + b * N * D;
         const float* wb = weights == nullptr ? nullptr : weights + b * N;
         sort_rows_by_cluster(idx + b * N, N, k, start, order);
-#pragma omp parallel num_threads(nt)
-        {
-#if defined(_OPENMP)
-            double* my_acc = acc.data() + static_cast<i64>(omp_get_thread_num()) * D;
-#else
-            double* my_acc = acc.data();
-#endif
-            // dynamic: cluster sizes vary widely; chunks of 4 clusters keep scheduling cheap
-#pragma omp for schedule(dynamic, 4)
-            for (i64 j = 0; j < k; ++j) {
+        // tasks of CLUSTERS_PER_TASK clusters, handed out one at a time: sizes vary widely
+        parallel_for((k + CLUSTERS_PER_TASK - 1) / CLUSTERS_PER_TASK, nt, [&](i64 t, int slot) {
+            double* my_acc = acc.data() + static_cast<i64>(slot) * D;
+            const i64 end = std::min(k, (t + 1) * CLUSTERS_PER_TASK);
+            for (i64 j = t * CLUSTERS_PER_TASK; j < end; ++j) {
                 const double w = sum_cluster(xb, D, wb, order.data() + start[j],
                                              start[j + 1] - start[j], N - start[j + 1], avx2,
                                              my_acc, sums + (b * k + j) * D);
                 counts[b * k + j] = static_cast<float>(w);
             }
-        }
+        });
     }
 }
 

@@ -63,6 +63,11 @@ void knn(const float* x, const float* y, i64 B, i64 N, i64 M, i64 D, i64 k, bool
 void cluster_sums(const float* x, const i64* idx, const float* weights, i64 B, i64 N, i64 D,
                   i64 k, float* sums, float* counts, int n_threads);
 
+// Euclidean norm of every row, the squares summed in float64 (in any order), rounded to
+// float32: NaN for a row holding NaN, inf for one holding inf or whose norm exceeds float32.
+//   x: float32 [rows, D]; norms: float32 [rows] out
+void row_norms(const float* x, i64 rows, i64 D, float* norms, int n_threads);
+
 // faiss's empty-cluster re-split, in place (see fastdc/ops/resplit_empty.py for the rule).
 //   centroids: float32 [B, K, D] in/out
 //   counts:    float32 [B, K]    in/out

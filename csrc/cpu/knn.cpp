@@ -1,6 +1,6 @@
 // knn: fused distance + top-k per row over cache blocks (never an N x M buffer).
 //
-// The database y is packed once per call into panels of NR = 16 rows laid out [D][NR] and
+// The database y is packed once per call into panels of NR rows laid out [D][NR] and
 // scaled by -2 (L2) or -1 (IP), with bias ||y_j||^2 (L2) or 0 (IP), so that
 //     score(i, j) = sum_d x[i,d] * ypack[j,d] + bias[j]
 // and the k best rows are the k smallest scores (the packing idea of assign.cpp). Rows of x
@@ -8,7 +8,9 @@
 // y panels and MR-row slivers. A micro-kernel writes an MR x NR tile of scores to a small
 // buffer, and each row folds its NR scores into its own sorted list of k (score, index)
 // pairs: a score enters only when it beats the current k-th one (one compare for most
-// scores once the list has filled), then is inserted by shifting the worse entries.
+// scores once the list has filled), then is inserted by shifting the worse entries. The x86
+// tiles are assign's width-generic ones without their epilogue (assign_tile.h: scores), 12 x 32
+// on AVX-512 and 6 x 16 on AVX2, so every lane's chain, and the result, is the same on both.
 //
 // Determinism and ties: every score is produced by the same instruction sequence whatever
 // the block, sliver or thread, and panels are visited in increasing j with strict "<", so an
@@ -22,22 +24,21 @@
 #include "aligned.h"
 #include "common.h"
 #include "kernels.h"
-
-#if FASTDC_X86
-#include <immintrin.h>
-#endif
+#include "pool.h"
+#include "simd_vec.h"
 
 namespace fastdc {
 namespace {
 
-constexpr i64 NR = 16;        // database rows per packed panel
-constexpr i64 MR_AVX2 = 6;    // query rows per AVX2 tile: 12 ymm accumulators
-constexpr i64 MR_GENERIC = 2; // query rows per portable tile
+constexpr i64 NR_GENERIC = 16;  // database rows per packed panel of the portable tile
+constexpr i64 MR_GENERIC = 2;   // query rows per portable tile
+constexpr i64 MR_MAX = 12, NR_MAX = 32;  // the largest tile (AVX-512)
 constexpr i64 BLOCK_BYTES = 192 * 1024;  // packed x per block, kept in L2
 constexpr float INF = std::numeric_limits<float>::infinity();
 
 // Pack panel p of y (float32 [M, D]) into out [D][NR] scaled for the metric, and its bias.
-void pack_panel(const float* y, i64 M, i64 D, i64 p, bool ip, float* out, float* bias) {
+void pack_panel(const float* y, i64 M, i64 D, i64 p, i64 NR, bool ip, float* out,
+                float* bias) {
     const float scale = ip ? -1.0f : -2.0f;
     for (i64 l = 0; l < NR; ++l) {
         const i64 j = p * NR + l;
@@ -71,6 +72,7 @@ void pack_rows(const float* x, i64 D, i64 row0, i64 rows, i64 MR, float* out, fl
 
 // MR x NR tile of scores: out[r * NR + l] = sum_d a[d * MR + r] * b[d * NR + l] + bias[l].
 void tile_generic(i64 D, const float* a, const float* b, const float* bias, float* out) {
+    constexpr i64 NR = NR_GENERIC;
     for (i64 r = 0; r < MR_GENERIC; ++r) {
         float acc[NR] = {};
         for (i64 d = 0; d < D; ++d) {
@@ -81,41 +83,28 @@ void tile_generic(i64 D, const float* a, const float* b, const float* bias, floa
     }
 }
 
-#if FASTDC_X86
-FASTDC_AVX2 void tile_avx2(i64 D, const float* a, const float* b, const float* bias,
-                           float* out) {
-    __m256 acc[MR_AVX2][2];
-    for (auto& row : acc) row[0] = row[1] = _mm256_setzero_ps();
-    for (i64 d = 0; d < D; ++d) {
-        const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-        for (i64 r = 0; r < MR_AVX2; ++r) {  // unrolled by the compiler: MR_AVX2 is constant
-            const __m256 av = _mm256_broadcast_ss(a + r);
-            acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
-        }
-        a += MR_AVX2;
-        b += NR;
-    }
-    const __m256 bias0 = _mm256_loadu_ps(bias), bias1 = _mm256_loadu_ps(bias + 8);
-    for (i64 r = 0; r < MR_AVX2; ++r) {
-        _mm256_storeu_ps(out + r * NR, _mm256_add_ps(acc[r][0], bias0));
-        _mm256_storeu_ps(out + r * NR + 8, _mm256_add_ps(acc[r][1], bias1));
-    }
-}
-#endif
-
 using TileFn = void (*)(i64, const float*, const float*, const float*, float*);
 
-// The micro-kernel for this CPU (MR_AVX2 rows with AVX2 + FMA, MR_GENERIC rows otherwise).
-TileFn pick_tile() {
+// A tile shape and its micro-kernel.
+struct Path {
+    i64 MR, NR;
+    TileFn tile;
+};
+
+// The path of default_isa() (FASTDC_CPU_ISA, else the widest this CPU runs).
+Path pick_path() {
 #if FASTDC_X86
-    if (has_avx2_fma()) return tile_avx2;
+    switch (default_isa()) {
+        case Isa::avx512: return {12, 32, avx512::scores<12>};
+        case Isa::avx2: return {6, 16, avx2::scores<6>};
+        case Isa::generic: break;
+    }
 #endif
-    return tile_generic;
+    return {MR_GENERIC, NR_GENERIC, tile_generic};
 }
 
 // Fold NR scores (database rows j0..j0+NR-1) into one row's sorted list of k entries.
-inline void fold_scores(const float* s, i64 j0, i64 k, float* best, i64* arg) {
+inline void fold_scores(const float* s, i64 NR, i64 j0, i64 k, float* best, i64* arg) {
     for (i64 l = 0; l < NR; ++l) {
         const float v = s[l];
         if (!(v < best[k - 1])) continue;  // also drops NaN and the +inf padding
@@ -147,9 +136,9 @@ struct Problem {
 };
 
 // The k best database rows of query rows [row0, row0 + rows).
-void knn_block(const Problem& pr, i64 row0, i64 rows, i64 MR, TileFn tile, const Scratch& s,
+void knn_block(const Problem& pr, i64 row0, i64 rows, const Path& path, const Scratch& s,
                float* dist, i64* idx) {
-    const i64 D = pr.D, k = pr.k;
+    const i64 D = pr.D, k = pr.k, MR = path.MR, NR = path.NR;
     pack_rows(pr.x, D, row0, rows, MR, s.xpack, s.xsq);
     float* best = dist + row0 * k;
     i64* arg = idx + row0 * k;
@@ -158,11 +147,11 @@ void knn_block(const Problem& pr, i64 row0, i64 rows, i64 MR, TileFn tile, const
     for (i64 p = 0; p < pr.P; ++p) {
         const float* panel = pr.panels + p * D * NR;
         for (i64 sl = 0; sl * MR < rows; ++sl) {
-            tile(D, s.xpack + sl * D * MR, panel, pr.bias + p * NR, s.tile);
+            path.tile(D, s.xpack + sl * D * MR, panel, pr.bias + p * NR, s.tile);
             const i64 live = std::min(MR, rows - sl * MR);
             for (i64 r = 0; r < live; ++r) {
                 const i64 row = sl * MR + r;
-                fold_scores(s.tile + r * NR, p * NR, k, best + row * k, arg + row * k);
+                fold_scores(s.tile + r * NR, NR, p * NR, k, best + row * k, arg + row * k);
             }
         }
     }
@@ -181,39 +170,27 @@ void knn(const float* x, const float* y, i64 B, i64 N, i64 M, i64 D, i64 k, bool
     if (k < 1 || k > M) throw std::invalid_argument("knn: need 1 <= k <= M");
     if (B == 0 || N == 0) return;
     const int nt = clamp_threads(n_threads);
-    const i64 MR = has_avx2_fma() ? MR_AVX2 : MR_GENERIC;
-    const TileFn tile = pick_tile();
-    const i64 P = (M + NR - 1) / NR;
+    const Path path = pick_path();
+    const i64 MR = path.MR, NR = path.NR, P = (M + NR - 1) / NR;
     AlignedBuffer<float> panels(B * P * D * NR), bias(B * P * NR);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (i64 bp = 0; bp < B * P; ++bp) {
-        pack_panel(y + (bp / P) * M * D, M, D, bp % P, ip, panels.data() + bp * D * NR,
+    parallel_for(B * P, nt, [&](i64 bp, int) {
+        pack_panel(y + (bp / P) * M * D, M, D, bp % P, NR, ip, panels.data() + bp * D * NR,
                    bias.data() + bp * NR);
-    }
+    });
     i64 rows = std::min(BLOCK_BYTES / (4 * std::max<i64>(D, 1)), (N + 4 * nt - 1) / (4 * nt));
     rows = std::max(MR, round_up(std::max<i64>(rows, 1), MR));
     const i64 blocks = (N + rows - 1) / rows;
-    // Every thread's scratch in three buffers (an allocation failure throws here, outside the
-    // parallel region, where an exception would terminate).
-    AlignedBuffer<float> xpack(nt * rows * D), xsq(nt * rows), tiles(nt * MR_AVX2 * NR);
-#pragma omp parallel num_threads(nt)
-    {
-#if defined(_OPENMP)
-        const i64 t = omp_get_thread_num();
-#else
-        const i64 t = 0;
-#endif
-        Scratch s{xpack.data() + t * rows * D, xsq.data() + t * rows,
-                  tiles.data() + t * MR_AVX2 * NR};
-#pragma omp for schedule(dynamic, 1)
-        for (i64 task = 0; task < B * blocks; ++task) {
-            const i64 b = task / blocks, row0 = (task % blocks) * rows;
-            const Problem pr{x + b * N * D, panels.data() + b * P * D * NR,
-                             bias.data() + b * P * NR, M, D, P, k, ip};
-            knn_block(pr, row0, std::min(rows, N - row0), MR, tile, s, dist + b * N * k,
-                      idx + b * N * k);
-        }
-    }
+    // Every thread's scratch in three buffers, one slot per thread of the pool.
+    AlignedBuffer<float> xpack(nt * rows * D), xsq(nt * rows), tiles(nt * MR_MAX * NR_MAX);
+    parallel_for(B * blocks, nt, [&](i64 task, int t) {
+        const Scratch s{xpack.data() + t * rows * D, xsq.data() + t * rows,
+                        tiles.data() + t * MR_MAX * NR_MAX};
+        const i64 b = task / blocks, row0 = (task % blocks) * rows;
+        const Problem pr{x + b * N * D, panels.data() + b * P * D * NR, bias.data() + b * P * NR,
+                         M, D, P, k, ip};
+        knn_block(pr, row0, std::min(rows, N - row0), path, s, dist + b * N * k,
+                  idx + b * N * k);
+    });
 }
 
 }  // namespace fastdc

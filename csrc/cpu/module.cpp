@@ -108,6 +108,15 @@ void cluster_sums_py(const Array<float>& x, const Array<i64>& idx,
     fastdc::cluster_sums(xp, ip, wp, xs[0], xs[1], xs[2], ss[1], sp, np, n_threads);
 }
 
+void row_norms_py(const Array<float>& x, Array<float>& norms, int n_threads) {
+    const auto xs = shape_of(x, 3, "x"), ns = shape_of(norms, 2, "norms");
+    expect(ns[0] == xs[0] && ns[1] == xs[1], "norms must be [B, N] matching x [B, N, D]");
+    const float* xp = x.data();
+    float* np = norms.mutable_data();
+    py::gil_scoped_release release;
+    fastdc::row_norms(xp, xs[0] * xs[1], xs[2], np, n_threads);
+}
+
 void resplit_empty_py(Array<float>& centroids, Array<float>& counts,
                       const Array<double>& uniforms, i64 n_frozen, Array<i64>& nsplit) {
     const auto cs = shape_of(centroids, 3, "centroids"), ns = shape_of(counts, 2, "counts");
@@ -227,6 +236,10 @@ PYBIND11_MODULE(_C, m) {
           py::arg("counts").noconvert(), py::arg("n_threads"),
           "cluster_sums(x f32[B,N,D], idx i64[B,N], weights f32[B,N]|None, sums f32[B,k,D] out, "
           "counts f32[B,k] out, n_threads): per-cluster sums/counts, float64 accumulation.");
+    m.def("row_norms", &row_norms_py, py::arg("x").noconvert(), py::arg("norms").noconvert(),
+          py::arg("n_threads"),
+          "row_norms(x f32[B,N,D], norms f32[B,N] out, n_threads): row norms, squares summed "
+          "in float64.");
     m.def("resplit_empty", &resplit_empty_py, py::arg("centroids").noconvert(),
           py::arg("counts").noconvert(), py::arg("uniforms").noconvert(), py::arg("n_frozen"),
           py::arg("nsplit").noconvert(),

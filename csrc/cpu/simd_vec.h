@@ -19,6 +19,7 @@ struct Avx2Vec {
     FASTDC_AVX2 static F load(const float* p) { return _mm256_load_ps(p); }
     FASTDC_AVX2 static F loadu(const float* p) { return _mm256_loadu_ps(p); }
     FASTDC_AVX2 static void store(float* p, F v) { _mm256_store_ps(p, v); }
+    FASTDC_AVX2 static void storeu(float* p, F v) { _mm256_storeu_ps(p, v); }
     FASTDC_AVX2 static I loadi(const int* p) {
         return _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
     }
@@ -48,6 +49,7 @@ struct Avx512Vec {
     FASTDC_AVX512 static F load(const float* p) { return _mm512_load_ps(p); }
     FASTDC_AVX512 static F loadu(const float* p) { return _mm512_loadu_ps(p); }
     FASTDC_AVX512 static void store(float* p, F v) { _mm512_store_ps(p, v); }
+    FASTDC_AVX512 static void storeu(float* p, F v) { _mm512_storeu_ps(p, v); }
     FASTDC_AVX512 static I loadi(const int* p) { return _mm512_load_si512(p); }
     FASTDC_AVX512 static void storei(int* p, I v) { _mm512_store_si512(p, v); }
     FASTDC_AVX512 static F set1(float v) { return _mm512_set1_ps(v); }

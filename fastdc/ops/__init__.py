@@ -12,6 +12,7 @@ from fastdc.ops.checks import first_nonfinite_row
 from fastdc.ops.cluster_sums import cluster_sums, means_from_sums, update_centroids
 from fastdc.ops.knn import knn
 from fastdc.ops.resplit_empty import resplit_empty
+from fastdc.ops.row_norms import row_norms
 from fastdc.ops.sobel import IMAGENET_MEAN, IMAGENET_STD, Sobel, sobel, sobel_weights
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "means_from_sums",
     "registry",
     "resplit_empty",
+    "row_norms",
     "sobel",
     "sobel_weights",
     "update_centroids",

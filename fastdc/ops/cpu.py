@@ -1,8 +1,8 @@
 """The ``cpu`` backend: C++/OpenMP kernels from the pybind11 extension :mod:`fastdc._C`.
 
-Registers ``assign``, ``knn``, ``cluster_sums``, ``resplit_empty`` and ``sobel``. Each
-implementation takes the same keyword arguments as the op's reference (batched, contiguous
-tensors), passes
+Registers ``assign``, ``knn``, ``cluster_sums``, ``resplit_empty``, ``row_norms`` and
+``sobel``. Each implementation takes the same keyword arguments as the op's reference (batched,
+contiguous tensors), passes
 them to C++ as zero-copy NumPy views, allocates the outputs with torch and runs on
 ``torch.get_num_threads()`` threads. The kernels compute in float32; other dtypes fall back
 to the ``torch`` reference (the ``reasons`` functions say why). Importing this module fails
@@ -222,6 +222,17 @@ def resplit_empty_cpu(
     nsplit = torch.empty(centroids.shape[0], dtype=torch.int64)
     _C.resplit_empty(_np(centroids), _np(counts), _np(uniforms), int(n_frozen), _np(nsplit))
     return nsplit
+
+
+# --- row_norms --------------------------------------------------------------------------------
+
+
+@register("row_norms", "cpu", lambda x: _kernel_reasons(x=(x, torch.float32)))
+def row_norms_cpu(x: torch.Tensor) -> torch.Tensor:
+    """x: [B, N, D] float32 -> [B, N] float32 norms (squares summed in float64)."""
+    norms = torch.empty(x.shape[:2], dtype=torch.float32)
+    _C.row_norms(_np(x), _np(norms), torch.get_num_threads())
+    return norms
 
 
 # --- sobel ------------------------------------------------------------------------------------
