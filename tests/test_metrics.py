@@ -13,6 +13,7 @@ from fastdc.evaluation import (
     linear_probe,
     masked_nmi,
     nmi,
+    pic_nmi,
     purity,
     split_indices,
 )
@@ -108,3 +109,23 @@ def test_compare_features_ranks_informative_features_above_noise():
     assert res["good"]["kmeans_nmi"] > 0.9 and res["good"]["linear_probe_acc"] > 0.9
     assert res["noise"]["kmeans_nmi"] < 0.2 and res["noise"]["linear_probe_acc"] < 0.6
     assert list(res) == ["classes", "train", "test", "good", "noise"]
+
+
+def test_pic_nmi_finds_well_separated_groups_and_compare_features_reports_it():
+    gen = torch.Generator().manual_seed(3)
+    labels = (torch.arange(240) % 3).numpy()
+    blobs = torch.randn(3, 10, generator=gen)[labels] * 6 + 0.3 * torch.randn(240, 10,
+                                                                              generator=gen)
+    score, found = pic_nmi(blobs, labels, pca_dim=3)
+    # PIC picks its own number of clusters (here it splits each blob into several basins of its
+    # 5-neighbour graph), so its NMI sits well above noise's but below k-means' with k = 3
+    assert found >= 3 and score > 0.4
+    noise = torch.randn(240, 10, generator=gen)
+    assert pic_nmi(noise, labels, pca_dim=3)[0] < 0.1
+    ok = np.ones(240, dtype=bool)
+    res = compare_features({"blobs": blobs}, labels, ok, pca_dim=3, seed=0, split_seed=1,
+                           pic=True)
+    assert res["blobs"]["pic_nmi"] == pytest.approx(score)
+    assert res["blobs"]["pic_clusters"] == found
+    plain = compare_features({"blobs": blobs}, labels, ok, pca_dim=3, seed=0, split_seed=1)
+    assert "pic_nmi" not in plain["blobs"]

@@ -123,6 +123,10 @@ class Outputs:
         print(f"{'':<28}" + "".join(f"{n:>14}" for n in names))
         print(f"{'k-means NMI (k=' + str(ev['classes']) + ')':<28}"
               + "".join(f"{ev[n]['kmeans_nmi']:>14.3f}" for n in names))
+        if "pic_nmi" in ev[names[0]]:
+            print(f"{'PIC NMI (clusters found)':<28}"
+                  + "".join(f"{ev[n]['pic_nmi']:>8.3f} ({ev[n]['pic_clusters']:>3})"
+                            for n in names))
         print(f"{'linear probe accuracy':<28}"
               + "".join(f"{ev[n]['linear_probe_acc']:>14.3f}" for n in names))
         print(f"(evaluation took {ev['time']:.1f}s)")

@@ -2,7 +2,7 @@
 engine:
 
 - :mod:`fastdc.evaluation.metrics` — NMI, ARI, purity and the contingency table
-  (scikit-learn's), NMI over readable positions only, k-means NMI of features;
+  (scikit-learn's), NMI over readable positions only, k-means and PIC NMI of features;
 - :mod:`fastdc.evaluation.probes` — linear probes of frozen features, the fixed train / test
   split, and the side-by-side comparison of feature sets the trainer prints at the end;
 - :mod:`fastdc.evaluation.linear_protocol` — the paper's linear evaluation: SGD on crops for
@@ -18,7 +18,15 @@ from fastdc.evaluation.linear_protocol import (
     topk_correct,
     train_linear_protocol,
 )
-from fastdc.evaluation.metrics import ari, contingency, kmeans_nmi, masked_nmi, nmi, purity
+from fastdc.evaluation.metrics import (
+    ari,
+    contingency,
+    kmeans_nmi,
+    masked_nmi,
+    nmi,
+    pic_nmi,
+    purity,
+)
 from fastdc.evaluation.probes import compare_features, linear_probe, split_indices
 
 __all__ = [
@@ -31,6 +39,7 @@ __all__ = [
     "linear_probe",
     "masked_nmi",
     "nmi",
+    "pic_nmi",
     "purity",
     "split_indices",
     "ten_crops",

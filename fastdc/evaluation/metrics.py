@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
-from fastdc.engine import kmeans, pca_whiten
+from fastdc.engine import kmeans, pca_whiten, pic
 
 
 def _as_labels(a) -> np.ndarray:
@@ -89,3 +89,13 @@ def kmeans_nmi(features: torch.Tensor, labels: np.ndarray, k: int, *, pca_dim: i
             best = res
     assignments = best.assignments.cpu().numpy()
     return nmi(assignments, labels), assignments
+
+
+def pic_nmi(features: torch.Tensor, labels: np.ndarray, *, pca_dim: int = 256
+            ) -> tuple[float, int]:
+    """NMI between labels and power iteration clustering (DeepCluster's PIC: its 5-neighbour
+    graph, sigma 0.2) of the PCA-whitened, L2-normalised features, as the trainer's
+    ``--clustering pic`` clusters them. features: float [N, D] (any device); labels: int [N].
+    Returns ``(nmi, clusters found)``; PIC chooses the number of clusters itself."""
+    res = pic(pca_whiten(features.float(), dim=pca_dim))
+    return nmi(res.labels.cpu().numpy(), labels), res.n_clusters

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastdc.evaluation.metrics import kmeans_nmi
+from fastdc.evaluation.metrics import kmeans_nmi, pic_nmi
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
@@ -59,13 +59,15 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, 
 
 def compare_features(columns: dict[str, torch.Tensor], labels: np.ndarray, ok: np.ndarray, *,
                      pca_dim: int, seed: int, split_seed: int,
-                     on_step: Callable[[], object] | None = None) -> dict:
-    """k-means NMI (k = the number of classes) and linear-probe accuracy of each feature set.
+                     on_step: Callable[[], object] | None = None, pic: bool = False) -> dict:
+    """k-means NMI (k = the number of classes) and linear-probe accuracy of each feature set,
+    and with ``pic`` the NMI of PIC clustering (:func:`pic_nmi`) beside the k-means one.
 
     columns: name -> float [N, D_name] (one device); labels: int64 [N]; ok: bool [N] (False:
     left out). The probe trains on a fixed 80 % of the kept rows (``split_seed``) and is
     scored on the rest. ``on_step`` is called after each of the 2 × len(columns) fits.
-    Returns {"classes", "train", "test", name: {"kmeans_nmi", "linear_probe_acc"}, ...}.
+    Returns {"classes", "train", "test", name: {"kmeans_nmi", "linear_probe_acc"[, "pic_nmi",
+    "pic_clusters"]}, ...}.
     """
     step = on_step or (lambda: None)
     n_classes = len(np.unique(labels))
@@ -83,4 +85,7 @@ def compare_features(columns: dict[str, torch.Tensor], labels: np.ndarray, ok: n
         acc = linear_probe(full[ti], y[ti], full[vi], y[vi], seed=seed)
         step()
         result[name] = {"kmeans_nmi": score, "linear_probe_acc": acc}
+        if pic:
+            result[name]["pic_nmi"], result[name]["pic_clusters"] = pic_nmi(
+                kept, labels[keep], pca_dim=pca_dim)
     return result
