@@ -46,6 +46,15 @@ def epoch_record(epoch: int, assignment: np.ndarray, previous: np.ndarray | None
     }
 
 
+def flag_text(key: str, value: Any) -> str:
+    """A setting as its command-line flag: ('flip', False) -> '--no-flip', ('k', 50) ->
+    '--k 50', ('memory', True) -> '--in-memory'."""
+    flag = "in-memory" if key == "memory" else key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
+
+
 def _fmt(v: float | None) -> str:
     return "  -  " if v is None else f"{v:.3f}"
 
@@ -68,6 +77,14 @@ class Outputs:
               f"{len(source.classes) or 'no'} classes), arch {arch}{details}, {cfg.epochs} "
               f"epochs, batch {cfg.batch_size}, device {device}{procs}, out {self.out}",
               flush=True)
+
+    def choices(self) -> None:
+        """One line per setting chosen by --preset (config.choices), with its reason."""
+        if not self.enabled or not self.cfg.choices:
+            return
+        print(f"settings (--preset {self.cfg.preset}):", flush=True)
+        for key, c in self.cfg.choices.items():
+            print(f"  {flag_text(key, c['value'])}: {c['reason']}", flush=True)
 
     def say(self, line: str) -> None:
         """A line on stdout."""

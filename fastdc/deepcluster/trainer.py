@@ -169,6 +169,7 @@ class Trainer:
         if state is None:
             # A folder without a checkpoint keeps nothing of a run killed before its first one.
             self.outputs.rewrite_log([])
+            self.outputs.choices()
             self.board.open(0)
             if self.cfg.resume:
                 self.outputs.say(f"--resume: no checkpoint in {self.out} yet; starting the run")
