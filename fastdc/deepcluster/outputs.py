@@ -55,6 +55,12 @@ def flag_text(key: str, value: Any) -> str:
     return f"--{flag} {value}"
 
 
+def _duration(seconds: float) -> str:
+    """E.g. 75.2 -> '1m15s', 8.4 -> '8s'."""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def _fmt(v: float | None) -> str:
     return "  -  " if v is None else f"{v:.3f}"
 
@@ -108,8 +114,8 @@ class Outputs:
             with open(self.out / "log.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in records)
 
-    def print_epoch(self, r: dict[str, Any]) -> None:
-        """The epoch's console line."""
+    def print_epoch(self, r: dict[str, Any], left: float | None = None) -> None:
+        """The epoch's console line; ``left``: the estimated seconds to the last epoch."""
         c_loss = "  -   " if r["clustering_loss"] is None else f"{r['clustering_loss']:.4f}"
         deeper = (f"  NMI(super, labels) {_fmt(r['nmi_labels_super'])}"
                   if "nmi_labels_super" in r else "")
@@ -117,7 +123,8 @@ class Outputs:
                  f"  train-loss {r['train_loss']:.4f}  NMI(prev) {_fmt(r['nmi_prev'])}"
                  f"  NMI(labels) {_fmt(r['nmi_labels'])}{deeper}  time {r['time']:.1f}s"
                  f" (feat {r['time_features']:.1f} + k-means {r['time_clustering']:.1f}"
-                 f" + train {r['time_train']:.1f})")
+                 f" + train {r['time_train']:.1f})"
+                 + ("" if not left else f"  ~{_duration(left)} left"))
 
     def print_table(self, ev: dict[str, Any]) -> None:
         """The final evaluation's table: one column per feature set."""

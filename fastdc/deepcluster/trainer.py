@@ -260,13 +260,15 @@ class Trainer:
         self.t0 = time.perf_counter()
         self.stop.install()
         try:
+            first = self.epoch
             for epoch in range(self.epoch, self.cfg.epochs):
                 record = self.run_epoch(epoch)
                 self.records.append(record)
                 self.outputs.epoch_done(record, self.assignment)
                 self.board.epoch(record, self.assignment, self.method.n_targets, self.steps)
                 self.save(snapshot=True)
-                self.outputs.print_epoch(record)
+                per_epoch = (time.perf_counter() - self.t0) / (epoch + 1 - first)
+                self.outputs.print_epoch(record, per_epoch * (self.cfg.epochs - epoch - 1))
             ev = None
             if self.cfg.final_eval and self.dist.main:
                 ev = final_evaluation(self.cfg, self.source, self.features, self.model,
