@@ -60,6 +60,7 @@ def test_k_epochs_and_batch_follow_the_number_of_images():
     assert (few["k"], few["epochs"], few["batch_size"]) == (10, 30, 64)
     assert (some["k"], some["epochs"], some["batch_size"]) == (80, 16, 128)
     assert (many["k"], many["epochs"], many["batch_size"]) == (2_000, 12, 128)
+    assert chosen("auto", FolderShape(4, 32, True, 0))["k"] == 4  # at most one per image
 
 
 def test_imagenet_like_data_gets_the_papers_settings_and_smaller_data_does_not():

@@ -148,7 +148,7 @@ def small_data_choices(shape: FolderShape, arch: str | None = None) -> list[Choi
                 f"{side}-px images {'up' if size > side else 'down'}-sampled to {size} px "
                 + (f"(--arch {arch} needs >= {need} px)" if size == need > SMALL_SIDES[0]
                    else f"(the small net's range is {SMALL_SIDES[0]}-{SMALL_SIDES[1]} px)"))
-    k = min(10_000, max(10, 2 * shape.classes, round(n / IMAGES_PER_CLUSTER)))
+    k = min(n, 10_000, max(10, 2 * shape.classes, round(n / IMAGES_PER_CLUSTER)))
     epochs = min(EPOCHS[1], max(EPOCHS[0], math.ceil(TRAIN_IMAGES / n)))
     batch = 128 if n >= 2_000 else 64
     flip = shape.colour
@@ -159,15 +159,15 @@ def small_data_choices(shape: FolderShape, arch: str | None = None) -> list[Choi
         Choice("memory", n * (3 if shape.colour else 1) * size * size <= 2**30,
                "decoded once and held in memory when it fits in 1 GiB"),
         Choice("sobel", False, "no Sobel front: on small images the colour and intensity "
-               "cues it removes help more than they mislead"),
+               "it removes carry much of what there is to learn"),
         Choice("grey", not shape.colour, "the images are " + ("colour" if shape.colour else
                "grey: one channel")),
-        Choice("crop_scale", 0.5, "crops of 50-100 % of the area: smaller ones leave too "
-               "little of a small image"),
+        Choice("crop_scale", 0.5, "crops of 50-100 % of the area: the paper's 8 % leaves a "
+               "few pixels of a small image"),
         Choice("flip", flip, "horizontal flips for colour pictures" if flip else
                "no flips: grey images are often characters or digits, not mirror-symmetric"),
-        Choice("k", k, f"about one cluster per {IMAGES_PER_CLUSTER} images (and at least "
-               "2 per class, 10 in all)"),
+        Choice("k", k, f"about one cluster per {IMAGES_PER_CLUSTER} images (at least 2 per "
+               "class and 10 in all, at most one per image)"),
         Choice("pca_dim", 32, "PCA to 32 dims of the small net's 128 features"),
         Choice("epochs", epochs, f"about {TRAIN_IMAGES} training images in all, "
                f"{EPOCHS[0]}-{EPOCHS[1]} epochs: a few minutes on a 2-core CPU"),
