@@ -40,8 +40,8 @@ def chosen(preset, shape, **kw):
 @pytest.mark.parametrize(("side", "colour", "classes", "want"), [
     (32, True, 10, {"image_size": 32, "grey": False, "flip": True, "k": 20, "batch_size": 64}),
     (8, False, 10, {"image_size": 16, "grey": True, "flip": False}),  # up-sampled to 16
-    (90, True, 2, {"image_size": 64, "grey": False, "flip": True, "k": 10}),  # down to 64
-    (20, False, 0, {"image_size": 20, "grey": True, "k": 10}),  # no classes
+    (90, True, 2, {"image_size": 64, "grey": False, "flip": True, "k": 8}),  # down to 64
+    (20, False, 0, {"image_size": 20, "grey": True, "k": 4}),  # no classes, 4 images
 ])
 def test_a_small_folder_of_each_shape_gets_the_small_net_at_its_resolution(
         tmp_path, side, colour, classes, want):
