@@ -58,7 +58,7 @@ def test_k_epochs_and_batch_follow_the_number_of_images():
     some = chosen("auto", FolderShape(2_000, 32, True, 10))
     many = chosen("auto", FolderShape(50_000, 32, True, 10))
     assert (few["k"], few["epochs"], few["batch_size"]) == (10, 30, 64)
-    assert (some["k"], some["epochs"], some["batch_size"]) == (80, 16, 128)
+    assert (some["k"], some["epochs"], some["batch_size"]) == (80, 24, 128)
     assert (many["k"], many["epochs"], many["batch_size"]) == (2_000, 12, 128)
     assert chosen("auto", FolderShape(4, 32, True, 0))["k"] == 4  # at most one per image
 

@@ -35,7 +35,7 @@ IMAGENET_LIKE = (100_000, 128)  # (images, shorter side in px) from which a fold
 SAMPLED = 64  # images opened to measure size and colour
 SMALL_SIDES = (16, 64)  # the small net's input side: the images' own, clamped to this range
 IMAGES_PER_CLUSTER = 25
-TRAIN_IMAGES = 32_000  # images seen by training over a whole small-data run (epochs × N)
+TRAIN_IMAGES = 48_000  # images seen by training over a whole small-data run (epochs × N)
 EPOCHS = (12, 30)
 
 PAPER = {"arch": "alexnet", "sobel": True, "image_size": 224, "crop_scale": 0.08, "flip": True,

@@ -216,7 +216,7 @@ def _clustering_flags(p: argparse.ArgumentParser) -> None:
 def _training_flags(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, help="default 12 for MNIST, 200 for paper; auto: "
-                   "about 32 000 training images in all, 12-30 epochs")
+                   "about 48 000 training images in all, 12-30 epochs")
     t.add_argument("--batch-size", type=int, help="default 128 for MNIST and auto (64 under "
                    "2000 images), 256 for paper (48 per process for deepercluster paper)")
     t.add_argument("--lr", type=float, help="default 0.1 for MNIST and auto, 0.05 for paper "
