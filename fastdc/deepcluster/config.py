@@ -171,8 +171,8 @@ def _clustering_flags(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model and clustering")
     m.add_argument("--method", choices=METHODS, default="deepcluster",
                    help="deepercluster: rotation × super-class and sub-class targets; with "
-                        "--data it takes the reference's settings (vgg16, lr 0.1, batch 48, "
-                        "--reassign-every 3, --pca-dim 4096, --kmeans-iters 10, "
+                        "--preset paper it takes the reference's settings (vgg16, lr 0.1, "
+                        "batch 48, --reassign-every 3, --pca-dim 4096, --kmeans-iters 10, "
                         "--head-momentum 0.9, --head-init default, --sync-bn)")
     m.add_argument("--clustering", choices=("kmeans", "pic"), default="kmeans",
                    help="deepcluster: k-means with --k clusters, or power iteration clustering "
@@ -187,11 +187,11 @@ def _clustering_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=True,
                    help="deepercluster: rotate inputs by 0/90/180/270 degrees")
     m.add_argument("--reassign-every", type=int, metavar="E",
-                   help="epochs between re-clusterings (default 1; deepercluster --data: 3)")
+                   help="epochs between re-clusterings (default 1; deepercluster paper: 3)")
     sides = ", ".join(f"{arch} {min_input_size(arch)}" for arch in ARCHS)
     m.add_argument("--arch", choices=ARCHS,
-                   help="default: small for MNIST, alexnet for --data (vgg16 for "
-                        "deepercluster --data; the checkpoint's with "
+                   help="default: from --preset (small for MNIST and auto, alexnet for "
+                        "paper, vgg16 for deepercluster paper; the checkpoint's with "
                         f"--init-from). Smallest image side in pixels: {sides}")
     m.add_argument("--sobel", action=argparse.BooleanOptionalAction, default=None,
                    help="fixed Sobel filter in front (default: on for paper, off otherwise)")
@@ -200,7 +200,7 @@ def _clustering_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--pca-dim", type=int, help="PCA whitening dims (default 32 for MNIST and "
                    "auto, 256 for paper; deepercluster paper: 4096)")
     m.add_argument("--kmeans-iters", type=int,
-                   help="Lloyd iterations per epoch (default 20; deepercluster --data: 10)")
+                   help="Lloyd iterations per epoch (default 20; deepercluster paper: 10)")
     m.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32",
                    help="float16: keep the epoch's features in fp16 on the host and stream "
                         "PCA + k-means through the device in chunks")
@@ -230,13 +230,13 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only)")
     t.add_argument("--sync-bn", action=argparse.BooleanOptionalAction,
                    help="SyncBatchNorm across torchrun processes (CUDA only; default off, on "
-                        "for deepercluster --data)")
+                        "for deepercluster paper)")
     t.add_argument("--head-momentum", type=float,
                    help="momentum of the head's SGD (default 0 as DeepCluster; deepercluster "
-                        "--data: 0.9)")
+                        "paper: 0.9)")
     t.add_argument("--head-init", choices=("normal", "default"),
                    help="a new head's weights: normal N(0, 0.01) as DeepCluster (default), or "
-                        "PyTorch's default Linear init (deepercluster --data)")
+                        "PyTorch's default Linear init (deepercluster paper)")
     t.add_argument("--init-from", metavar="CKPT",
                    help="start a new run from these weights, head dropped: a fastdc "
                         "checkpoint, or a reference DeepCluster checkpoint (AlexNet/VGG16, "
