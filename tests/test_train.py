@@ -284,14 +284,14 @@ def test_settings_that_cannot_work_are_refused_at_parse_time(tmp_path, capsys, a
     assert not (tmp_path / "run").exists()
 
 
-def test_a_default_architecture_too_big_for_the_images_is_refused_before_training(tmp_path,
-                                                                               capsys):
+def test_the_paper_architecture_too_big_for_the_images_is_refused_before_training(tmp_path,
+                                                                                capsys):
     data = tmp_path / "data"
     data.mkdir()
     for i in range(4):
         Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(data / f"{i}.png")
-    assert main(["--data", str(data), "--image-size", "28", "--k", "2", "--out",
-                 str(tmp_path / "run")]) == 2
+    assert main(["--data", str(data), "--preset", "paper", "--image-size", "28", "--k", "2",
+                 "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "--arch alexnet needs images of at least 63×63 pixels" in err
     assert "pass --image-size 63 or more, or --arch small" in err

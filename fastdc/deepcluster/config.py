@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from fastdc.deepcluster.auto import DEEPER_PAPER, PRESETS
 from fastdc.deepcluster.data import DATASET_SIDES, Source, TensorSource
 from fastdc.deepcluster.models import ARCHS, min_input_size
 
@@ -35,10 +36,7 @@ FOLDER_DEFAULTS = {"arch": "alexnet", "k": 10_000, "epochs": 200, "pca_dim": 256
 COMMON_DEFAULTS = {"kmeans_iters": 20, "reassign_every": 1, "sync_bn": False,
                    "head_momentum": 0.0, "head_init": "normal"}
 DEEPER_MNIST_DEFAULTS = {"super_classes": 4, "k": 25}
-DEEPER_FOLDER_DEFAULTS = {"super_classes": 4, "k": 2_500, "arch": "vgg16", "lr": 0.1,
-                          "batch_size": 48, "reassign_every": 3, "pca_dim": 4096,
-                          "kmeans_iters": 10, "sync_bn": True, "head_momentum": 0.9,
-                          "head_init": "default"}
+DEEPER_FOLDER_DEFAULTS = DEEPER_PAPER
 # Integer settings and their smallest allowed value: (attribute, flag, minimum).
 AT_LEAST = (("k", "--k", 1), ("super_classes", "--super-classes", 1),
             ("reassign_every", "--reassign-every", 1), ("epochs", "--epochs", 1),
@@ -60,7 +58,7 @@ class Config:
     dataset: str | None = None
     subset: int | None = None
     arch: str | None = None
-    sobel: bool = False
+    sobel: bool | None = None
     k: int | None = None
     pca_dim: int | None = None
     kmeans_iters: int | None = 20
@@ -76,10 +74,13 @@ class Config:
     amp: bool = False
     out: str | None = None
     resume: bool = False
-    image_size: int = 224
+    image_size: int | None = None
     crop_scale: float | None = None
     flip: bool | None = None
-    grey: bool = False
+    grey: bool | None = None
+    memory: bool | None = None  # a folder decoded once into memory
+    preset: str = "auto"  # the rule that fills unset settings (fastdc.deepcluster.auto)
+    choices: dict[str, Any] = field(default_factory=dict)  # setting -> {"value", "reason"}
     final_eval: bool = True
     plots: bool = True
     progress: bool | None = None
@@ -147,12 +148,24 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     d.add_argument("--subset", type=int, metavar="N",
                    help="use only N images, drawn across all classes in proportion to their "
                         "sizes (seeded by --seed; a uniform draw for data without classes)")
-    d.add_argument("--image-size", type=int, default=224, help="crop size for --data")
-    d.add_argument("--grey", action="store_true", help="read --data images as 1-channel grey")
+    d.add_argument("--preset", choices=PRESETS, default="auto",
+                   help="the rule for every setting not given: auto picks from the data "
+                        "(ImageNet-like folders, >= 100k images of >= 128 px: paper; other "
+                        "folders: the small net at the images' resolution; the built-in "
+                        "data: mnist), paper = DeepCluster's ImageNet settings, mnist = the "
+                        "built-in MNIST run's")
+    d.add_argument("--image-size", type=int, help="crop size for --data (default: from "
+                   "--preset; auto: the images' own side, in [16, 64] px)")
+    d.add_argument("--grey", action=argparse.BooleanOptionalAction, default=None,
+                   help="read --data images as 1-channel grey (default: when they are grey)")
+    d.add_argument("--in-memory", dest="memory", action=argparse.BooleanOptionalAction,
+                   default=None, help="decode --data once into memory (default: for "
+                   "non-ImageNet-like folders that fit in 1 GiB)")
     d.add_argument("--crop-scale", type=float, metavar="MIN", help="random-resized-crop area "
-                   "range [MIN, 1] (default 0.08 for folders, 0.5 for MNIST)")
+                   "range [MIN, 1] (default: 0.08 for paper, 0.5 otherwise)")
     d.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="random horizontal flips (default: on for folders, off for MNIST)")
+                   help="random horizontal flips (default: paper on; auto on for colour "
+                        "folders; off for grey ones and MNIST)")
     d.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
 
 
@@ -160,8 +173,8 @@ def _clustering_flags(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model and clustering")
     m.add_argument("--method", choices=METHODS, default="deepcluster",
                    help="deepercluster: rotation × super-class and sub-class targets; with "
-                        "--data it takes the reference's settings (vgg16, lr 0.1, batch 48, "
-                        "--reassign-every 3, --pca-dim 4096, --kmeans-iters 10, "
+                        "--preset paper it takes the reference's settings (vgg16, lr 0.1, "
+                        "batch 48, --reassign-every 3, --pca-dim 4096, --kmeans-iters 10, "
                         "--head-momentum 0.9, --head-init default, --sync-bn)")
     m.add_argument("--clustering", choices=("kmeans", "pic"), default="kmeans",
                    help="deepcluster: k-means with --k clusters, or power iteration clustering "
@@ -176,18 +189,20 @@ def _clustering_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=True,
                    help="deepercluster: rotate inputs by 0/90/180/270 degrees")
     m.add_argument("--reassign-every", type=int, metavar="E",
-                   help="epochs between re-clusterings (default 1; deepercluster --data: 3)")
+                   help="epochs between re-clusterings (default 1; deepercluster paper: 3)")
     sides = ", ".join(f"{arch} {min_input_size(arch)}" for arch in ARCHS)
     m.add_argument("--arch", choices=ARCHS,
-                   help="default: small for MNIST, alexnet for --data (vgg16 for "
-                        "deepercluster --data; the checkpoint's with "
+                   help="default: from --preset (small for MNIST and auto, alexnet for "
+                        "paper, vgg16 for deepercluster paper; the checkpoint's with "
                         f"--init-from). Smallest image side in pixels: {sides}")
-    m.add_argument("--sobel", action="store_true", help="fixed Sobel filter in front")
-    m.add_argument("--k", type=int, help="clusters (default 100 for MNIST, 10000 for --data)")
-    m.add_argument("--pca-dim", type=int, help="PCA whitening dims (default 32 for MNIST, 256; "
-                                                "deepercluster --data: 4096)")
+    m.add_argument("--sobel", action=argparse.BooleanOptionalAction, default=None,
+                   help="fixed Sobel filter in front (default: on for paper, off otherwise)")
+    m.add_argument("--k", type=int, help="clusters (default 100 for MNIST, 10000 for paper; "
+                   "auto: about one per 25 images)")
+    m.add_argument("--pca-dim", type=int, help="PCA whitening dims (default 32 for MNIST and "
+                   "auto, 256 for paper; deepercluster paper: 4096)")
     m.add_argument("--kmeans-iters", type=int,
-                   help="Lloyd iterations per epoch (default 20; deepercluster --data: 10)")
+                   help="Lloyd iterations per epoch (default 20; deepercluster paper: 10)")
     m.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32",
                    help="float16: keep the epoch's features in fp16 on the host and stream "
                         "PCA + k-means through the device in chunks")
@@ -202,11 +217,12 @@ def _clustering_flags(p: argparse.ArgumentParser) -> None:
 
 def _training_flags(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, help="default 12 for MNIST, 200 for --data")
-    t.add_argument("--batch-size", type=int, help="default 128 for MNIST, 256 for --data (48 per "
-                                                   "process for deepercluster --data)")
-    t.add_argument("--lr", type=float, help="default 0.1 for MNIST, 0.05 for --data (0.1 "
-                                                 "for deepercluster --data)")
+    t.add_argument("--epochs", type=int, help="default 12 for MNIST, 200 for paper; auto: "
+                   "about 48 000 training images in all, 12-30 epochs")
+    t.add_argument("--batch-size", type=int, help="default 128 for MNIST and auto (64 under "
+                   "2000 images), 256 for paper (48 per process for deepercluster paper)")
+    t.add_argument("--lr", type=float, help="default 0.1 for MNIST and auto, 0.05 for paper "
+                   "(0.1 for deepercluster paper)")
     t.add_argument("--momentum", type=float, default=0.9)
     t.add_argument("--wd", type=float, default=1e-5,
                    help="weight decay, the value itself (DeepCluster's script takes the "
@@ -216,13 +232,13 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only)")
     t.add_argument("--sync-bn", action=argparse.BooleanOptionalAction,
                    help="SyncBatchNorm across torchrun processes (CUDA only; default off, on "
-                        "for deepercluster --data)")
+                        "for deepercluster paper)")
     t.add_argument("--head-momentum", type=float,
                    help="momentum of the head's SGD (default 0 as DeepCluster; deepercluster "
-                        "--data: 0.9)")
+                        "paper: 0.9)")
     t.add_argument("--head-init", choices=("normal", "default"),
                    help="a new head's weights: normal N(0, 0.01) as DeepCluster (default), or "
-                        "PyTorch's default Linear init (deepercluster --data)")
+                        "PyTorch's default Linear init (deepercluster paper)")
     t.add_argument("--init-from", metavar="CKPT",
                    help="start a new run from these weights, head dropped: a fastdc "
                         "checkpoint, or a reference DeepCluster checkpoint (AlexNet/VGG16, "
@@ -321,7 +337,7 @@ def resolve_defaults(cfg: Config, source: Source) -> Config:
     """Fill the data-dependent defaults and check the settings, against the data too (k and
     the super-classes at most the number of images, an architecture that fits the images).
     Raises UsageError."""
-    mnist = isinstance(source, TensorSource)
+    mnist = cfg.data is None or cfg.arch == "small"  # the small net: the small-data defaults
     if cfg.method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
     defaults = {**COMMON_DEFAULTS, **(MNIST_DEFAULTS if mnist else FOLDER_DEFAULTS)}
@@ -333,6 +349,8 @@ def resolve_defaults(cfg: Config, source: Source) -> Config:
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
     cfg.in_channels = source.in_channels
+    cfg.image_size, cfg.grey = cfg.image_size or source.side, source.in_channels == 1
+    cfg.sobel, cfg.memory = bool(cfg.sobel), isinstance(source, TensorSource)
     check_settings(cfg, source.side)
     n = len(source)
     if cfg.method != "deepercluster" and cfg.k > n:

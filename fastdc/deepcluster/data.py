@@ -452,16 +452,56 @@ class FolderSource(Source):
         return out
 
 
+def read_images(samples: list[tuple[str, int]], side: int, in_channels: int
+                ) -> torch.Tensor | None:
+    """Decode every image of ``samples`` into uint8 [N, C, side, side] (C = ``in_channels``,
+    1 grey or 3 RGB): shorter side resized to ``side`` (bilinear), then a centre crop. Returns
+    None as soon as one image cannot be decoded (the streamed loader then reports it)."""
+    from PIL import Image
+
+    mode = "L" if in_channels == 1 else "RGB"
+    out = torch.empty(len(samples), in_channels, side, side, dtype=torch.uint8)
+    for row, (path, _) in enumerate(samples):
+        try:
+            with Image.open(path) as img:
+                img = img.convert(mode)
+                w, h = img.size
+                scale = side / min(w, h)
+                size = (max(side, round(w * scale)), max(side, round(h * scale)))
+                if size != (w, h):
+                    img = img.resize(size, Image.Resampling.BILINEAR)
+                left, top = (size[0] - side) // 2, (size[1] - side) // 2
+                img = img.crop((left, top, left + side, top + side))
+                pixels = np.asarray(img, dtype=np.uint8).reshape(side, side, in_channels)
+        except Exception:  # any decode error: the caller falls back to the streamed loader
+            return None
+        out[row] = torch.from_numpy(pixels.transpose(2, 0, 1).copy())
+    return out
+
+
+def in_memory(folder: FolderSource) -> TensorSource | None:
+    """``folder``'s images decoded once into a :class:`TensorSource` at its image size, with
+    the folder's labels, classes and normalisation (batched augmentation, no per-image
+    decoding per epoch), or None when an image cannot be decoded."""
+    images = read_images(folder.samples, folder.size, folder.in_channels)
+    if images is None:
+        return None
+    return TensorSource(folder.name, images, folder.labels, folder.mean, folder.std,
+                        crop_scale=folder.crop_scale, flip=folder.flip,
+                        classes=list(folder.classes))
+
+
 def load_source(data: str | None, dataset: str | None, *, subset: int | None = None,
                 seed: int = 0, image_size: int = 224,
                 crop_scale: tuple[float, float] | None = None, flip: bool | None = None,
-                grey: bool = False) -> Source:
+                grey: bool = False, memory: bool = False) -> Source:
     """The data set named by the CLI: ``--data DIR`` or ``--dataset NAME`` (default mnist).
 
     ``subset``: keep that many images across the classes, drawn from ``seed``
     (:func:`subset_indices`). ``crop_scale``/``flip`` default per source: MNIST (0.5, 1.0)
     and no flips (digits are not mirror-symmetric); folders (0.08, 1.0) and flips, as
-    DeepCluster. Raises DataError.
+    DeepCluster. ``memory``: decode a folder once into memory (:func:`in_memory`; the
+    streamed folder when an image is unreadable). Raises DataError.
     """
     if data is not None and dataset is not None:
         raise DataError("give either --data DIR or --dataset NAME, not both")
@@ -476,4 +516,6 @@ def load_source(data: str | None, dataset: str | None, *, subset: int | None = N
                        flip=True if flip is None else flip, grey=grey)
     if subset is not None:
         src.keep(subset_indices(src.labels, len(src), subset, seed))
+    if memory:
+        return in_memory(src) or src
     return src

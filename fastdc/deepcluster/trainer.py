@@ -169,6 +169,7 @@ class Trainer:
         if state is None:
             # A folder without a checkpoint keeps nothing of a run killed before its first one.
             self.outputs.rewrite_log([])
+            self.outputs.choices()
             self.board.open(0)
             if self.cfg.resume:
                 self.outputs.say(f"--resume: no checkpoint in {self.out} yet; starting the run")
@@ -259,13 +260,15 @@ class Trainer:
         self.t0 = time.perf_counter()
         self.stop.install()
         try:
+            first = self.epoch
             for epoch in range(self.epoch, self.cfg.epochs):
                 record = self.run_epoch(epoch)
                 self.records.append(record)
                 self.outputs.epoch_done(record, self.assignment)
                 self.board.epoch(record, self.assignment, self.method.n_targets, self.steps)
                 self.save(snapshot=True)
-                self.outputs.print_epoch(record)
+                per_epoch = (time.perf_counter() - self.t0) / (epoch + 1 - first)
+                self.outputs.print_epoch(record, per_epoch * (self.cfg.epochs - epoch - 1))
             ev = None
             if self.cfg.final_eval and self.dist.main:
                 ev = final_evaluation(self.cfg, self.source, self.features, self.model,
