@@ -6,8 +6,8 @@
 // its struct of simd_vec.h, which holds the vector operations on W floats: F (float vector), I (int32 vector),
 // M (lane mask), load/store (aligned), loadu/storeu, loadi/storei, set1, zero, fmadd, add, min, lt
 // (s < m per lane), blend/blendi (take the second argument where the mask is set), iota
-// (j, j+1, ...). No include guard: each inclusion defines tile<MR, SECOND, NV>,
-// scores<MR, NV> and fma_chains<REGS> in the includer's namespace.
+// (j, j+1, ...). No include guard: each inclusion defines products<MR, NV>,
+// tile<MR, SECOND, NV>, scores<MR, NV> and fma_chains<REGS> in the includer's namespace.
 
 // Fold a vector of W scores of centroids j.. into a row's running per-lane (min, argmin) and,
 // with SECOND, the per-lane second smallest (the old minimum when s wins, else min(s, second):
@@ -23,15 +23,13 @@ FASTDC_TILE_TARGET inline void update(typename Vec::F s, typename Vec::I j, floa
     if (SECOND) Vec::store(best2, Vec::blend(lt, Vec::min(Vec::load(best2), s), m));
 }
 
-// One MR x NR tile of scores (NR = NV W: NV = 2 for the full panels, 1 for a half-width last
-// panel) in NV MR vector accumulators, then the epilogue; arguments as tile_generic in
-// assign.cpp. Per d: NV vector loads of b and MR broadcasts of a. Each lane's chain is the same
-// whatever NV, so a centroid scores the same bits in a full or a half panel.
-template <int MR, bool SECOND, int NV = 2>
-FASTDC_TILE_TARGET void tile(i64 D, const float* a, const float* b, const float* bias, int j0,
-                             float* best, int* arg, float* best2) {
+// The MR x NR products of a packed x sliver a [D][MR] and a centroid panel b [D][NR] (NR =
+// NV W), each lane one FMA chain from zero in d order: per d, NV vector loads of b and MR
+// broadcasts of a. Inlined into tile and scores, so both score a pair with the same bits.
+template <int MR, int NV>
+FASTDC_TILE_TARGET inline __attribute__((always_inline)) void products(
+    i64 D, const float* a, const float* b, typename Vec::F (&acc)[MR][NV]) {
     constexpr int W = Vec::W, NR = NV * W;
-    typename Vec::F acc[MR][NV];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r)
         for (int v = 0; v < NV; ++v) acc[r][v] = Vec::zero();
@@ -46,6 +44,18 @@ FASTDC_TILE_TARGET void tile(i64 D, const float* a, const float* b, const float*
         a += MR;
         b += NR;
     }
+}
+
+// One MR x NR tile of scores (NR = NV W: NV = 2 for the full panels, 1 for a half-width last
+// panel) in NV MR vector accumulators (products), then the epilogue; arguments as tile_generic
+// in assign.cpp. Each lane's chain is the same whatever NV, so a centroid scores the same bits
+// in a full or a half panel.
+template <int MR, bool SECOND, int NV = 2>
+FASTDC_TILE_TARGET void tile(i64 D, const float* a, const float* b, const float* bias, int j0,
+                             float* best, int* arg, float* best2) {
+    constexpr int W = Vec::W;
+    typename Vec::F acc[MR][NV];
+    products<MR, NV>(D, a, b, acc);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
         const i64 o = r * 2 * W;  // the running minima keep the full panel's width
@@ -64,20 +74,7 @@ FASTDC_TILE_TARGET void scores(i64 D, const float* a, const float* b, const floa
                                float* out) {
     constexpr int W = Vec::W, NR = NV * W;
     typename Vec::F acc[MR][NV];
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r)
-        for (int v = 0; v < NV; ++v) acc[r][v] = Vec::zero();
-    for (i64 d = 0; d < D; ++d) {
-        typename Vec::F bv[NV];
-        for (int v = 0; v < NV; ++v) bv[v] = Vec::load(b + v * W);
-#pragma GCC unroll 16
-        for (int r = 0; r < MR; ++r) {
-            const typename Vec::F av = Vec::set1(a[r]);
-            for (int v = 0; v < NV; ++v) acc[r][v] = Vec::fmadd(av, bv[v], acc[r][v]);
-        }
-        a += MR;
-        b += NR;
-    }
+    products<MR, NV>(D, a, b, acc);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
         for (int v = 0; v < NV; ++v)
