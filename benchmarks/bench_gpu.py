@@ -239,17 +239,12 @@ def main_pass(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     from fastdc.kernels import assign as tk
 
     cf = c.float()
-    pad = tk._score_offsets(cf, True)
-    c16 = c.to(torch.bfloat16)
-    coef = tk.candidate_width(cf.norm(dim=2).amax(dim=1),
-                              (cf - c16.float()).norm(dim=2).amax(dim=1), x.shape[2],
-                              tk.BF16_UNIT)
     B, N, _ = x.shape
     dist = torch.empty(B, N, dtype=torch.float32, device=x.device)
     idx = torch.empty(B, N, dtype=torch.int64, device=x.device)
     cand = torch.empty(B, N, dtype=torch.int64, device=x.device)
-    tk._launch(x, c16, pad, dist, idx, is_l2=True, mode="bf16", coef=coef.contiguous(),
-               cand=cand)
+    tk._counting_pass(x, c.to(torch.bfloat16), cf, cf.norm(dim=2).amax(dim=1),
+                      tk._score_offsets(cf, True), dist, idx, cand, is_l2=True, mode="bf16")
     return cand
 
 
@@ -268,6 +263,12 @@ def autotuned_configs() -> dict:
     return {str(key): str(cfg) for key, cfg in getattr(tk._assign_tuned, "cache", {}).items()}
 
 
+def _failed(rows: list[dict], case: str, impl: str, exc: Exception) -> None:
+    """Record a timing that raised, so the other implementations still run."""
+    rows.append({"case": case, "impl": impl, "ms": None,
+                 "note": f"failed: {type(exc).__name__}: {exc}"[:200]})
+
+
 def _time_assign(x, c, rows: list[dict], summary: dict) -> None:
     """assign in every backend and precision, and a TF32 torch.mm of the same shape."""
     N, K, D = x.shape[1], c.shape[1], x.shape[2]
@@ -284,8 +285,7 @@ def _time_assign(x, c, rows: list[dict], summary: dict) -> None:
             timing = measure(lambda fn=fn, p=p: fn(x=x, centroids=c, metric="l2", precision=p),
                              **GPU_ROUNDS)
         except Exception as exc:
-            rows.append({"case": "assign", "impl": f"{b} ({p})", "ms": None,
-                         "note": f"failed: {type(exc).__name__}: {exc}"[:200]})
+            _failed(rows, "assign", f"{b} ({p})", exc)
             continue
         ms = timing.median * 1e3
         extra = torch.cuda.max_memory_allocated() - base
@@ -322,12 +322,6 @@ def _time_assign(x, c, rows: list[dict], summary: dict) -> None:
     if "assign_ms_triton_default" in summary:
         summary["assign_vs_tf32_mm"] = ms_mm / summary["assign_ms_triton_default"]
         summary["assign_vs_bf16_mm"] = ms_bf / summary["assign_ms_triton_default"]
-
-
-def _failed(rows: list[dict], case: str, impl: str, exc: Exception) -> None:
-    """Record a timing that raised, so the other implementations still run."""
-    rows.append({"case": case, "impl": impl, "ms": None,
-                 "note": f"failed: {type(exc).__name__}: {exc}"[:200]})
 
 
 def _time_kmeans(x, c, rows: list[dict], summary: dict) -> None:
@@ -472,8 +466,7 @@ def _time_knn(n: int, dev, rows: list[dict], summary: dict) -> None:
             summary[f"knn_ms_{key}"] = ms
             summary[f"knn_extra_mb_{key}"] = extra
         except Exception as exc:
-            rows.append({"case": case, "impl": name, "ms": None,
-                         "note": f"failed: {type(exc).__name__}: {exc}"[:120]})
+            _failed(rows, case, name, exc)
     if "knn_ms_triton" in summary and "knn_ms_cdist_topk" in summary:
         summary["knn_triton_vs_cdist_topk"] = summary["knn_ms_cdist_topk"] / summary[
             "knn_ms_triton"]
@@ -539,10 +532,10 @@ def run(quick: bool = False, budget_s: float | None = None, log_dir: Path | None
     """All checks and timings on the current CUDA device; returns the JSON-ready result.
 
     Stages run in order (correctness, assign, kmeans, kmeans_mixture, sobel, batched, knn,
-    smoke);
-    one that raises is recorded under "errors" and the next one runs; stages that would start
-    after ``budget_s`` seconds are listed under "skipped". After each stage the result so far is
-    written to ``partial`` when given, so a killed run still leaves its figures."""
+    smoke); one that raises is recorded under "errors" and the next one runs; stages that
+    would start after ``budget_s`` seconds are listed under "skipped". After each stage the
+    result so far is written to ``partial`` when given, so a killed run still leaves its
+    figures."""
     ensure_fastdc_importable()
     from fastdc.ops.registry import available
 
@@ -573,11 +566,14 @@ def run(quick: bool = False, budget_s: float | None = None, log_dir: Path | None
     data = {}
 
     def deepcluster_data():
-        g = torch.Generator(device=dev).manual_seed(0)
-        x = torch.randn(1, N, D, generator=g, device=dev)
-        x /= x.norm(dim=2, keepdim=True)  # DeepCluster clusters L2-normalised PCA features
-        data["x"] = x
-        data["c"] = x[:, torch.randperm(N, generator=g, device=dev)[:K]].contiguous()
+        """The random unit rows and initial centroids of the assign and kmeans stages (made
+        once, dropped after the kmeans stage)."""
+        if not data:
+            g = torch.Generator(device=dev).manual_seed(0)
+            x = torch.randn(1, N, D, generator=g, device=dev)
+            x /= x.norm(dim=2, keepdim=True)  # DeepCluster clusters L2-normalised PCA features
+            data["x"] = x
+            data["c"] = x[:, torch.randperm(N, generator=g, device=dev)[:K]].contiguous()
         return data["x"], data["c"]
 
     def batched():
@@ -589,8 +585,7 @@ def run(quick: bool = False, budget_s: float | None = None, log_dir: Path | None
     stages = [
         ("correctness", lambda: result["correctness"].extend(correctness(dev))),
         ("assign", lambda: _time_assign(*deepcluster_data(), rows, summary)),
-        ("kmeans", lambda: _time_kmeans(*(data.get("x"), data.get("c")) if data
-                                        else deepcluster_data(), rows, summary)),
+        ("kmeans", lambda: _time_kmeans(*deepcluster_data(), rows, summary)),
         ("kmeans_mixture", lambda: _time_kmeans_mixture(N, K, dev, rows, summary)),
         ("sobel", lambda: _time_sobel(sb, dev, rows, summary)),
         ("batched", batched),
@@ -652,8 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_gpu: no CUDA device is available; GPU figures can only be taken on a GPU. "
               "Nothing was measured.", file=sys.stderr)
         return 2
-    probe = result_path(torch.cuda.get_device_name())
-    path = args.out or probe
+    path = args.out or result_path(torch.cuda.get_device_name())
     path.parent.mkdir(parents=True, exist_ok=True)
     if args.log_dir is not None:
         args.log_dir.mkdir(parents=True, exist_ok=True)

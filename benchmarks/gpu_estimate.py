@@ -10,11 +10,13 @@ cycles (each stated in :data:`ASSUMPTIONS`) and scales to DeepCluster's shape.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import subprocess
 import tempfile
+from pathlib import Path
 
 SHAPE = {"N": 1_281_167, "D": 256, "K": 10_000}
 
@@ -230,9 +232,6 @@ def estimate() -> dict:
 def measured() -> dict | None:
     """The newest GPU run's figures for the same shape (benchmarks/results/gpu_*.json from
     ``bench_gpu.py``), to set the model beside: None when there is none."""
-    import json
-    from pathlib import Path
-
     runs = sorted(p for p in (Path(__file__).parent / "results").glob("gpu_*.json")
                   if "estimate" not in p.name)
     if not runs:

@@ -461,6 +461,20 @@ def _launch(x, c, pad, dist, idx, *, is_l2, mode, coef=None, cand=None, rows=Non
     )
 
 
+def _counting_pass(x, c_op, cf, cmax, pad, dist, idx, cand, *, is_l2, mode, rows=None,
+                   nrows=None) -> None:
+    """One pass that scores with ``mode``'s rounded operands ("bf16": c_op the bf16 centroids;
+    "tf32": the fp32 ones) and writes, besides dist and idx, every row's packed candidates
+    within that mode's proven width (:func:`candidate_width`) into ``cand``; only the rows of
+    the list when ``rows`` is given. cf: [B, K, D] fp32 centroids, cmax: [B] their largest
+    norm."""
+    unit = BF16_UNIT if mode == "bf16" else TF32_UNIT
+    cl_max = (cf - round_operand(cf, mode)).norm(dim=2).amax(dim=1)
+    coef = candidate_width(cmax, cl_max, cf.shape[2], unit)
+    _launch(x, c_op, pad, dist, idx, is_l2=is_l2, mode=mode, coef=coef.contiguous(), cand=cand,
+            rows=rows, nrows=nrows)
+
+
 def _score_offsets(cf: torch.Tensor, is_l2: bool) -> torch.Tensor:
     """[B, KP] float32: |c|² (L2) or 0 (inner product) per centroid, +inf up to KP, a multiple
     of :data:`PAD_K`; cf [B, K, D] float32."""
@@ -509,18 +523,15 @@ def assign_triton(
         return dist, idx
 
     # default: the bf16 main pass counts the candidates within the proven bound ...
-    c16 = centroids.to(torch.bfloat16)
     cmax = cf.norm(dim=2).amax(dim=1)
-    coef = candidate_width(cmax, (cf - c16.float()).norm(dim=2).amax(dim=1), D, BF16_UNIT)
     cand = torch.empty(B, N, dtype=torch.int64, device=x.device)
-    _launch(x, c16, pad, dist, idx, is_l2=is_l2, mode="bf16", coef=coef.contiguous(), cand=cand)
+    _counting_pass(x, centroids.to(torch.bfloat16), cf, cmax, pad, dist, idx, cand, is_l2=is_l2,
+                   mode="bf16")
     # ... rows with more than two go through a TF32 pass that counts again within its
     # (about 4x narrower) bound ...
     rows, nrows = _compact((cand >> 32) > 2)
-    ct = round_operand(cf, "tf32")
-    coef32 = candidate_width(cmax, (cf - ct).norm(dim=2).amax(dim=1), D, TF32_UNIT)
-    _launch(x, centroids, pad, dist, idx, is_l2=is_l2, mode="tf32", coef=coef32.contiguous(),
-            cand=cand, rows=rows, nrows=nrows)
+    _counting_pass(x, centroids, cf, cmax, pad, dist, idx, cand, is_l2=is_l2, mode="tf32",
+                   rows=rows, nrows=nrows)
     # ... every row is re-scored in fp32 on its first and (if any) second candidate ...
     count = cand >> 32
     second = torch.where(count == 2, (cand & 0xFFFFFFFF) - idx, idx)

@@ -47,6 +47,8 @@ DEEPER_PAPER = {"super_classes": 4, "k": 2_500, "arch": "vgg16", "lr": 0.1, "bat
                 "head_momentum": 0.9, "head_init": "default"}
 MNIST = {"arch": "small", "sobel": False, "crop_scale": 0.5, "flip": False, "k": 100,
          "pca_dim": 32, "epochs": 12, "batch_size": 128, "lr": 0.1}
+# DeeperCluster on small data: 4 super-classes × 25 sub-classes = 100 targets (the mnist k).
+DEEPER_SMALL = {"super_classes": 4, "k": 25}
 
 
 @dataclass(frozen=True)
@@ -132,8 +134,10 @@ def preset_choices(preset: str, shape: FolderShape | None, *, method: str = "dee
         choices = small_data_choices(shape, arch)
     if method == "deepercluster" and not paper:
         choices = [c for c in choices if c.key != "k"] + [
-            Choice("super_classes", 4, "DeeperCluster: 4 super-classes"),
-            Choice("k", 25, "DeeperCluster: 25 sub-classes per super-class")]
+            Choice("super_classes", DEEPER_SMALL["super_classes"],
+                   f"DeeperCluster: {DEEPER_SMALL['super_classes']} super-classes"),
+            Choice("k", DEEPER_SMALL["k"],
+                   f"DeeperCluster: {DEEPER_SMALL['k']} sub-classes per super-class")]
     return choices
 
 

@@ -12,18 +12,18 @@ from typing import Any
 
 import torch
 
-from fastdc.deepcluster.auto import DEEPER_PAPER, PRESETS
+from fastdc.deepcluster.auto import DEEPER_PAPER, DEEPER_SMALL, MNIST, PAPER, PRESETS
 from fastdc.deepcluster.data import DATASET_SIDES, Source, TensorSource
 from fastdc.deepcluster.models import ARCHS, min_input_size
 
 METHODS = ("deepcluster", "deepercluster")
 
-# Defaults that depend on the data: the built-in MNIST subset vs an ImageFolder (DeepCluster's
-# ImageNet settings). The MNIST values were chosen by runs on a 2-core CPU.
-MNIST_DEFAULTS = {"arch": "small", "k": 100, "epochs": 12, "pca_dim": 32, "batch_size": 128,
-                  "lr": 0.1}
-FOLDER_DEFAULTS = {"arch": "alexnet", "k": 10_000, "epochs": 200, "pca_dim": 256,
-                   "batch_size": 256, "lr": 0.05}
+# Defaults that depend on the data, for settings the preset (fastdc.deepcluster.auto) left
+# unset: the small net's (the mnist preset's, chosen by runs on a 2-core CPU) vs DeepCluster's
+# ImageNet settings (the paper preset's).
+_SIZED = ("arch", "k", "epochs", "pca_dim", "batch_size", "lr")
+MNIST_DEFAULTS = {key: MNIST[key] for key in _SIZED}
+FOLDER_DEFAULTS = {key: PAPER[key] for key in _SIZED}
 # DeeperCluster: --k is the number of sub-classes per super-class. MNIST: 4 × 25 = 100 targets
 # (DeepCluster's k there). Folders get the reference's own settings (DeeperCluster main.py and
 # its ImageNet/YFCC scripts): VGG16, lr 0.1, batch 48 per process, re-clustering every 3 epochs,
@@ -35,8 +35,6 @@ FOLDER_DEFAULTS = {"arch": "alexnet", "k": 10_000, "epochs": 200, "pca_dim": 256
 # Settings that DeepCluster and the MNIST runs leave at these values:
 COMMON_DEFAULTS = {"kmeans_iters": 20, "reassign_every": 1, "sync_bn": False,
                    "head_momentum": 0.0, "head_init": "normal"}
-DEEPER_MNIST_DEFAULTS = {"super_classes": 4, "k": 25}
-DEEPER_FOLDER_DEFAULTS = DEEPER_PAPER
 # Integer settings and their smallest allowed value: (attribute, flag, minimum).
 AT_LEAST = (("k", "--k", 1), ("super_classes", "--super-classes", 1),
             ("reassign_every", "--reassign-every", 1), ("epochs", "--epochs", 1),
@@ -342,7 +340,7 @@ def resolve_defaults(cfg: Config, source: Source) -> Config:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
     defaults = {**COMMON_DEFAULTS, **(MNIST_DEFAULTS if mnist else FOLDER_DEFAULTS)}
     if cfg.method == "deepercluster":
-        defaults.update(DEEPER_MNIST_DEFAULTS if mnist else DEEPER_FOLDER_DEFAULTS)
+        defaults.update(DEEPER_SMALL if mnist else DEEPER_PAPER)
     elif cfg.super_classes is not None:
         raise UsageError("--super-classes is for --method deepercluster")
     for key, value in defaults.items():
