@@ -257,7 +257,8 @@ def run_kmeans_sweep(ns, ds, ks) -> list:
         record(KMEANS_SWEEP_TABLE, kmeans_sweep_row(n, d, k, faiss),
                note=f"{SWEEP_NITER} Lloyd iterations (faiss forced to run them all), same initial "
                "rows, L2-normalised Gaussian rows, 1 timed run after a warm-up; fastdc with its "
-               "defaults (bf16 pass from K=256 where the CPU has it, pruning from N*K=2^23); "
+               "defaults (bf16 pass from K=256 where the CPU has it, pruning from N*K=2^23 and "
+               "N >= 32 K); "
                "cells with N < 10 K left out; skipped (one assign > 6e10 flop): "
                + ("; ".join(f"N={n} D={d} K={k}" for n, d, k in skipped) or "none"))
     return skipped

@@ -1,7 +1,8 @@
 """The CUDA C sources (csrc/cuda/<op>.cu): one per op, compiled for sm_90 with nvcc (when it is
 on PATH) with the launch sizes of fastdc/ops/cuda_sources.py, which no source writes itself and
 without which every source refuses to compile. The ``cuda`` backend's results are tested with
-every other backend in tests/test_<op>.py (on a GPU)."""
+every other backend in tests/test_<op>.py (on a GPU), and every kernel's values on the CPU by
+tests/test_cuda_emulated.py."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from fastdc.ops.cuda_sources import LAUNCH, defines, source
 
 CUDA_DIR = Path(__file__).resolve().parents[1] / "csrc" / "cuda"
 SOURCES = sorted(CUDA_DIR.glob("*.cu"))
-EXPECTED = {"assign.cu", "cluster_sums.cu", "resplit_empty.cu", "sobel.cu"}
+EXPECTED = {"assign.cu", "cluster_sums.cu", "knn.cu", "resplit_empty.cu", "sobel.cu"}
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 
 

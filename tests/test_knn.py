@@ -1,12 +1,15 @@
 """knn: every backend against a float64 brute-force top-k on odd shapes (ragged N/M/D, k = 1,
 k = M, batched), exact ties, the self-neighbour of a graph, poisoned outputs and errors. The
-triton backend runs here compiled on a GPU, else under TRITON_INTERPRET=1 on fewer rows; k
-above its register limit (kernels/knn.py: MAX_K) is left to the reference."""
+triton backend runs here compiled on a GPU, else under TRITON_INTERPRET=1 on fewer rows; the
+cuda backend runs on a GPU (its kernel runs on the CPU in tests/test_cuda_emulated.py). k above
+a kernel's list limit (kernels/knn.py: MAX_K; LAUNCH["knn"]["MAX_K"] for csrc/cuda/knn.cu) is
+left to the reference."""
 
 import pytest
 import torch
 
 from fastdc.ops import knn
+from fastdc.ops.cuda_sources import LAUNCH
 from fastdc.ops.registry import BackendError
 from tests.helpers import (
     NEAR_TIE,
@@ -23,12 +26,14 @@ from tests.helpers import (
 INTERPRETED_ROWS = 100
 INTERPRETED_MAX_K = 8  # k = M under the interpreter only up to here; k = 64: its own test
 TRITON_MAX_K = 64  # kernels/knn.py: MAX_K
+CUDA_MAX_K = LAUNCH["knn"]["MAX_K"]  # csrc/cuda/knn.cu's list length
+LARGEST_K = min(TRITON_MAX_K, CUDA_MAX_K)  # the longest list every kernel keeps
 
 
 def ks_for(backend, device, M):
     """k = 1, 5 and M, the ones ``backend`` takes (triton: k <= TRITON_MAX_K, and under the
-    interpreter k <= INTERPRETED_MAX_K)."""
-    top = TRITON_MAX_K if backend == "triton" else M
+    interpreter k <= INTERPRETED_MAX_K; cuda: k <= CUDA_MAX_K)."""
+    top = {"triton": TRITON_MAX_K, "cuda": CUDA_MAX_K}.get(backend, M)
     if is_interpreted(backend, device):
         top = INTERPRETED_MAX_K
     return [k for k in sorted({1, min(5, M), M}) if k <= top]
@@ -112,15 +117,16 @@ def test_graph_of_x_finds_itself_first(backend, device):
 @pytest.mark.parametrize("backend,device", backend_params("knn"))
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_the_largest_k_over_many_tiles(backend, device, metric):
-    # k = 64 (the triton kernel's largest list, one full 64-slot list) against a database of
-    # ten 32-row tiles: every tile merges into a full list; clustered rows make close scores
+    # k = 64 (the triton and cuda kernels' largest list, one full 64-slot list) against a
+    # database of ten 32-row (five 64-row) tiles: every tile merges into a full list; clustered
+    # rows make close scores
     g = torch.Generator().manual_seed(5)
     y = (torch.randn(4, 8, generator=g).repeat(80, 1) + 0.1 * torch.randn(320, 8, generator=g))
     x = torch.randn(2, 37, 8, generator=g).to(device)
     y = torch.stack([y, y.flip(0)]).to(device)
     with poisoned_allocations():
-        dist, idx = knn(x, y, TRITON_MAX_K, metric=metric, backend=backend)
-    values, truth, clear = brute_force_topk(x, y, TRITON_MAX_K, metric)
+        dist, idx = knn(x, y, LARGEST_K, metric=metric, backend=backend)
+    values, truth, clear = brute_force_topk(x, y, LARGEST_K, metric)
     same = idx.cpu() == truth.cpu()
     assert same[clear.cpu()].all(), f"{int((~same & clear.cpu()).sum())} wrong"
     assert_close_scaled(dist, values)

@@ -8,8 +8,11 @@
 // with bias = ||c_j||^2 (L2) or 0 (IP), and the answer is the smallest score (IP: the largest
 // inner product = -smallest score, ties resolved identically). Ragged K is padded with zero
 // columns whose bias is +inf, so they never win. Rows of x are processed in blocks of MC rows
-// (the packed block lives in L2); inside a block the loop runs over centroid panels (one panel
-// lives in L1) and then over MR-row slivers of the block. A micro-kernel computes an MR x NR
+// (the block stays in L2); inside a block the loop runs over centroid panels (one panel lives
+// in L1) and then over MR-row slivers of the block, read in place: the micro-kernel broadcasts
+// each x[i,d] straight from the row (packing x into [D][MR] slivers cost about 120 ns of a
+// row's 710 ns at D = 256, K = 100, one thread, Zen 4: 5.9 ms instead of 7.1 ms for 10 000
+// rows, results bit for bit the same). A micro-kernel computes an MR x NR
 // tile of scores in registers and its epilogue folds them into a per-row, per-lane running
 // (min, argmin) kept across panels; the final horizontal reduction picks the smallest value
 // and, among equal values, the smallest centroid index.
@@ -118,30 +121,34 @@ void chain_scores(Isa isa, i64 D, i64 n, const float* const* xs, const float* co
     for (i64 r = 0; r < n; ++r) out[r] = acc[r] + bias[r];
 }
 
-// Pack rows [row0, row0 + rows) of x (float32 [N, D]) as slivers [S][D][MR], zero-padding the
-// last sliver; also store each row's squared norm in xsq[rows].
-void pack_rows(const float* x, i64 N, i64 D, i64 row0, i64 rows, i64 MR, float* out,
-               float* xsq) {
-    const i64 slivers = (rows + MR - 1) / MR;
-    for (i64 s = 0; s < slivers; ++s) {
-        float* sl = out + s * D * MR;
-        for (i64 r = 0; r < MR; ++r) {
-            const i64 i = row0 + s * MR + r;
-            if (s * MR + r >= rows || i >= N) {
-                for (i64 d = 0; d < D; ++d) sl[d * MR + r] = 0.0f;
-                continue;
-            }
-            const float* xi = x + i * D;
-            for (i64 d = 0; d < D; ++d) sl[d * MR + r] = xi[d];
-            xsq[s * MR + r] = row_sq(xi, D);
-        }
-    }
+// The rows [row0, row0 + rows) of x (float32 [N, D]) as the tiles read them: each row's
+// squared norm into xsq[rows], and the rows' slivers of MR rows (row r of sliver s at
+// sliver(s) + r * D). Full slivers are read in place; a last sliver of fewer than MR rows is
+// copied into `tail` [MR][D] with zero rows after the real ones.
+struct BlockRows {
+    const float* first;  // row row0 of x
+    const float* tail;   // the copied last sliver, or nullptr when every sliver is full
+    i64 full;            // slivers read in place
+    i64 D, MR;
+    const float* sliver(i64 s) const { return s < full ? first + s * MR * D : tail; }
+};
+
+BlockRows block_rows(const float* x, i64 D, i64 row0, i64 rows, i64 MR, float* tail,
+                     float* xsq) {
+    const float* first = x + row0 * D;
+    for (i64 r = 0; r < rows; ++r) xsq[r] = row_sq(first + r * D, D);
+    const i64 full = rows / MR, left = rows - full * MR;
+    if (left == 0) return {first, nullptr, full, D, MR};
+    std::memcpy(tail, first + full * MR * D, left * D * sizeof(float));
+    std::fill(tail + left * D, tail + MR * D, 0.0f);
+    return {first, tail, full, D, MR};
 }
 
 // ---------------------------------------------------------------------------------------------
 // Micro-kernels: one MR x NR tile of scores + the running (min, argmin) update.
 //   D:    feature dimension (loop length)
-//   a:    packed x sliver [D][MR]
+//   a:    MR rows of x, row r at a + r * lda
+//   lda:  the row stride of a (floats)
 //   b:    packed centroid panel [D][NR]
 //   bias: [NR] added to the dot products
 //   j0:   index of the panel's first centroid
@@ -151,13 +158,13 @@ void pack_rows(const float* x, i64 N, i64 D, i64 row0, i64 rows, i64 MR, float* 
 // Strict "<" while panels come in increasing j keeps the smallest index per lane.
 
 template <bool SECOND>
-void tile_generic(i64 D, const float* a, const float* b, const float* bias, int j0, float* best,
-                  int* arg, float* best2) {
+void tile_generic(i64 D, const float* a, i64 lda, const float* b, const float* bias, int j0,
+                  float* best, int* arg, float* best2) {
     constexpr i64 MR = MR_GENERIC, NR = NR_GENERIC;
     float acc[MR][NR] = {};
     for (i64 d = 0; d < D; ++d) {
         for (i64 r = 0; r < MR; ++r) {
-            const float av = a[d * MR + r];
+            const float av = a[r * lda + d];
             for (i64 l = 0; l < NR; ++l) acc[r][l] += av * b[d * NR + l];
         }
     }
@@ -176,7 +183,7 @@ void tile_generic(i64 D, const float* a, const float* b, const float* bias, int 
     }
 }
 
-using TileFn = void (*)(i64, const float*, const float*, const float*, int, float*, int*,
+using TileFn = void (*)(i64, const float*, i64, const float*, const float*, int, float*, int*,
                         float*);
 using ReduceFn = i64 (*)(const float*, const int*, float*, i64*);
 
@@ -205,7 +212,7 @@ FASTDC_AVX512 i64 reduce_row32(const float* best, const int* arg, float* value, 
 #endif
 
 // A SIMD path: its tile shape, micro-kernels (without / with the second smallest) and bytes
-// of packed x per block of rows.
+// of x per block of rows.
 struct Path {
     i64 MR, NR;
     TileFn tile, tile2;
@@ -222,7 +229,7 @@ struct Path {
 // avx512 1.11 s, avx2 1.07 s, generic 4.8 s. Zen 4 splits a 512-bit FMA into two 256-bit
 // halves, so both paths have the same FMA peak here and run within noise of each other; the
 // default is still the widest path (AVX-512 doubles the FMA width on Intel cores).
-// Block: 192 KiB of packed x stays in L2 beside the streaming centroid panels; 96-384 KiB gave
+// Block: 192 KiB of x stays in L2 beside the streaming centroid panels; 96-384 KiB gave
 // the same speed within 2 % when the AVX2 tile was tuned on a Zen 1 VM (92-94 % of its peak).
 constexpr i64 BLOCK_BYTES = 192 * 1024;
 const Path PATHS[] = {
@@ -244,7 +251,7 @@ const Path PATHS[] = {
 constexpr i64 PACK_PARALLEL = 1 << 18;
 int pack_threads(i64 elements, int n_threads) { return elements < PACK_PARALLEL ? 1 : n_threads; }
 
-// Rows per block: block_bytes of packed x, but at least 4 blocks per thread so that the
+// Rows per block: block_bytes of x, but at least 4 blocks per thread so that the
 // dynamic schedule balances (N = 1000 on 2 threads: 8 blocks). A multiple of MR.
 i64 choose_block_rows(i64 N, i64 D, const Path& path, int n_threads) {
     i64 rows = path.block_bytes / (4 * std::max<i64>(D, 1));
@@ -253,13 +260,13 @@ i64 choose_block_rows(i64 N, i64 D, const Path& path, int n_threads) {
     return std::max(path.MR, round_up(std::max<i64>(rows, 1), path.MR));
 }
 
-// Per-thread scratch for one block of rows.
+// Per-thread scratch for one block of rows (tail: a last sliver of fewer than MR rows).
 struct Scratch {
-    AlignedBuffer<float> xpack, xsq, best, best2;
+    AlignedBuffer<float> tail, xsq, best, best2;
     AlignedBuffer<int> arg;
-    Scratch(i64 rows, i64 D, i64 NR, bool second)
-        : xpack(rows * D), xsq(rows), best(rows * NR), best2(second ? rows * NR : 0),
-          arg(rows * NR) {}
+    Scratch(i64 rows, i64 D, i64 MR, i64 NR, bool second)
+        : tail(MR * D), xsq(rows), best(round_up(rows, MR) * NR),
+          best2(second ? round_up(rows, MR) * NR : 0), arg(round_up(rows, MR) * NR) {}
 };
 
 // Smallest value over a row's NR lanes; among equal values the smallest centroid index.
@@ -311,13 +318,13 @@ struct Outputs {
 };
 
 // Assign rows [row0, row0 + rows) of one problem.
-void assign_block(const float* x, i64 N, i64 D, const PackedCentroids& pc, bool ip, i64 row0,
-                  i64 rows, const Path& path, Scratch& s, const Outputs& out) {
+void assign_block(const float* x, i64 D, const PackedCentroids& pc, bool ip, i64 row0, i64 rows,
+                  const Path& path, Scratch& s, const Outputs& out) {
     const i64 MR = path.MR, NR = path.NR;
     const bool second = out.dist2 != nullptr;
     const TileFn full = second ? path.tile2 : path.tile;
     const i64 slivers = (rows + MR - 1) / MR;
-    pack_rows(x, N, D, row0, rows, MR, s.xpack.data(), s.xsq.data());
+    const BlockRows xr = block_rows(x, D, row0, rows, MR, s.tail.data(), s.xsq.data());
     for (i64 t = 0; t < slivers * MR * NR; ++t) {
         s.best[t] = INF;
         s.arg[t] = 0;
@@ -330,8 +337,8 @@ void assign_block(const float* x, i64 N, i64 D, const PackedCentroids& pc, bool 
                                                           : full;
         for (i64 sl = 0; sl < slivers; ++sl) {
             const i64 o = sl * MR * NR;
-            tile(D, s.xpack.data() + sl * D * MR, panel, bias, static_cast<int>(p * NR),
-                 s.best.data() + o, s.arg.data() + o, second ? s.best2.data() + o : nullptr);
+            tile(D, xr.sliver(sl), D, panel, bias, static_cast<int>(p * NR), s.best.data() + o,
+                 s.arg.data() + o, second ? s.best2.data() + o : nullptr);
         }
     }
     for (i64 r = 0; r < rows; ++r) {
@@ -436,7 +443,7 @@ struct Bf16Scratch {
           cand(round_up(rows, bf::MR) * bf::CAP), pair_cand(rows * bf::CAP), full_idx(rows),
           first(rows + 1), pair_row(rows * bf::CAP),
           bound(round_up(rows, bf::MR)), twice_bound(round_up(rows, bf::MR)),
-          fp32(rows, D, bf::NR, second) {}
+          fp32(rows, D, PATHS[static_cast<int>(Isa::avx512)].MR, bf::NR, second) {}
 
     bf::RowState state() {
         return {best.data(), limit.data(), twice_bound.data(), count.data(), cand.data(),
@@ -553,7 +560,7 @@ void score_full(const float* x, i64 D, const PackedCentroids& pc, bool ip, i64 r
         std::memcpy(s.full_x.data() + r * D, x + (row0 + s.full[r]) * D, D * sizeof(float));
     const Outputs part{s.full_dist.data(), s.full_idx.data(),
                        out.dist2 ? s.full_dist2.data() : nullptr};
-    assign_block(s.full_x.data(), n, D, pc, ip, 0, n, path, s.fp32, part);
+    assign_block(s.full_x.data(), D, pc, ip, 0, n, path, s.fp32, part);
     for (i64 r = 0; r < n; ++r) {
         out.dist[row0 + s.full[r]] = s.full_dist[r];
         out.idx[row0 + s.full[r]] = s.full_idx[r];
@@ -562,12 +569,12 @@ void score_full(const float* x, i64 D, const PackedCentroids& pc, bool ip, i64 r
 }
 
 // assign_block through the bf16 pass. c: the problem's unpacked centroids; cb: its bf16 panels.
-void assign_block_bf16(const float* x, const float* c, i64 N, i64 D, const PackedCentroids& pc,
+void assign_block_bf16(const float* x, const float* c, i64 D, const PackedCentroids& pc,
                        const Bf16Problem& pb, bool ip, i64 row0, i64 rows, const Path& path,
                        Bf16Scratch& s, const Outputs& out) {
     const double cost = BF16_COST * s.seen + s.scored_full;
     if (!out.dist2 && s.seen > 0 && cost > MAX_RECHECK_COST * s.seen) {
-        assign_block(x, N, D, pc, ip, row0, rows, path, s.fp32, out);
+        assign_block(x, D, pc, ip, row0, rows, path, s.fp32, out);
         s.float32_only += rows;
         return;
     }
@@ -639,7 +646,7 @@ i64 assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, 
             [&] { return std::make_unique<Bf16Scratch>(rows, D, dist2 != nullptr); },
             [&](Bf16Scratch& s, i64 b, const PackedCentroids& pc, i64 row0, i64 n,
                 const Outputs& out) {
-                assign_block_bf16(x + b * N * D, c + b * K * D, N, D, pc, problems[b], ip, row0,
+                assign_block_bf16(x + b * N * D, c + b * K * D, D, pc, problems[b], ip, row0,
                                   n, path, s, out);
             });
         i64 unsettled = 0;
@@ -647,9 +654,9 @@ i64 assign(const float* x, const float* c, i64 B, i64 N, i64 K, i64 D, bool ip, 
         return unsettled;
     }
 #endif
-    run([&] { return std::make_unique<Scratch>(rows, D, NR, dist2 != nullptr); },
+    run([&] { return std::make_unique<Scratch>(rows, D, path.MR, NR, dist2 != nullptr); },
         [&](Scratch& s, i64 b, const PackedCentroids& pc, i64 row0, i64 n, const Outputs& out) {
-            assign_block(x + b * N * D, N, D, pc, ip, row0, n, path, s, out);
+            assign_block(x + b * N * D, D, pc, ip, row0, n, path, s, out);
         });
     return 0;
 }

@@ -168,6 +168,13 @@ struct RowState {
     float* dropped;   // [rows] the smallest score dropped from the list when it filled
 };
 
+// Row k's best bf16 score so far becomes v, and its limit v + 2E rounded up.
+inline void new_best(RowState& st, i64 k, float v) {
+    st.best[k] = v;
+    const float up = static_cast<float>(v + st.twice_bound[k]);
+    st.limit[k] = std::nextafter(up, std::numeric_limits<float>::infinity());
+}
+
 // Row k's hits (bit l of `hits`: centroid j0 + l scored s[l] <= its limit): new bests lower the
 // limit; kept entries are appended; a full list first drops the entries above the limit, and
 // overflows (limit -inf: no more hits) when none is.
@@ -180,11 +187,7 @@ inline void take_hits(RowState& st, i64 k, std::uint32_t hits, const float* s, i
             st.dropped[k] = std::min(st.dropped[k], s[l]);
             continue;
         }
-        if (s[l] < st.best[k]) {
-            st.best[k] = s[l];
-            const float up = static_cast<float>(s[l] + st.twice_bound[k]);
-            st.limit[k] = std::nextafter(up, std::numeric_limits<float>::infinity());
-        }
+        if (s[l] < st.best[k]) new_best(st, k, s[l]);
         if (st.count[k] == CAP) {
             int kept = 0;
             for (int e = 0; e < CAP; ++e) {
@@ -219,6 +222,12 @@ FASTDC_AVX512BF16 inline void tile(i64 D2, const std::uint32_t* a, const std::ui
     for (int r = 0; r < MR; ++r) {
         const i64 k = k0 + r;
         const __m512 s0 = _mm512_add_ps(acc[r][0], bias0), s1 = _mm512_add_ps(acc[r][1], bias1);
+        if (st.limit[k] == std::numeric_limits<float>::infinity()) {
+            // the row's first finite scores: its limit from their minimum before the masks,
+            // so that only the lanes within 2E of it are hits (not all NR of the panel)
+            const float m = _mm512_reduce_min_ps(_mm512_min_ps(s0, s1));
+            if (m < st.best[k]) new_best(st, k, m);
+        }
         const __m512 t = _mm512_set1_ps(st.limit[k]);
         const __mmask16 m0 = _mm512_cmp_ps_mask(s0, t, _CMP_LE_OQ);
         const __mmask16 m1 = _mm512_cmp_ps_mask(s1, t, _CMP_LE_OQ);

@@ -23,12 +23,13 @@ FASTDC_TILE_TARGET inline void update(typename Vec::F s, typename Vec::I j, floa
     if (SECOND) Vec::store(best2, Vec::blend(lt, Vec::min(Vec::load(best2), s), m));
 }
 
-// The MR x NR products of a packed x sliver a [D][MR] and a centroid panel b [D][NR] (NR =
-// NV W), each lane one FMA chain from zero in d order: per d, NV vector loads of b and MR
-// broadcasts of a. Inlined into tile and scores, so both score a pair with the same bits.
+// The MR x NR products of MR rows of x (row r at a + r * lda, read in place: no packing) and
+// a centroid panel b [D][NR] (NR = NV W), each lane one FMA chain from zero in d order: per d,
+// NV vector loads of b and MR broadcasts from the rows. Inlined into tile and scores, so both
+// score a pair with the same bits.
 template <int MR, int NV>
 FASTDC_TILE_TARGET inline __attribute__((always_inline)) void products(
-    i64 D, const float* a, const float* b, typename Vec::F (&acc)[MR][NV]) {
+    i64 D, const float* a, i64 lda, const float* b, typename Vec::F (&acc)[MR][NV]) {
     constexpr int W = Vec::W, NR = NV * W;
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r)
@@ -38,10 +39,9 @@ FASTDC_TILE_TARGET inline __attribute__((always_inline)) void products(
         for (int v = 0; v < NV; ++v) bv[v] = Vec::load(b + v * W);
 #pragma GCC unroll 16
         for (int r = 0; r < MR; ++r) {
-            const typename Vec::F av = Vec::set1(a[r]);
+            const typename Vec::F av = Vec::set1(a[r * lda + d]);
             for (int v = 0; v < NV; ++v) acc[r][v] = Vec::fmadd(av, bv[v], acc[r][v]);
         }
-        a += MR;
         b += NR;
     }
 }
@@ -51,11 +51,11 @@ FASTDC_TILE_TARGET inline __attribute__((always_inline)) void products(
 // in assign.cpp. Each lane's chain is the same whatever NV, so a centroid scores the same bits
 // in a full or a half panel.
 template <int MR, bool SECOND, int NV = 2>
-FASTDC_TILE_TARGET void tile(i64 D, const float* a, const float* b, const float* bias, int j0,
-                             float* best, int* arg, float* best2) {
+FASTDC_TILE_TARGET void tile(i64 D, const float* a, i64 lda, const float* b, const float* bias,
+                             int j0, float* best, int* arg, float* best2) {
     constexpr int W = Vec::W;
     typename Vec::F acc[MR][NV];
-    products<MR, NV>(D, a, b, acc);
+    products<MR, NV>(D, a, lda, b, acc);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
         const i64 o = r * 2 * W;  // the running minima keep the full panel's width
@@ -70,11 +70,11 @@ FASTDC_TILE_TARGET void tile(i64 D, const float* a, const float* b, const float*
 // chain of tile's lane l (from zero, one FMA per d, then + bias[l]), so both kernels score a
 // pair with the same bits on a path, and each lane the same on every path's width.
 template <int MR, int NV = 2>
-FASTDC_TILE_TARGET void scores(i64 D, const float* a, const float* b, const float* bias,
-                               float* out) {
+FASTDC_TILE_TARGET void scores(i64 D, const float* a, i64 lda, const float* b,
+                               const float* bias, float* out) {
     constexpr int W = Vec::W, NR = NV * W;
     typename Vec::F acc[MR][NV];
-    products<MR, NV>(D, a, b, acc);
+    products<MR, NV>(D, a, lda, b, acc);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
         for (int v = 0; v < NV; ++v)

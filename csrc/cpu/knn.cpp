@@ -4,7 +4,7 @@
 // scaled by -2 (L2) or -1 (IP), with bias ||y_j||^2 (L2) or 0 (IP), so that
 //     score(i, j) = sum_d x[i,d] * ypack[j,d] + bias[j]
 // and the k best rows are the k smallest scores (the packing idea of assign.cpp). Rows of x
-// are processed in blocks (the packed block stays in L2); inside a block the loop runs over
+// are processed in blocks (kept in L2) and read in place; inside a block the loop runs over
 // y panels and MR-row slivers. A micro-kernel writes an MR x NR tile of scores to a small
 // buffer, and each row folds its NR scores into its own sorted list of k (score, index)
 // pairs: a score enters only when it beats the current k-th one (one compare for most
@@ -33,7 +33,7 @@ namespace {
 constexpr i64 NR_GENERIC = 16;  // database rows per packed panel of the portable tile
 constexpr i64 MR_GENERIC = 2;   // query rows per portable tile
 constexpr i64 MR_MAX = 12, NR_MAX = 32;  // the largest tile (AVX-512)
-constexpr i64 BLOCK_BYTES = 192 * 1024;  // packed x per block, kept in L2
+constexpr i64 BLOCK_BYTES = 192 * 1024;  // x per block, kept in L2
 constexpr float INF = std::numeric_limits<float>::infinity();
 
 // Pack panel p of y (float32 [M, D]) into out [D][NR] scaled for the metric, and its bias.
@@ -52,38 +52,39 @@ void pack_panel(const float* y, i64 M, i64 D, i64 p, i64 NR, bool ip, float* out
     }
 }
 
-// Pack rows [row0, row0 + rows) of x as slivers [S][D][MR] (zero-padded) and their norms.
-void pack_rows(const float* x, i64 D, i64 row0, i64 rows, i64 MR, float* out, float* xsq) {
-    for (i64 s = 0; s * MR < rows; ++s) {
-        float* sl = out + s * D * MR;
-        for (i64 r = 0; r < MR; ++r) {
-            const bool real = s * MR + r < rows;
-            const float* xi = x + (row0 + s * MR + r) * D;
-            float sq = 0.0f;
-            for (i64 d = 0; d < D; ++d) {
-                const float v = real ? xi[d] : 0.0f;
-                sl[d * MR + r] = v;
-                sq += v * v;
-            }
-            if (real) xsq[s * MR + r] = sq;
-        }
+// Squared norms of rows [row0, row0 + rows) of x into xsq, and a last sliver of fewer than MR
+// rows copied into tail [MR][D] with zero rows after the real ones (full slivers are read in
+// place). Returns the number of full slivers.
+i64 block_rows(const float* x, i64 D, i64 row0, i64 rows, i64 MR, float* tail, float* xsq) {
+    const float* first = x + row0 * D;
+    for (i64 r = 0; r < rows; ++r) {
+        float sq = 0.0f;
+        for (i64 d = 0; d < D; ++d) sq += first[r * D + d] * first[r * D + d];
+        xsq[r] = sq;
     }
+    const i64 full = rows / MR, left = rows - full * MR;
+    if (left > 0) {
+        std::copy(first + full * MR * D, first + rows * D, tail);
+        std::fill(tail + left * D, tail + MR * D, 0.0f);
+    }
+    return full;
 }
 
-// MR x NR tile of scores: out[r * NR + l] = sum_d a[d * MR + r] * b[d * NR + l] + bias[l].
-void tile_generic(i64 D, const float* a, const float* b, const float* bias, float* out) {
+// MR x NR tile of scores: out[r * NR + l] = sum_d a[r * lda + d] * b[d * NR + l] + bias[l].
+void tile_generic(i64 D, const float* a, i64 lda, const float* b, const float* bias,
+                  float* out) {
     constexpr i64 NR = NR_GENERIC;
     for (i64 r = 0; r < MR_GENERIC; ++r) {
         float acc[NR] = {};
         for (i64 d = 0; d < D; ++d) {
-            const float av = a[d * MR_GENERIC + r];
+            const float av = a[r * lda + d];
             for (i64 l = 0; l < NR; ++l) acc[l] += av * b[d * NR + l];
         }
         for (i64 l = 0; l < NR; ++l) out[r * NR + l] = acc[l] + bias[l];
     }
 }
 
-using TileFn = void (*)(i64, const float*, const float*, const float*, float*);
+using TileFn = void (*)(i64, const float*, i64, const float*, const float*, float*);
 
 // A tile shape and its micro-kernel.
 struct Path {
@@ -119,10 +120,10 @@ inline void fold_scores(const float* s, i64 NR, i64 j0, i64 k, float* best, i64*
     }
 }
 
-// One thread's scratch: packed rows, their norms and one tile of scores (views into buffers
-// shared by all threads, allocated before the parallel region).
+// One thread's scratch: a last sliver's copy, the rows' norms and one tile of scores (views
+// into buffers shared by all threads, allocated before the parallel region).
 struct Scratch {
-    float* xpack;
+    float* tail;
     float* xsq;
     float* tile;
 };
@@ -139,7 +140,7 @@ struct Problem {
 void knn_block(const Problem& pr, i64 row0, i64 rows, const Path& path, const Scratch& s,
                float* dist, i64* idx) {
     const i64 D = pr.D, k = pr.k, MR = path.MR, NR = path.NR;
-    pack_rows(pr.x, D, row0, rows, MR, s.xpack, s.xsq);
+    const i64 full = block_rows(pr.x, D, row0, rows, MR, s.tail, s.xsq);
     float* best = dist + row0 * k;
     i64* arg = idx + row0 * k;
     std::fill(best, best + rows * k, INF);
@@ -147,7 +148,8 @@ void knn_block(const Problem& pr, i64 row0, i64 rows, const Path& path, const Sc
     for (i64 p = 0; p < pr.P; ++p) {
         const float* panel = pr.panels + p * D * NR;
         for (i64 sl = 0; sl * MR < rows; ++sl) {
-            path.tile(D, s.xpack + sl * D * MR, panel, pr.bias + p * NR, s.tile);
+            const float* a = sl < full ? pr.x + (row0 + sl * MR) * D : s.tail;
+            path.tile(D, a, D, panel, pr.bias + p * NR, s.tile);
             const i64 live = std::min(MR, rows - sl * MR);
             for (i64 r = 0; r < live; ++r) {
                 const i64 row = sl * MR + r;
@@ -181,9 +183,9 @@ void knn(const float* x, const float* y, i64 B, i64 N, i64 M, i64 D, i64 k, bool
     rows = std::max(MR, round_up(std::max<i64>(rows, 1), MR));
     const i64 blocks = (N + rows - 1) / rows;
     // Every thread's scratch in three buffers, one slot per thread of the pool.
-    AlignedBuffer<float> xpack(nt * rows * D), xsq(nt * rows), tiles(nt * MR_MAX * NR_MAX);
+    AlignedBuffer<float> tail(nt * MR * D), xsq(nt * rows), tiles(nt * MR_MAX * NR_MAX);
     parallel_for(B * blocks, nt, [&](i64 task, int t) {
-        const Scratch s{xpack.data() + t * rows * D, xsq.data() + t * rows,
+        const Scratch s{tail.data() + t * MR * D, xsq.data() + t * rows,
                         tiles.data() + t * MR_MAX * NR_MAX};
         const i64 b = task / blocks, row0 = (task % blocks) * rows;
         const Problem pr{x + b * N * D, panels.data() + b * P * D * NR, bias.data() + b * P * NR,

@@ -141,7 +141,7 @@ def kmeans(
     (:mod:`fastdc.engine.pruning`; same assignments and centroids as without; on the cpu
     backend also the same dist and objective, bit for bit, elsewhere equal up to float32
     rounding). None (default): automatic, "second" on the cpu backend for N * k >= 2^23 and
-    off on GPUs; False:
+    N >= 32 k, off on GPUs; False:
     off; True: on ("second" bounds); "centres"
     (Elkan's centre-centre test alone) or "second" (adds Hamerly's second-distance bound):
     those bounds. Ignored (no pruning) for spherical k-means and non-float32 rows.
@@ -333,17 +333,27 @@ AUTO_PRUNE_WORK = 1 << 23
 built-in run's 5 000 x 32 features (K = 100) 1.4x slower, while it made a 100k x 256 mixture
 with K = 1 000 2.5x faster (benchmarks/results/kmeans_prune_*.json, AMD EPYC Zen 4)."""
 
+AUTO_PRUNE_ROWS = 32
+"""Automatic pruning also needs N >= this many rows per cluster. With few rows per cluster the
+centroids move far and the per-pass tests (K x K centre distances, own distances, the second
+distance) are a large part of the pass: on DeepCluster-like rows (PCA-whitened, L2-normalised,
+where nothing prunes), 20 iterations took 1.14-1.28x as long pruned at N/K = 10 (N = 10 000,
+D = 64 and 256, K = 1 000) and 1.03-1.06x at N/K = 20-50 (2 threads, 2-core AMD EPYC Zen 4,
+2026-12-04); the mixtures that prune well have 100 rows per cluster."""
+
 
 def _prune_bounds(rows: Rows, k: int, opts: LloydOptions) -> str | None:
     """The bounds the run prunes with (:mod:`fastdc.engine.pruning`), or None. Automatic
     (``prune=None``): "second" where the rows are on the CPU, ``assign`` runs on the cpu
     backend (whose distances the pruned rows reproduce bit for bit) and N * k is at least
-    :data:`AUTO_PRUNE_WORK`; off on GPUs (unmeasured)."""
+    :data:`AUTO_PRUNE_WORK` and N at least :data:`AUTO_PRUNE_ROWS` k; off on GPUs
+    (unmeasured)."""
     if opts.prune is False or opts.spherical or rows.dtype != torch.float32:
         return None
     if opts.prune is None:
         on_cpu = rows.device.type == "cpu" and opts.backend in (None, "cpu")
-        big = rows.shape[1] * k >= AUTO_PRUNE_WORK
+        n = rows.shape[1]
+        big = n * k >= AUTO_PRUNE_WORK and n >= AUTO_PRUNE_ROWS * k
         return "second" if on_cpu and big and "cpu" in registry.available("assign") else None
     return "second" if opts.prune is True else opts.prune
 

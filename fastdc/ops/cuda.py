@@ -6,9 +6,10 @@ same sizes on torch's current stream with torch tensors passed by data_ptr, so n
 copied. Importing this module without CuPy raises ImportError, which the registry records (CuPy
 is the optional extra ``fastdc[cuda]``).
 
-Implements assign (fp32 on CUDA cores: every ``precision`` computes in fp32), cluster_sums
-(fp32 atomics, not deterministic), resplit_empty and sobel (uint8/float32 input). The public
-ops validated the inputs and made them contiguous; the launchers only allocate and launch.
+Implements assign (fp32 on CUDA cores: every ``precision`` computes in fp32), knn (fp32 on
+CUDA cores, k <= ``LAUNCH["knn"]["MAX_K"]``), cluster_sums (fp32 atomics, not deterministic),
+resplit_empty and sobel (uint8/float32 input). The public ops validated the inputs and made them
+contiguous; the launchers only allocate and launch.
 """
 
 from __future__ import annotations
@@ -93,6 +94,46 @@ def assign_cuda(x: torch.Tensor, centroids: torch.Tensor, metric: str, precision
         (size["THREADS"],),
         (_ptr(x), _ptr(centroids), _ptr(csq), _ptr(dist), _ptr(idx), _i64(N), _i64(K), _i64(D),
          np.int32(metric == "l2")),
+        x.device,
+    )
+    return dist, idx
+
+
+# -------------------------------------------------------------------------------------- knn
+
+
+def _knn_reasons(x, y, k, metric, **_):
+    why = _on_cuda(x=x, y=y)
+    if x.dtype != torch.float32:
+        why.append(f"cuda knn takes float32, not {x.dtype}")
+    max_k = LAUNCH["knn"]["MAX_K"]
+    if k > max_k:
+        why.append(f"cuda knn keeps at most k = {max_k} neighbours per row in shared memory, "
+                   f"got k = {k}")
+    if y.shape[1] >= 2**31:
+        why.append(f"cuda knn indexes the database in 31 bits, M = {y.shape[1]} is larger")
+    return why
+
+
+@register("knn", "cuda", _knn_reasons)
+def knn_cuda(x: torch.Tensor, y: torch.Tensor, k: int, metric: str):
+    """x [B, N, D], y [B, M, D] float32 CUDA, 1 <= k <= min(M, MAX_K) -> (dist [B, N, k]
+    float32, idx [B, N, k] int64), best first, equal scores to the smallest index. Extra memory:
+    |x|^2 and |y|^2 for L2 (the reference's torch reductions)."""
+    B, N, D = x.shape
+    M = y.shape[1]
+    dist = torch.empty(B, N, k, dtype=torch.float32, device=x.device)
+    idx = torch.empty(B, N, k, dtype=torch.int64, device=x.device)
+    if dist.numel() == 0:
+        return dist, idx
+    is_l2 = metric == "l2"
+    xsq = (x * x).sum(dim=2).contiguous() if is_l2 else None
+    ysq = (y * y).sum(dim=2).contiguous() if is_l2 else None
+    size = LAUNCH["knn"]
+    _launch(
+        _kernel("knn", "knn_f32", x.device), (_blocks(N, size["TILE_N"]), B), (size["THREADS"],),
+        (_ptr(x), _ptr(y), _ptr(xsq), _ptr(ysq), _ptr(dist), _ptr(idx), _i64(N), _i64(M),
+         _i64(D), np.int32(k), np.int32(is_l2)),
         x.device,
     )
     return dist, idx

@@ -25,6 +25,13 @@ LAUNCH: dict[str, dict[str, int]] = {
     "resplit_empty": {
         "THREADS": 256,  # one block per problem; also the width of its prefix-sum scan
     },
+    "knn": {
+        "THREADS": 128,  # threads per block: an 8 x 16 grid of threads, one 4 x 4 score block each
+        "TILE_N": 32,  # query rows per block: 8 thread rows x 4 rows per thread
+        "TILE_M": 64,  # database rows per tile: 16 thread columns x 4 rows per thread
+        "TILE_D": 16,  # features staged per step: (32 + 64) x 16 floats = 6 KB of shared memory
+        "MAX_K": 64,  # longest list per row: 32 x 64 (score, index) pairs = 16 KB of shared memory
+    },
     "sobel": {
         "BLOCK_X": 32,  # pixels per block row: one warp reads 32 contiguous pixels
         "BLOCK_Y": 8,  # rows per block (256 threads, one output pixel each)

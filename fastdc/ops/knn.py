@@ -6,8 +6,9 @@ Reference: chunked ``addmm`` + a stable sort of each chunk's scores, never more 
 ``-x.y`` (IP), the score the fused kernels compute; equal scores go to the smallest index.
 
 Backends: ``cpu`` (csrc/cpu/knn.cpp, float32) on CPU tensors; ``triton`` (kernels/knn.py,
-float32, exact fp32 products, k <= 64) on CUDA tensors; this reference everywhere else (other
-dtypes, k > 64 on a GPU).
+float32, exact fp32 products, k <= 64) and ``cuda`` (csrc/cuda/knn.cu, float32 FMAs on CUDA
+cores, k <= 64) on CUDA tensors; this reference everywhere else (other dtypes, k > 64 on a
+GPU).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def knn(
     Returns (dist, idx): float32 and int64 tensors of shape [N, k] or [B, N, k], sorted best
     first, equal scores in increasing index. With ``y = x`` every row finds itself (L2
     distance ~0) unless an equal row has a smaller index. On a GPU float32 inputs with k <= 64
-    run the fused Triton kernel, the rest the chunked reference (logged once). Not
+    run the fused Triton kernel (or, without Triton, the CUDA C one), the rest the chunked
+    reference (logged once). Not
     differentiable: inputs that require grad are detached. Raises ValueError/TypeError on
     mismatched shapes, dtypes, devices or a k outside [1, M].
     """
