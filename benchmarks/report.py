@@ -39,6 +39,8 @@ def machine() -> dict:
     info = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": _cpu_name(),
+        "cpu_family_model": _cpu_family_model(),
+        "cpu_simd": _cpu_simd(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -53,6 +55,32 @@ def machine() -> dict:
         except Exception:
             info[name] = None
     return info
+
+
+def _cpu_family_model() -> str | None:
+    """"family F model M" from /proc/cpuinfo (a VM's model name hides the generation: AMD EPYC
+    family 23 is Zen 1/2, 25 model 0-15 Zen 3, 25 model 16+ Zen 4), or None elsewhere."""
+    try:
+        fields = dict(line.split(":", 1) for line in
+                      Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                      if ":" in line)
+    except OSError:
+        return None
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "cpu family" not in fields:
+        return None
+    return f"family {fields['cpu family']} model {fields.get('model', '?')}"
+
+
+def _cpu_simd() -> str | None:
+    """The cpu backend's SIMD path in use (avx512, avx2 or generic), None without the
+    extension."""
+    try:
+        from fastdc.ops import cpu
+
+        return cpu.simd()
+    except ImportError:
+        return None
 
 
 def _cpu_name() -> str:
@@ -104,7 +132,8 @@ def print_tables(terminalreporter) -> None:
     meta = machine()
     terminalreporter.write_sep("=", "fastdc side-by-side benchmarks")
     terminalreporter.write_line(
-        f"{meta['cpu']} ({meta['cores']} cores, {meta['torch_threads']} torch threads), "
+        f"{meta['cpu']} [{meta['cpu_family_model']}, SIMD path {meta['cpu_simd']}] "
+        f"({meta['cores']} cores, {meta['torch_threads']} torch threads), "
         f"GPU: {meta['gpu']}, torch {meta['torch']}, faiss {meta['faiss']}"
     )
     RESULTS.mkdir(exist_ok=True)

@@ -236,6 +236,7 @@ class Kmeans:
                 check_finite=cp.check_input_data_for_NaNs,
                 early_stop_threshold=cp.early_stop_threshold,
                 prune=self.prune,
+                labels=False,
             )
             obj = res.obj.cpu().numpy()
             self.obj = np.concatenate([self.obj, obj])

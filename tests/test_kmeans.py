@@ -35,6 +35,26 @@ def test_backend_matches_reference(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", KMEANS_BACKENDS)
+def test_labels_false_skips_only_the_final_pass(backend, device, monkeypatch):
+    x = blobs(1500, 11, 12, seed=4, spread=1.0).to(device)
+    full = kmeans(x, 10, niter=5, seed=1, backend=backend)
+    import fastdc.engine.pruning as pruning
+
+    calls = []
+    real = pruning.assign
+    monkeypatch.setattr(pruning, "assign", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    bare = kmeans(x, 10, niter=5, seed=1, backend=backend, labels=False)
+    assert len(calls) == 5  # one assign per iteration, none after the last
+    assert bare.assignments is None and bare.dist is None
+    assert torch.equal(bare.centroids, full.centroids) and torch.equal(bare.obj, full.obj)
+    km = Kmeans(11, 10, niter=5, seed=1, backend=backend)  # the drop-in trains without labels
+    km.train(x.cpu().numpy())
+    _, idx = km.index.search(x.cpu().numpy(), 1)
+    assert (torch.from_numpy(idx[:, 0]) == kmeans(x, 10, niter=5, seed=1, backend=backend,
+                                                   init="random").assignments.cpu()).all()
+
+
+@pytest.mark.parametrize("backend,device", KMEANS_BACKENDS)
 def test_empty_clusters_are_resplit(backend, device):
     x = blobs(400, 5, 4, seed=4, spread=0.05).to(device)
     init = x[:1].repeat(4, 1)  # four identical seeds: three clusters start empty

@@ -56,7 +56,8 @@ class KMeansResult:
     (and obj/nsplit/imbalance/changed become [n_iter, B]).
 
     centroids: [k, D] float32. assignments: [N] int64, nearest final centroid of every row.
-    dist: [N] float32, distance (or inner product) to that centroid. obj: [n_iter] float64, the
+    dist: [N] float32, distance (or inner product) to that centroid. Both None when the run was
+    asked for no labels (``labels=False``). obj: [n_iter] float64, the
     objective of each iteration's assignment step (sum of distances; of inner products when
     spherical). nsplit: [n_iter] int64, empty clusters re-split in each iteration. imbalance:
     [n_iter] float64, faiss's imbalance factor k·Σn_j²/(Σn_j)². times / search_times: cumulative
@@ -71,8 +72,8 @@ class KMeansResult:
     """
 
     centroids: torch.Tensor
-    assignments: torch.Tensor
-    dist: torch.Tensor
+    assignments: torch.Tensor | None
+    dist: torch.Tensor | None
     obj: torch.Tensor
     nsplit: torch.Tensor
     imbalance: torch.Tensor
@@ -109,6 +110,7 @@ def kmeans(
     early_stop_threshold: float | None = None,
     prune: bool | str | None = None,
     precision: str = "default",
+    labels: bool = True,
 ) -> KMeansResult:
     """Lloyd's k-means with faiss's empty-cluster re-split, on x's device.
 
@@ -148,6 +150,9 @@ def kmeans(
     precision: passed to every ``assign`` (:func:`fastdc.ops.assign`): "default" takes the
     cpu backend's bf16 pass where the CPU has AVX512-BF16 (the float32 answers, bit for bit),
     "fp32" never; on GPU backends, their modes.
+    labels: False skips the final assignment pass (one pass over x, 1/(niter + 1) of the
+    work), for callers that only need the centroids (``faiss.Kmeans.train`` computes no
+    labels either): the result's assignments and dist are then None.
     Raises ValueError (shapes, k, NaN/inf or too large rows with the row index, bad weights,
     early_stop_threshold, prune) or TypeError.
     """
@@ -161,7 +166,7 @@ def kmeans(
                         n_frozen=n_frozen, int_centroids=int_centroids, backend=backend,
                         verbose=verbose, record_times=record_times, check_finite=check_finite,
                         early_stop_threshold=early_stop_threshold, prune=prune,
-                        precision=precision)
+                        precision=precision, labels=labels)
     res = lloyd(rows, k, opts)
     return _first_problem(res) if squeezed else res
 
@@ -223,13 +228,15 @@ class LloydOptions:
     early_stop_threshold: float | None = None
     prune: bool | str | None = None
     precision: str = "default"
+    labels: bool = True
 
 
 def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
     """The Lloyd loop over any rows source (module docstring).
 
     Returns a batched :class:`KMeansResult`: centroids [B, k, D] float32 on the rows' device,
-    assignments [B, N] int64 and dist [B, N] float32 on ``rows.out_device``, obj and imbalance
+    assignments [B, N] int64 and dist [B, N] float32 on ``rows.out_device`` (None without
+    ``opts.labels``), obj and imbalance
     [n_iter, B] float64, nsplit and changed [n_iter, B] int64, pruned [n_iter, B] float64 or
     None (n_iter <= niter: the loop stops
     early when ``opts.early_stop_threshold`` says so). Raises ValueError or TypeError (k,
@@ -274,8 +281,10 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
         if stop.end_iteration(obj[it], nsplit[it]):
             log.stopped(it, stop.reason)
             break
-    blocks = _blocks(rows, opts.check_finite and opts.niter == 0)
-    dist, idx = _labels_pass(blocks, rows, centroids, assigner)
+    dist = idx = None
+    if opts.labels:
+        blocks = _blocks(rows, opts.check_finite and opts.niter == 0)
+        dist, idx = _labels_pass(blocks, rows, centroids, assigner)
     obj, nsplit, imbalance = obj[:n_iter], nsplit[:n_iter], imbalance[:n_iter]
     obj, pruned = fdist.all_reduce_sum_packed([obj, pruned[:n_iter]], rows.group)
     pruned = None if assigner.bounds is None else pruned / per_rank.sum(dim=0).to(dev)
@@ -472,7 +481,9 @@ def _first_problem(res: KMeansResult) -> KMeansResult:
     """A batched result of one problem without its batch dimension."""
     changed = None if res.changed is None else res.changed[:, 0]
     pruned = None if res.pruned is None else res.pruned[:, 0]
-    return KMeansResult(res.centroids[0], res.assignments[0], res.dist[0], res.obj[:, 0],
+    assignments = None if res.assignments is None else res.assignments[0]
+    dist = None if res.dist is None else res.dist[0]
+    return KMeansResult(res.centroids[0], assignments, dist, res.obj[:, 0],
                         res.nsplit[:, 0], res.imbalance[:, 0], res.times, res.search_times,
                         changed, res.stop_reason, pruned)
 

@@ -113,7 +113,10 @@ class Assigner:
         if bounds is None:
             return
         out = rows.out_device
-        self.labels = torch.zeros(B, N, dtype=torch.int64, device=out)
+        # [B, N] int64 on out: the first pass's own idx when it is one block on out (no second
+        # N-row buffer beside it), else a buffer the first pass fills
+        self.labels: torch.Tensor | None = None
+        self.out_device, self.n_rows = out, N
         self.x_max = torch.zeros(B, dtype=torch.float64, device=rows.device)
         if bounds == "second":
             self.lower = torch.zeros(B, N, dtype=torch.float32, device=out)
@@ -136,17 +139,25 @@ class Assigner:
         if self.bounds is None:
             return assign(block.x, centroids, metric=self.metric, **self.ops)
         B, m, _ = block.x.shape
-        labels = self.labels[:, block.start : block.start + m]
         if not self.ready or self.skip:
             dist, idx = assign(block.x, centroids, metric="l2", **self.ops)
+            if self.labels is None:
+                if m == self.n_rows and idx.device == self.out_device:
+                    self.labels = idx
+                else:
+                    self.labels = torch.empty(B, self.n_rows, dtype=torch.int64,
+                                              device=self.out_device)
+            labels = self.labels[:, block.start : block.start + m]
             if not self.ready:
                 norm = torch.linalg.vector_norm(block.x.float(), dim=2).amax(dim=1).double()
                 torch.maximum(self.x_max, norm, out=self.x_max)
             elif self.lower is not None:  # a changed label loses its bound
                 lower = self.lower[:, block.start : block.start + m]
                 lower.masked_fill_(labels != idx.to(labels.device), 0.0)
-            labels.copy_(idx, non_blocking=True)
+            if labels.data_ptr() != idx.data_ptr():
+                labels.copy_(idx, non_blocking=True)
             return dist, idx
+        labels = self.labels[:, block.start : block.start + m]
         dist = torch.empty(B, m, dtype=torch.float32, device=self.device)
         idx = labels.to(self.device, non_blocking=True)
         lower = None
@@ -237,10 +248,12 @@ class Assigner:
         if shift.shape[1] == 1:
             return  # no other centroid: l stays +inf
         top, arg = shift.topk(2, dim=1)
-        top, arg = top.to(self.lower.device), arg.to(self.lower.device)
-        own_is_max = self.labels == arg[:, :1]
-        other = torch.where(own_is_max, top[:, 1:], top[:, :1]) * (1 + _LOWER_SHRINK)
-        self.lower.sub_(other.float()).mul_(1 - _LOWER_SHRINK).clamp_min_(0)
+        # each row's shift is one of two values per problem: round them to float32 first, so
+        # that the per-row temporaries are float32 (4 bytes a row), not float64
+        top = (top * (1 + _LOWER_SHRINK)).float().to(self.lower.device)
+        own_is_max = self.labels == arg[:, :1].to(self.lower.device)
+        other = torch.where(own_is_max, top[:, 1:], top[:, :1])
+        self.lower.sub_(other).mul_(1 - _LOWER_SHRINK).clamp_min_(0)
 
 
 def _round_down(value: torch.Tensor) -> torch.Tensor:

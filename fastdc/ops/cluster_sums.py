@@ -95,5 +95,5 @@ def update_centroids(
 
 def means_from_sums(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """sums [..., k, D] / counts [..., k], with 0 for empty clusters (float32)."""
-    safe = torch.where(counts > 0, counts, torch.ones_like(counts))
-    return (sums / safe.unsqueeze(-1)).where(counts.unsqueeze(-1) > 0, torch.zeros_like(sums))
+    filled = counts > 0
+    return (sums / counts.where(filled, 1.0).unsqueeze(-1)).where(filled.unsqueeze(-1), 0.0)
