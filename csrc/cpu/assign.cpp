@@ -209,6 +209,43 @@ FASTDC_AVX512 i64 reduce_row32(const float* best, const int* arg, float* value, 
     *index = arg[win];
     return win;
 }
+
+// The same reduction of the AVX2 path's 16 lanes (two ymm): the minimum by a min tree, the
+// smallest index among the lanes equal to it by an integer min tree, the first such lane.
+// Against the scalar loop, one thread, 2-core KVM "AMD EPYC" Zen 3 (family 25 model 1), median
+// of 40 calls, 3 alternated runs each: 5000 x 32, K = 100: 0.68 -> 0.51 ms; 10000 x 64,
+// K = 100: 1.94 -> 1.73 ms; 10000 x 256, K = 100: 6.65 -> 6.20 ms; K = 1000: within 1 %.
+FASTDC_AVX2 inline __m256 hmin_ps(__m256 v) {
+    v = _mm256_min_ps(v, _mm256_permute2f128_ps(v, v, 1));
+    v = _mm256_min_ps(v, _mm256_shuffle_ps(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm256_min_ps(v, _mm256_shuffle_ps(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+}
+
+FASTDC_AVX2 inline __m256i hmin_epi32(__m256i v) {
+    v = _mm256_min_epi32(v, _mm256_permute2x128_si256(v, v, 1));
+    v = _mm256_min_epi32(v, _mm256_shuffle_epi32(v, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm256_min_epi32(v, _mm256_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1)));
+}
+
+FASTDC_AVX2 i64 reduce_row16(const float* best, const int* arg, float* value, i64* index) {
+    const __m256 b0 = _mm256_load_ps(best), b1 = _mm256_load_ps(best + 8);
+    const __m256 m = hmin_ps(_mm256_min_ps(b0, b1));  // every lane: the minimum
+    const __m256i e0 = _mm256_castps_si256(_mm256_cmp_ps(b0, m, _CMP_EQ_OQ));
+    const __m256i e1 = _mm256_castps_si256(_mm256_cmp_ps(b1, m, _CMP_EQ_OQ));
+    const __m256i a0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(arg));
+    const __m256i a1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(arg + 8));
+    const __m256i none = _mm256_set1_epi32(std::numeric_limits<int>::max());
+    const __m256i j = hmin_epi32(_mm256_min_epi32(_mm256_blendv_epi8(none, a0, e0),
+                                                  _mm256_blendv_epi8(none, a1, e1)));
+    const unsigned w0 = _mm256_movemask_ps(
+        _mm256_castsi256_ps(_mm256_and_si256(e0, _mm256_cmpeq_epi32(a0, j))));
+    const unsigned w1 = _mm256_movemask_ps(
+        _mm256_castsi256_ps(_mm256_and_si256(e1, _mm256_cmpeq_epi32(a1, j))));
+    const i64 win = w0 ? __builtin_ctz(w0) : 8 + __builtin_ctz(w1);
+    *value = best[win];
+    *index = arg[win];
+    return win;
+}
 #endif
 
 // A SIMD path: its tile shape, micro-kernels (without / with the second smallest) and bytes
@@ -237,7 +274,7 @@ const Path PATHS[] = {
      nullptr, nullptr},
 #if FASTDC_X86
     {6, 16, avx2::tile<6, false>, avx2::tile<6, true>, BLOCK_BYTES, avx2::tile<6, false, 1>,
-     avx2::tile<6, true, 1>, nullptr},
+     avx2::tile<6, true, 1>, reduce_row16},
     {12, 32, avx512::tile<12, false>, avx512::tile<12, true>, BLOCK_BYTES,
      avx512::tile<12, false, 1>, avx512::tile<12, true, 1>, reduce_row32},
 #endif
