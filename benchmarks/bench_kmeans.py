@@ -198,6 +198,7 @@ def test_pruning(name):
     note = (f"N={len(x)} D={x.shape[1]} K={k} niter={PRUNE_NITER}, same init; "
             "ratio = total time")
     runs = {}
+    kmeans(xt, k, niter=1, init=it)  # warm-up: thread pools, first touch of the rows
     for prune, precision in PRUNE_RUNS:
         run = measure(lambda p=prune, q=precision: kmeans(xt, k, niter=PRUNE_NITER, init=it,
                                                          prune=p, precision=q),

@@ -118,8 +118,8 @@ class Kmeans:
     (True or a GPU count: cluster NumPy input on the current CUDA device — one GPU per process;
     for several GPUs run one process each with ``fastdc.kmeans.kmeans(..., group=...)``),
     ``backend`` (force a fastdc backend) and ``prune`` (exact bound-based pruning of the
-    assignment step: None = automatic (default: on with the cpu backend for N * k >= 2^23
-    and N >= 32 k, off on GPUs), False = off, True, "centres" or "second"; see
+    assignment step: None = automatic (default: on with the cpu backend for N * k >= 2^23,
+    N >= 32 k and niter >= 2, off on GPUs), False = off, True, "centres" or "second"; see
     :func:`fastdc.kmeans.kmeans`). As in faiss, giving ``progressive_dim_steps`` makes
     niter default to 10, and ``apply_pca`` is only accepted with it.
     An unknown keyword raises TypeError. After :meth:`train`: ``centroids`` (k, d) float32,

@@ -73,9 +73,9 @@ def test_path_ties_go_to_the_smallest_index(isa, metric):
 @pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_path_rows_reduce_like_the_scalar_loop(isa, metric):
-    """The per-row reduction over the tile's lanes (branch-free on AVX2 and AVX-512) against the generic
-    path: rows of NaN, of inf, of zeros (scores -0 and +0 tie), and centroids that tie across
-    lanes and in the half-width last panel (K = 100)."""
+    """The per-row reduction over the tile's lanes (branch-free on AVX2 and AVX-512) against
+    the generic path: rows of NaN, of inf, of zeros (scores -0 and +0 tie), and centroids that
+    tie across lanes and in the half-width last panel (K = 100)."""
     g = torch.Generator().manual_seed(5)
     c = torch.randint(-2, 3, (100, 7), generator=g).float()
     c[50:] = c[:50]  # every score ties with one 50 centroids on, in another lane

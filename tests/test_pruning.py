@@ -114,6 +114,7 @@ def test_automatic_choice_and_where_pruning_does_not_apply():
     assert (auto.pruned is not None) == ("cpu" in registry.available("assign"))
     assert kmeans(big, 512, niter=2, backend="torch").pruned is None
     assert kmeans(big, 1024, niter=2).pruned is None  # 16 rows per cluster: too few to pay
+    assert kmeans(big, 512, niter=1).pruned is None  # one iteration: only the labels pass
     assert kmeans(x, 10, niter=3).pruned is None  # too small to pay
     assert kmeans(x, 10, niter=3, prune=False).pruned is None
     assert kmeans(x, 10, niter=3, prune=True).pruned is not None
