@@ -143,6 +143,17 @@ def test_same_seed_same_result_and_inputs_untouched():
     assert torch.equal(c, c0) and torch.equal(n, n0)
 
 
+def test_nothing_to_split_returns_copies_and_draws_the_same_uniforms():
+    c, counts = torch.randn(2, 6, 5), torch.tensor([[3.0, 1, 2, 5, 1, 1], [0.0, 4, 4, 1, 2, 3]])
+    g, same = torch.Generator(), torch.Generator()
+    g.manual_seed(4), same.manual_seed(4)
+    new, n, nsplit = resplit_empty(c, counts, generator=g, n_frozen=1)  # only a frozen 0
+    assert nsplit.tolist() == [0, 0] and torch.equal(new, c) and torch.equal(n, counts)
+    assert new.data_ptr() != c.data_ptr() and n.data_ptr() != counts.data_ptr()
+    torch.rand(2, 6, generator=same, dtype=torch.float64)  # what a call with a split draws
+    assert torch.equal(g.get_state(), same.get_state())
+
+
 def test_inputs_that_require_grad_run_on_the_fast_backend(monkeypatch, caplog):
     """resplit_empty is not differentiable: the public op detaches, so no fallback to torch."""
     monkeypatch.setattr(backends, "_LOGGED", set())

@@ -257,7 +257,8 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
     shape, dev = (opts.niter, rows.batch), rows.device
     obj = torch.zeros(shape, dtype=torch.float64, device=dev)
     nsplit = torch.zeros(shape, dtype=torch.int64, device=dev)
-    imbalance = torch.zeros(shape, dtype=torch.float64, device=dev)
+    # cluster sizes of every iteration: the imbalance factors are computed once, at the end
+    sizes = torch.zeros((*shape, k), dtype=torch.float32, device=dev)
     clock = _Clock(opts.record_times or opts.verbose, dev)
     log = _Log(opts.verbose, rows, k, opts.niter)
     stop = StopCheck(rows, opts.early_stop_threshold)
@@ -270,14 +271,15 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
         obj[it], sums, counts = _sums_pass(blocks, centroids, k, assigner, clock, stop)
         pruned[it] = assigner.end_pass()
         sums, counts = fdist.all_reduce_sum_packed([sums, counts], rows.group)
-        new, imbalance[it], nsplit[it] = finish_iteration(
+        sizes[it] = counts
+        new, nsplit[it] = finish_iteration(
             centroids, sums, counts, split_gen=split_gen, n_frozen=opts.n_frozen,
             spherical=opts.spherical, int_centroids=opts.int_centroids, backend=opts.backend,
         )
         assigner.moved(centroids, new)
         centroids = new
         clock.lap()
-        log.iteration(it, clock, obj[it], imbalance[it], nsplit[it])
+        log.iteration(it, clock, obj[it], sizes[it], nsplit[it])
         if stop.end_iteration(obj[it], nsplit[it]):
             log.stopped(it, stop.reason)
             break
@@ -285,7 +287,7 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
     if opts.labels:
         blocks = _blocks(rows, opts.check_finite and opts.niter == 0)
         dist, idx = _labels_pass(blocks, rows, centroids, assigner)
-    obj, nsplit, imbalance = obj[:n_iter], nsplit[:n_iter], imbalance[:n_iter]
+    obj, nsplit, imbalance = obj[:n_iter], nsplit[:n_iter], _imbalance(sizes[:n_iter])
     obj, pruned = fdist.all_reduce_sum_packed([obj, pruned[:n_iter]], rows.group)
     pruned = None if assigner.bounds is None else pruned / per_rank.sum(dim=0).to(dev)
     return KMeansResult(centroids, idx, dist, obj, nsplit, imbalance, clock.times,
@@ -302,17 +304,15 @@ def finish_iteration(
     spherical: bool = False,
     int_centroids: bool = False,
     backend: str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The end of one Lloyd iteration, once the (reduced) per-cluster sums are known.
 
     centroids: [B, k, D] float32, the iteration's current centroids (only the n_frozen first
     are read). sums: [B, k, D] float32, counts: [B, k] float32: already summed over all rows
     (and all ranks). split_gen: the re-split generator on the centroids' device (advanced).
     Returns (new centroids [B, k, D] float32: means, frozen ones kept, empty clusters re-split,
-    normalised when spherical, rounded when int_centroids; imbalance [B] float64; nsplit [B]
-    int64).
+    normalised when spherical, rounded when int_centroids; nsplit [B] int64).
     """
-    imbalance = _imbalance(counts)
     new = means_from_sums(sums, counts)
     if n_frozen:
         new[:, :n_frozen] = centroids[:, :n_frozen]
@@ -323,7 +323,7 @@ def finish_iteration(
         new = _normalize(new)
     if int_centroids:
         new = new.round()
-    return new, imbalance, nsplit
+    return new, nsplit
 
 
 def _check_options(k: int, opts: LloydOptions) -> None:
@@ -465,11 +465,13 @@ class _Log:
         self._say(f"Clustering {N} points{where} in {D}D to {k} clusters ({B} problem(s)), "
                   f"{niter} iterations")
 
-    def iteration(self, it: int, clock: _Clock, obj: torch.Tensor, imbalance: torch.Tensor,
+    def iteration(self, it: int, clock: _Clock, obj: torch.Tensor, sizes: torch.Tensor,
                   nsplit: torch.Tensor) -> None:
-        """One line per iteration: times, objective (over all ranks), imbalance, splits."""
+        """One line per iteration: times, objective (over all ranks), imbalance (of the cluster
+        sizes [B, k]), splits."""
         if not self.verbose:
             return
+        imbalance = _imbalance(sizes)
         total = fdist.all_reduce_sum(obj.clone(), self.group)
         self._say(f"  Iteration {it} ({clock.times[-1]:.2f} s, search {clock.search:.2f} s): "
                   f"objective={float(total.sum()):g} imbalance={float(imbalance.mean()):.3f} "
@@ -500,6 +502,7 @@ def _normalize(c: torch.Tensor) -> torch.Tensor:
 
 
 def _imbalance(counts: torch.Tensor) -> torch.Tensor:
-    """faiss's imbalance factor per problem: k · Σ n_j² / (Σ n_j)² (1 = perfectly balanced)."""
+    """faiss's imbalance factor of cluster sizes counts [..., k] float: k · Σ n_j² / (Σ n_j)²
+    as float64 [...] (1 = perfectly balanced)."""
     c = counts.double()
     return c.shape[-1] * (c * c).sum(dim=-1) / c.sum(dim=-1).clamp_min(1e-300) ** 2
