@@ -1,6 +1,7 @@
 """Peak resident memory beyond the input for one k-means run, in a fresh process.
 
-usage (from the repository root): python -m benchmarks.memory_probe {fastdc-cpu|faiss-cpu} N D K
+usage (from the repository root):
+    python -m benchmarks.memory_probe {fastdc-cpu|faiss-cpu} N D K [NITER (default 1)]
 → prints one JSON line.
 """
 
@@ -28,6 +29,7 @@ def reset_peak() -> None:
 
 def main() -> None:
     impl, n, d, k = sys.argv[1], *map(int, sys.argv[2:5])
+    niter = int(sys.argv[5]) if len(sys.argv) > 5 else 1
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
     xn = x.numpy()
     if impl == "fastdc-cpu":
@@ -36,7 +38,7 @@ def main() -> None:
         kmeans(x[: 20 * k], k, niter=1, backend="cpu")  # load everything before the baseline
 
         def run():
-            kmeans(x, k, niter=1, backend="cpu")
+            kmeans(x, k, niter=niter, backend="cpu")
 
     else:
         import faiss
@@ -44,7 +46,7 @@ def main() -> None:
         faiss.Kmeans(d, k, niter=1).train(xn[: 40 * k])
 
         def run():  # train, then the assignments, as DeepCluster's clustering.py does
-            km = faiss.Kmeans(d, k, niter=1, max_points_per_centroid=10**9)
+            km = faiss.Kmeans(d, k, niter=niter, max_points_per_centroid=10**9)
             km.train(xn)
             km.index.search(xn, 1)
 

@@ -48,7 +48,7 @@ PRUNE_BOUNDS = ("centres", "second")
 """The bounds :class:`Assigner` can prune with (module docstring)."""
 
 _ROUNDING = 2.0**-24  # float32 unit roundoff
-_CHUNK_ELEMS = 1 << 22  # scores alive at once (16 MB of float32)
+_CHUNK_ELEMS = 1 << 19  # centre-centre scores alive at once (2 MB of float32)
 _WHOLE_BLOCK = 0.5  # above this fraction of failing rows, re-assign a problem without gathering
 _SECOND_PAYS = 0.1  # seed the second bound while the previous pass pruned this fraction of rows
 _TEST_ROWS = 1 << 16  # rows tested at once: float64 temporaries stay at a few MB
@@ -148,9 +148,11 @@ class Assigner:
                     self.labels = torch.empty(B, self.n_rows, dtype=torch.int64,
                                               device=self.out_device)
             labels = self.labels[:, block.start : block.start + m]
-            if not self.ready:
-                norm = torch.linalg.vector_norm(block.x.float(), dim=2).amax(dim=1).double()
-                torch.maximum(self.x_max, norm, out=self.x_max)
+            if not self.ready:  # the largest row norm, _TEST_ROWS rows at a time
+                for start in range(0, m, _TEST_ROWS):
+                    part = block.x[:, start : start + _TEST_ROWS].float()
+                    norm = torch.linalg.vector_norm(part, dim=2).amax(dim=1).double()
+                    torch.maximum(self.x_max, norm, out=self.x_max)
             elif self.lower is not None:  # a changed label loses its bound
                 lower = self.lower[:, block.start : block.start + m]
                 lower.masked_fill_(labels != idx.to(labels.device), 0.0)
