@@ -194,3 +194,42 @@ def test_row_norms_match_float64_and_flag_nan_inf(shape):
     assert torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.isinf(), ref.isinf())
     finite = ref.isfinite()
     torch.testing.assert_close(got[finite].double(), ref[finite], rtol=2**-23, atol=0)
+
+
+def test_kernels_own_the_cores_gives_torch_one_thread_and_the_kernels_the_rest():
+    from fastdc.ops.threads import kernel_threads, kernels_own_the_cores
+
+    with threads(3):
+        assert kernel_threads() == 3
+        with kernels_own_the_cores():
+            assert torch.get_num_threads() == 1 and kernel_threads() == 3
+            with kernels_own_the_cores():  # nested: the outer setting stands
+                assert torch.get_num_threads() == 1 and kernel_threads() == 3
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 3 and kernel_threads() == 3
+        with pytest.raises(RuntimeError), kernels_own_the_cores():
+            raise RuntimeError("restored on the way out")
+        assert torch.get_num_threads() == 3
+
+
+@pytest.mark.parametrize("backend,inside", [(None, True), ("cpu", True), ("torch", False)])
+def test_lloyd_runs_its_iterations_with_the_kernels_owning_the_cores(monkeypatch, backend,
+                                                                     inside):
+    """The cpu backend's loop keeps torch on one thread (no spinning OpenMP threads beside the
+    kernels); the torch backend's loop keeps torch's threads for its matrix products."""
+    import fastdc.engine.lloyd as lloyd
+    from fastdc.kmeans import kmeans
+
+    seen = []
+    real = lloyd.finish_iteration
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lloyd, "finish_iteration", spy)
+    x = randn(300, 5, seed=3)
+    with threads(2):
+        kmeans(x, 4, niter=3, backend=backend)
+        assert torch.get_num_threads() == 2
+    assert seen == ([1] * 3 if inside else [2] * 3)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +48,7 @@ from fastdc.engine.rows import Block, MaskedRows, Rows, StoreRows, TensorRows
 from fastdc.engine.seeding import seed_centroids
 from fastdc.engine.store import DEFAULT_CHUNK_ROWS, FeatureStore
 from fastdc.ops import cluster_sums, means_from_sums, registry, resplit_empty
+from fastdc.ops.threads import kernels_own_the_cores
 
 
 @dataclass
@@ -232,7 +233,9 @@ class LloydOptions:
 
 
 def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
-    """The Lloyd loop over any rows source (module docstring).
+    """The Lloyd loop over any rows source (module docstring). On CPU rows it runs inside
+    :func:`fastdc.ops.threads.kernels_own_the_cores` (torch's own ops on one thread, so that
+    no idle OpenMP thread spins on a core the next kernel needs).
 
     Returns a batched :class:`KMeansResult`: centroids [B, k, D] float32 on the rows' device,
     assignments [B, N] int64 and dist [B, N] float32 on ``rows.out_device`` (None without
@@ -264,34 +267,46 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
     stop = StopCheck(rows, opts.early_stop_threshold)
     assigner = Assigner(rows, metric, opts.backend, _prune_bounds(rows, k, opts), opts.precision)
     pruned = torch.zeros(shape, dtype=torch.float64, device=dev)
-    n_iter = 0
-    for it in range(opts.niter):
-        n_iter = it + 1
-        blocks = _blocks(rows, opts.check_finite and it == 0)
-        obj[it], sums, counts = _sums_pass(blocks, centroids, k, assigner, clock, stop)
-        pruned[it] = assigner.end_pass()
-        sums, counts = fdist.all_reduce_sum_packed([sums, counts], rows.group)
-        sizes[it] = counts
-        new, nsplit[it] = finish_iteration(
-            centroids, sums, counts, split_gen=split_gen, n_frozen=opts.n_frozen,
-            spherical=opts.spherical, int_centroids=opts.int_centroids, backend=opts.backend,
-        )
-        assigner.moved(centroids, new)
-        centroids = new
-        clock.lap()
-        log.iteration(it, clock, obj[it], sizes[it], nsplit[it])
-        if stop.end_iteration(obj[it], nsplit[it]):
-            log.stopped(it, stop.reason)
-            break
-    dist = idx = None
-    if opts.labels:
-        blocks = _blocks(rows, opts.check_finite and opts.niter == 0)
-        dist, idx = _labels_pass(blocks, rows, centroids, assigner)
+    with _kernel_cores(rows, opts):
+        n_iter = 0
+        for it in range(opts.niter):
+            n_iter = it + 1
+            blocks = _blocks(rows, opts.check_finite and it == 0)
+            obj[it], sums, counts = _sums_pass(blocks, centroids, k, assigner, clock, stop)
+            pruned[it] = assigner.end_pass()
+            sums, counts = fdist.all_reduce_sum_packed([sums, counts], rows.group)
+            sizes[it] = counts
+            new, nsplit[it] = finish_iteration(
+                centroids, sums, counts, split_gen=split_gen, n_frozen=opts.n_frozen,
+                spherical=opts.spherical, int_centroids=opts.int_centroids, backend=opts.backend,
+            )
+            assigner.moved(centroids, new)
+            centroids = new
+            clock.lap()
+            log.iteration(it, clock, obj[it], sizes[it], nsplit[it])
+            if stop.end_iteration(obj[it], nsplit[it]):
+                log.stopped(it, stop.reason)
+                break
+        dist = idx = None
+        if opts.labels:
+            blocks = _blocks(rows, opts.check_finite and opts.niter == 0)
+            dist, idx = _labels_pass(blocks, rows, centroids, assigner)
     obj, nsplit, imbalance = obj[:n_iter], nsplit[:n_iter], _imbalance(sizes[:n_iter])
     obj, pruned = fdist.all_reduce_sum_packed([obj, pruned[:n_iter]], rows.group)
     pruned = None if assigner.bounds is None else pruned / per_rank.sum(dim=0).to(dev)
     return KMeansResult(centroids, idx, dist, obj, nsplit, imbalance, clock.times,
                         clock.search_times, stop.changed_rows(), stop.reason, pruned)
+
+
+def _kernel_cores(rows: Rows, opts: LloydOptions) -> AbstractContextManager:
+    """:func:`fastdc.ops.threads.kernels_own_the_cores` where the loop's kernels are the cpu
+    backend's (CPU rows, ``assign`` selected on the cpu backend), else a null context: the
+    torch backend needs torch's threads for its own matrix products."""
+    if rows.device.type != "cpu":
+        return nullcontext()
+    probe = torch.zeros(1, 1, rows.shape[2])
+    impl = registry.select("assign", opts.backend, x=probe, centroids=probe, metric="l2")
+    return kernels_own_the_cores() if impl.backend == "cpu" else nullcontext()
 
 
 def finish_iteration(

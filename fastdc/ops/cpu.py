@@ -2,11 +2,11 @@
 
 Registers ``assign``, ``knn``, ``cluster_sums``, ``resplit_empty``, ``row_norms`` and
 ``sobel``. Each implementation takes the same keyword arguments as the op's reference (batched,
-contiguous tensors), passes
-them to C++ as zero-copy NumPy views, allocates the outputs with torch and runs on
-``torch.get_num_threads()`` threads. The kernels compute in float32; other dtypes fall back
-to the ``torch`` reference (the ``reasons`` functions say why). Importing this module fails
-when the extension was not built; the registry records that error.
+contiguous tensors), passes them to C++ as zero-copy NumPy views, allocates the outputs with
+torch and runs on :func:`fastdc.ops.threads.kernel_threads` threads. The kernels compute in
+float32; other dtypes fall back to the ``torch`` reference (the ``reasons`` functions say
+why). Importing this module fails when the extension was not built; the registry records that
+error.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from fastdc import _C
 from fastdc.ops.checks import grad_reasons
 from fastdc.ops.registry import register
+from fastdc.ops.threads import kernel_threads
 
 _SOBEL_OUT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 """Output dtypes of the fused Sobel kernel and their codes in ``_C.sobel``."""
@@ -71,16 +72,17 @@ def use_bf16(precision: str = "default", isa: str = "", k: int | None = None) ->
 
 def fma_peak_gflops(isa: str = "", threads: int | None = None, seconds: float = 0.2) -> float:
     """Measured FMA throughput of the SIMD path ``isa`` ("" = the default path) on ``threads``
-    threads (default ``torch.get_num_threads()``), in GFLOP/s: independent vector FMA chains,
-    as many as the path's assign tile has accumulators, run for ``seconds``."""
-    return _C.fma_peak_gflops(isa, threads or torch.get_num_threads(), seconds)
+    threads (default :func:`fastdc.ops.threads.kernel_threads`), in GFLOP/s: independent
+    vector FMA chains, as many as the path's assign tile has accumulators, run for
+    ``seconds``."""
+    return _C.fma_peak_gflops(isa, threads or kernel_threads(), seconds)
 
 
 def bf16_peak_gflops(threads: int | None = None, seconds: float = 0.2) -> float:
     """Measured throughput of the bf16 pass's instruction (VDPBF16PS) on ``threads`` threads
-    (default ``torch.get_num_threads()``), in GFLOP/s; ValueError where :func:`bf16_missing`
-    is not empty."""
-    return _C.bf16_peak_gflops(threads or torch.get_num_threads(), seconds)
+    (default :func:`fastdc.ops.threads.kernel_threads`), in GFLOP/s; ValueError where
+    :func:`bf16_missing` is not empty."""
+    return _C.bf16_peak_gflops(threads or kernel_threads(), seconds)
 
 
 def _kernel_reasons(**tensors: tuple[torch.Tensor | None, torch.dtype]) -> list[str]:
@@ -141,7 +143,7 @@ def assign_cpu(
     dist2 = torch.empty(B, N, dtype=torch.float32) if second else None
     bf16 = use_bf16(precision, isa, k=centroids.shape[1]) and second in (False, "bound")
     _C.assign(_np(x), _np(centroids), metric == "ip", _np(dist), _np(idx),
-              torch.get_num_threads(), isa, None if dist2 is None else _np(dist2), bf16)
+              kernel_threads(), isa, None if dist2 is None else _np(dist2), bf16)
     return (dist, idx) if dist2 is None else (dist, idx, dist2)
 
 
@@ -153,7 +155,7 @@ def assign_dist_cpu(x: torch.Tensor, centroids: torch.Tensor, idx: torch.Tensor,
     float32 one). ValueError for an idx out of range."""
     dist = torch.empty(idx.shape, dtype=torch.float32)
     _C.assign_dist(_np(x), _np(centroids), _np(idx.contiguous()), metric == "ip", _np(dist),
-                   torch.get_num_threads(), isa)
+                   kernel_threads(), isa)
     return dist
 
 
@@ -175,7 +177,7 @@ def knn_cpu(x: torch.Tensor, y: torch.Tensor, k: int, metric: str
     B, N, _ = x.shape
     dist = torch.empty(B, N, k, dtype=torch.float32)
     idx = torch.empty(B, N, k, dtype=torch.int64)
-    _C.knn(_np(x), _np(y), k, metric == "ip", _np(dist), _np(idx), torch.get_num_threads())
+    _C.knn(_np(x), _np(y), k, metric == "ip", _np(dist), _np(idx), kernel_threads())
     return dist, idx
 
 
@@ -198,7 +200,7 @@ def cluster_sums_cpu(
     sums = torch.empty(B, k, D, dtype=torch.float32)
     counts = torch.empty(B, k, dtype=torch.float32)
     w = None if weights is None else _np(weights)
-    _C.cluster_sums(_np(x), _np(idx), w, _np(sums), _np(counts), torch.get_num_threads())
+    _C.cluster_sums(_np(x), _np(idx), w, _np(sums), _np(counts), kernel_threads())
     return sums, counts
 
 
@@ -231,7 +233,7 @@ def resplit_empty_cpu(
 def row_norms_cpu(x: torch.Tensor) -> torch.Tensor:
     """x: [B, N, D] float32 -> [B, N] float32 norms (squares summed in float64)."""
     norms = torch.empty(x.shape[:2], dtype=torch.float32)
-    _C.row_norms(_np(x), _np(norms), torch.get_num_threads())
+    _C.row_norms(_np(x), _np(norms), kernel_threads())
     return norms
 
 
@@ -255,5 +257,5 @@ def sobel_cpu(images: torch.Tensor, mean, std, out_dtype: torch.dtype) -> torch.
     view = out if out_dtype == torch.float32 else out.view(torch.int16)
     m = None if mean is None else np.asarray(mean, dtype=np.float32)
     s = None if std is None else np.asarray(std, dtype=np.float32)
-    _C.sobel(_np(images), m, s, _np(view), _SOBEL_OUT[out_dtype], torch.get_num_threads())
+    _C.sobel(_np(images), m, s, _np(view), _SOBEL_OUT[out_dtype], kernel_threads())
     return out
