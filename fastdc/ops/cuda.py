@@ -20,6 +20,7 @@ import torch
 
 from fastdc.ops.checks import grad_reasons
 from fastdc.ops.cuda_sources import LAUNCH, defines, source
+from fastdc.ops.knn import knn_outputs
 from fastdc.ops.registry import register
 from fastdc.ops.resplit_empty import EPS
 
@@ -122,13 +123,10 @@ def knn_cuda(x: torch.Tensor, y: torch.Tensor, k: int, metric: str):
     |x|^2 and |y|^2 for L2 (the reference's torch reductions)."""
     B, N, D = x.shape
     M = y.shape[1]
-    dist = torch.empty(B, N, k, dtype=torch.float32, device=x.device)
-    idx = torch.empty(B, N, k, dtype=torch.int64, device=x.device)
+    dist, idx, xsq, ysq = knn_outputs(x, y, k, metric)
     if dist.numel() == 0:
         return dist, idx
     is_l2 = metric == "l2"
-    xsq = (x * x).sum(dim=2).contiguous() if is_l2 else None
-    ysq = (y * y).sum(dim=2).contiguous() if is_l2 else None
     size = LAUNCH["knn"]
     _launch(
         _kernel("knn", "knn_f32", x.device), (_blocks(N, size["TILE_N"]), B), (size["THREADS"],),

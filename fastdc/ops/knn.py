@@ -21,6 +21,18 @@ from fastdc.ops.registry import register, select
 _CHUNK_ELEMS = 1 << 22  # scores per chunk: 16 MB of fp32
 
 
+def knn_outputs(x: torch.Tensor, y: torch.Tensor, k: int, metric: str) -> tuple[torch.Tensor, ...]:
+    """What a fused knn kernel needs besides its inputs: (dist [B, N, k] float32, idx [B, N, k]
+    int64, both empty; |x|² [B, N] and |y|² [B, M] float32 for L2, the reference's torch
+    reductions so that distances match it closely, or None and None for the inner product)."""
+    B, N, _ = x.shape
+    dist = torch.empty(B, N, k, dtype=torch.float32, device=x.device)
+    idx = torch.empty(B, N, k, dtype=torch.int64, device=x.device)
+    if metric != "l2":
+        return dist, idx, None, None
+    return dist, idx, (x * x).sum(dim=2).contiguous(), (y * y).sum(dim=2).contiguous()
+
+
 @register("knn", "torch")
 def knn_ref(
     x: torch.Tensor, y: torch.Tensor, k: int, metric: str
