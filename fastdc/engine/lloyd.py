@@ -233,7 +233,8 @@ class LloydOptions:
 
 
 def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
-    """The Lloyd loop over any rows source (module docstring). On CPU rows it runs inside
+    """The Lloyd loop over any rows source (module docstring). Where ``assign`` runs on the
+    cpu backend, the iterations and the labels pass run inside
     :func:`fastdc.ops.threads.kernels_own_the_cores` (torch's own ops on one thread, so that
     no idle OpenMP thread spins on a core the next kernel needs).
 

@@ -35,13 +35,14 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 
 from fastdc.engine import collectives as fdist
 from fastdc.engine.store import DEFAULT_CHUNK_ROWS, FeatureStore, device_chunks
 from fastdc.ops import first_nonfinite_row
+from fastdc.ops.threads import kernels_own_the_cores
 
 Blocks = Callable[[], Iterator[tuple[int, torch.Tensor]]]
 """A pass over rows: yields (first row, block [m, D] float) in row order; callable repeatedly."""
@@ -239,20 +240,10 @@ def _leading_eigh(sym: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Ten
     if solver is not None:
         values, vectors = solver(sym.numpy(), subset_by_index=[m - keep, m - 1], driver="evr")
         return torch.from_numpy(values).flip(0), torch.from_numpy(vectors).flip(1)
-    with _one_thread() if small else nullcontext():
+    # small: torch's ops on one thread inside the block (restored after)
+    with kernels_own_the_cores() if small else nullcontext():
         values, vectors = torch.linalg.eigh(sym)  # ascending
     return values[m - keep :].flip(0), vectors[:, m - keep :].flip(1)
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch's CPU ops on one thread inside the block (the setting is restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _subset_eigh() -> Callable | None:
