@@ -36,12 +36,50 @@
 
 #include "aligned.h"
 #include "assign_bf16.h"
+#include "assign_chain.h"
 #include "common.h"
 #include "kernels.h"
 #include "pool.h"
 #include "simd_vec.h"
 
 namespace fastdc {
+
+// row_sq and chain_scores: see assign_chain.h. row_sq is never inlined, so that every caller
+// gets the same instructions (a caller compiled for FMA could otherwise contract the products).
+__attribute__((noinline)) float row_sq(const float* xi, i64 D) {
+    float part[8] = {};
+    i64 d = 0;
+    for (; d + 8 <= D; d += 8) {
+        for (int l = 0; l < 8; ++l) part[l] += xi[d + l] * xi[d + l];
+    }
+    for (int l = 0; d < D; ++d, ++l) part[l] += xi[d] * xi[d];
+    const float low = (part[0] + part[1]) + (part[2] + part[3]);
+    return low + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
+#if FASTDC_X86
+static FASTDC_AVX2 void chain_scores_fma(i64 D, i64 n, const float* const* xs,
+                                         const float* const* cs, const float* bias, float scale, float* out) {
+    float acc[16] = {};
+    for (i64 d = 0; d < D; ++d) {
+        for (i64 r = 0; r < n; ++r) acc[r] = __builtin_fmaf(xs[r][d], scale * cs[r][d], acc[r]);
+    }
+    for (i64 r = 0; r < n; ++r) out[r] = acc[r] + bias[r];
+}
+#endif
+
+void chain_scores(Isa isa, i64 D, i64 n, const float* const* xs, const float* const* cs,
+                  const float* bias, float scale, float* out) {
+#if FASTDC_X86
+    if (isa != Isa::generic) return chain_scores_fma(D, n, xs, cs, bias, scale, out);
+#endif
+    float acc[16] = {};
+    for (i64 d = 0; d < D; ++d) {
+        for (i64 r = 0; r < n; ++r) acc[r] += xs[r][d] * (scale * cs[r][d]);
+    }
+    for (i64 r = 0; r < n; ++r) out[r] = acc[r] + bias[r];
+}
+
 namespace {
 
 constexpr float INF = std::numeric_limits<float>::infinity();
@@ -62,21 +100,6 @@ struct PackedCentroids {
     const float* bias = nullptr;    // float32 [P * NR]
 };
 
-// Squared norm of a row or centroid (every path and the bias use this value): 8 partial sums
-// (d mod 8), then added in a fixed order. One chain would cost as much as the whole tile work
-// at K = 100 (its adds wait on each other); never inlined, so that every caller gets the same
-// instructions (a caller compiled for FMA could otherwise contract the products).
-__attribute__((noinline)) float row_sq(const float* xi, i64 D) {
-    float part[8] = {};
-    i64 d = 0;
-    for (; d + 8 <= D; d += 8) {
-        for (int l = 0; l < 8; ++l) part[l] += xi[d + l] * xi[d + l];
-    }
-    for (int l = 0; d < D; ++d, ++l) part[l] += xi[d] * xi[d];
-    const float low = (part[0] + part[1]) + (part[2] + part[3]);
-    return low + ((part[4] + part[5]) + (part[6] + part[7]));
-}
-
 // Pack panel p of c (float32 [K, D]) into out [D][NR] scaled by `scale`, and its bias [NR].
 void pack_panel(const float* c, i64 K, i64 D, i64 p, i64 NR, bool ip, float* out,
                 float* bias) {
@@ -92,33 +115,6 @@ void pack_panel(const float* c, i64 K, i64 D, i64 p, i64 NR, bool ip, float* out
         for (i64 d = 0; d < D; ++d) out[d * NR + l] = scale * cj[d];
         bias[l] = ip ? 0.0f : row_sq(cj, D);
     }
-}
-
-// Scores of n (<= 16) (row, centroid) pairs, bit for bit those of the path's tile: the same
-// chain over d from zero (a fused multiply-add per d on the x86 paths, a product then a sum on
-// the portable one) of x[d] and the scaled centroid, then the bias. Rows interleave so that
-// their chains overlap.
-#if FASTDC_X86
-FASTDC_AVX2 void chain_scores_fma(i64 D, i64 n, const float* const* xs, const float* const* cs,
-                                  const float* bias, float scale, float* out) {
-    float acc[16] = {};
-    for (i64 d = 0; d < D; ++d) {
-        for (i64 r = 0; r < n; ++r) acc[r] = __builtin_fmaf(xs[r][d], scale * cs[r][d], acc[r]);
-    }
-    for (i64 r = 0; r < n; ++r) out[r] = acc[r] + bias[r];
-}
-#endif
-
-void chain_scores(Isa isa, i64 D, i64 n, const float* const* xs, const float* const* cs,
-                  const float* bias, float scale, float* out) {
-#if FASTDC_X86
-    if (isa != Isa::generic) return chain_scores_fma(D, n, xs, cs, bias, scale, out);
-#endif
-    float acc[16] = {};
-    for (i64 d = 0; d < D; ++d) {
-        for (i64 r = 0; r < n; ++r) acc[r] += xs[r][d] * (scale * cs[r][d]);
-    }
-    for (i64 r = 0; r < n; ++r) out[r] = acc[r] + bias[r];
 }
 
 // The rows [row0, row0 + rows) of x (float32 [N, D]) as the tiles read them: each row's

@@ -74,6 +74,29 @@ void assign_dist_py(const Array<float>& x, const Array<float>& c, const Array<i6
     fastdc::assign_dist(xp, cp, ip_, xs[0], xs[1], cs[1], xs[2], ip, dp, n_threads, path);
 }
 
+void assign_bounded_py(const Array<float>& x, const Array<float>& c, const Array<float>& shift,
+                       bool first, bool exact_dist, Array<i64>& labels, Array<float>& lower, Array<float>& dist,
+                       Array<i64>& computed, int n_threads, const std::string& isa) {
+    const auto xs = shape_of(x, 3, "x"), cs = shape_of(c, 3, "centroids");
+    const auto ss = shape_of(shift, 2, "shift"), ls = shape_of(labels, 2, "labels");
+    const auto bs = shape_of(lower, 3, "lower"), ds = shape_of(dist, 2, "dist");
+    const auto ns = shape_of(computed, 1, "computed");
+    expect(cs[0] == xs[0] && cs[2] == xs[2], "centroids must be [B, K, D] matching x [B, N, D]");
+    expect(ss[0] == xs[0] && ss[1] == cs[1], "shift must be [B, K]");
+    expect(ls[0] == xs[0] && ls[1] == xs[1] && ds == ls, "labels and dist must be [B, N]");
+    expect(bs[0] == xs[0] && bs[1] == xs[1] && bs[2] == cs[1], "lower must be [B, N, K]");
+    expect(ns[0] == xs[0], "computed must be [B]");
+    const fastdc::Isa path = fastdc::resolve_isa(isa);
+    const float *xp = x.data(), *cp = c.data(), *sp = shift.data();
+    i64* lp = labels.mutable_data();
+    float* bp = lower.mutable_data();
+    float* dp = dist.mutable_data();
+    i64* np_ = computed.mutable_data();
+    py::gil_scoped_release release;
+    fastdc::assign_bounded(xp, cp, sp, xs[0], xs[1], cs[1], xs[2], first, exact_dist, lp, bp, dp,
+                           np_, n_threads, path);
+}
+
 void knn_py(const Array<float>& x, const Array<float>& y, i64 k, bool ip, Array<float>& dist,
             Array<i64>& idx, int n_threads) {
     const auto xs = shape_of(x, 3, "x"), ys = shape_of(y, 3, "y");
@@ -226,6 +249,15 @@ PYBIND11_MODULE(_C, m) {
           "assign_dist(x f32[B,N,D], centroids f32[B,K,D], idx i64[B,N], ip, dist f32[B,N] out, "
           "n_threads, isa=''): the dist assign reports for each row's given centroid, bit for "
           "bit as the path computes it.");
+    m.def("assign_bounded", &assign_bounded_py, py::arg("x").noconvert(),
+          py::arg("centroids").noconvert(), py::arg("shift").noconvert(), py::arg("first"),
+          py::arg("exact_dist"), py::arg("labels").noconvert(), py::arg("lower").noconvert(),
+          py::arg("dist").noconvert(), py::arg("computed").noconvert(), py::arg("n_threads"),
+          py::arg("isa") = "",
+          "assign_bounded(x f32[B,N,D], centroids f32[B,K,D], shift f32[B,K], first, exact_dist, "
+          "labels i64[B,N] in/out, lower f32[B,N,K] in/out, dist f32[B,N] out, computed i64[B] "
+          "out, n_threads, isa=''): assign (L2) with per-centroid lower bounds; assign's "
+          "labels, bit for bit (dist too with exact_dist or first).");
     m.def("knn", &knn_py, py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("k"),
           py::arg("ip"), py::arg("dist").noconvert(), py::arg("idx").noconvert(),
           py::arg("n_threads"),

@@ -141,12 +141,13 @@ def kmeans(
     > 0: also once the relative objective change is <= it (faiss). Costs an int32 label per
     row and a flag read (host sync) per iteration (:mod:`fastdc.engine.convergence`).
     prune: exact bound-based pruning of the assignment step from the second iteration on
-    (:mod:`fastdc.engine.pruning`; same assignments and centroids as without; on the cpu
-    backend also the same dist and objective, bit for bit, elsewhere equal up to float32
-    rounding). None (default): automatic, "second" on the cpu backend for N * k >= 2^23,
-    N >= 32 k and niter >= 2, off on GPUs; False:
-    off; True: on ("second" bounds); "centres"
-    (Elkan's centre-centre test alone) or "second" (adds Hamerly's second-distance bound):
+    (:mod:`fastdc.engine.pruning`; same assignments and centroids as without; "centres" and
+    "second" on the cpu backend also the same dist and objective, bit for bit, elsewhere and
+    with "elkan" equal up to float32 rounding). None (default): automatic on the cpu backend
+    with niter >= 2: "elkan" for D >= 64, k <= D and N * k <= 2^24, else "second" for
+    N * k >= 2^23 and N >= 32 k; off on GPUs. False: off; True: on ("second" bounds);
+    "centres" (Elkan's centre-centre test alone), "second" (adds Hamerly's second-distance
+    bound) or "elkan" (a bound per row and centroid, N * k float32 values; cpu backend only):
     those bounds. Ignored (no pruning) for spherical k-means and non-float32 rows.
     precision: passed to every ``assign`` (:func:`fastdc.ops.assign`): "default" takes the
     cpu backend's bf16 pass where the CPU has AVX512-BF16 (the float32 answers, bit for bit),
@@ -366,6 +367,18 @@ where nothing prunes), 20 iterations took 1.14-1.28x as long pruned at N/K = 10 
 D = 64 and 256, K = 1 000) and 1.03-1.06x at N/K = 20-50 (2 threads, 2-core AMD EPYC Zen 4,
 2026-12-04); the mixtures that prune well have 100 rows per cluster."""
 
+AUTO_ELKAN_MIN_D = 64
+"""Automatic "elkan" bounds need D >= this: below it a bounded pass (the bound updates, the
+estimates of the few centroids left, per-row set-up) costs as much as assign's tile, which
+reaches 80 % of the FMA peak there. 20 iterations, DeepCluster-like rows, 2 threads, pruned /
+unpruned: D = 32 (N = 5 000, K = 100): 17.6 / 13.9 ms; D = 64 (N = 10 000, K = 100): 29.3 /
+29.6 ms; D = 256 (N = 10 000, K = 100): 49.7 / 86.9 ms; D = 1024 (N = 10 000, K = 100): 253 /
+340 ms (2-core AMD EPYC Zen 3, AVX2, 2026-12-06)."""
+
+AUTO_ELKAN_MAX_WORK = 1 << 24
+"""Automatic "elkan" bounds need N * K <= this (64 MB of float32 bounds) and K <= D (bounds no
+larger than the rows themselves); beyond, "second" (12 bytes a row) takes over."""
+
 AUTO_PRUNE_NITER = 2
 """Automatic pruning also needs niter >= this: the first pass only seeds the bounds, so with
 one iteration they could serve the final labels pass alone, for the price of their per-row
@@ -375,19 +388,27 @@ faiss 29 MB; 2-core AMD EPYC Zen 3, 2026-12-06)."""
 
 def _prune_bounds(rows: Rows, k: int, opts: LloydOptions) -> str | None:
     """The bounds the run prunes with (:mod:`fastdc.engine.pruning`), or None. Automatic
-    (``prune=None``): "second" where the rows are on the CPU, ``assign`` runs on the cpu
-    backend (whose distances the pruned rows reproduce bit for bit) and N * k is at least
-    :data:`AUTO_PRUNE_WORK`, N at least :data:`AUTO_PRUNE_ROWS` k and niter at least
-    :data:`AUTO_PRUNE_NITER`; off on GPUs (unmeasured)."""
+    (``prune=None``) where the rows are on the CPU and ``assign`` runs on the cpu backend
+    (whose distances the pruned rows reproduce) with niter at least :data:`AUTO_PRUNE_NITER`:
+    "elkan" for D at least :data:`AUTO_ELKAN_MIN_D`, k <= D and N * k at most
+    :data:`AUTO_ELKAN_MAX_WORK`, else "second" for N * k at least :data:`AUTO_PRUNE_WORK` and
+    N at least :data:`AUTO_PRUNE_ROWS` k; off on GPUs (unmeasured). An explicit "elkan" raises
+    ValueError where ``assign`` would not run on the cpu backend."""
     if opts.prune is False or opts.spherical or rows.dtype != torch.float32:
         return None
-    if opts.prune is None:
-        on_cpu = rows.device.type == "cpu" and opts.backend in (None, "cpu")
-        n = rows.shape[1]
-        big = (n * k >= AUTO_PRUNE_WORK and n >= AUTO_PRUNE_ROWS * k
-               and opts.niter >= AUTO_PRUNE_NITER)
-        return "second" if on_cpu and big and "cpu" in registry.available("assign") else None
-    return "second" if opts.prune is True else opts.prune
+    on_cpu = (rows.device.type == "cpu" and opts.backend in (None, "cpu")
+              and "cpu" in registry.available("assign"))
+    if opts.prune == "elkan" and not on_cpu:
+        raise ValueError("prune='elkan' needs rows on the CPU and the cpu backend (built with "
+                         f"fastdc._C); got rows on {rows.device} and backend={opts.backend!r}")
+    if opts.prune is not None:
+        return "second" if opts.prune is True else opts.prune
+    _, n, d = rows.shape
+    if not on_cpu or opts.niter < AUTO_PRUNE_NITER:
+        return None
+    if d >= AUTO_ELKAN_MIN_D and k <= d and n * k <= AUTO_ELKAN_MAX_WORK:
+        return "elkan"
+    return "second" if n * k >= AUTO_PRUNE_WORK and n >= AUTO_PRUNE_ROWS * k else None
 
 
 def _blocks(rows: Rows, check: bool) -> Iterator[Block]:

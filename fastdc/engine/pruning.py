@@ -42,9 +42,9 @@ from __future__ import annotations
 import torch
 
 from fastdc.engine.rows import Block, Rows
-from fastdc.ops import assign, assign_dist
+from fastdc.ops import assign, assign_bounded, assign_dist
 
-PRUNE_BOUNDS = ("centres", "second")
+PRUNE_BOUNDS = ("centres", "second", "elkan")
 """The bounds :class:`Assigner` can prune with (module docstring)."""
 
 _ROUNDING = 2.0**-24  # float32 unit roundoff
@@ -63,6 +63,8 @@ _TEST_MAX = 0.9
 _RETRY = 3
 _LOWER_SHRINK = 2.0**-22  # l is stored in float32: 4 roundings of 2^-24, outwards
 _GATHER_ELEMS = 1 << 20  # gathered centroid values alive at once (4 MB: stays in cache)
+_ELKAN_REFRESH = 0.5  # after an "elkan" pass that estimated more than this fraction of the
+# distances, the next pass scores every pair with assign's tile (cheaper at that fraction)
 
 
 def error_coefficient(d: int) -> float:
@@ -108,7 +110,8 @@ class Assigner:
         self.final = False  # the pass is the last one (no bound is needed after it)
         self.skip, self.skipped = False, 0  # assign every row this pass; passes skipped so far
         self.k = 1
-        self.real_rows = int(rows.real_counts().sum())
+        self.real_counts = rows.real_counts()
+        self.real_rows = int(self.real_counts.sum())
         self.lower: torch.Tensor | None = None
         if bounds is None:
             return
@@ -120,12 +123,18 @@ class Assigner:
         self.x_max = torch.zeros(B, dtype=torch.float64, device=rows.device)
         if bounds == "second":
             self.lower = torch.zeros(B, N, dtype=torch.float32, device=out)
+        # "elkan": [B, N, K] bounds and [B, K] shifts on the CPU (allocated by the first pass),
+        # the distances estimated in the current pass, and whether the next pass scores all
+        self.all_lower: torch.Tensor | None = None
+        self.shift: torch.Tensor | None = None
+        self.computed = torch.zeros(B, dtype=torch.int64)
+        self.refresh = True
 
     def begin(self, centroids: torch.Tensor, final: bool = False) -> None:
         """Prepare a pass with centroids [B, K, D] float32: max norms, half centre gaps.
         ``final``: no pass follows (the failing rows need no second distance)."""
         self.final, self.k = final, centroids.shape[1]
-        if self.bounds is None or not self.ready or self.skip:
+        if self.bounds in (None, "elkan") or not self.ready or self.skip:
             return
         c_sq = (centroids * centroids).sum(dim=2)
         self.c_max = c_sq.max(dim=1).values.double().sqrt()
@@ -138,6 +147,8 @@ class Assigner:
         Pruned, idx is a view of the per-row labels (valid until the next pass)."""
         if self.bounds is None:
             return assign(block.x, centroids, metric=self.metric, **self.ops)
+        if self.bounds == "elkan":
+            return self._elkan(block, centroids)
         B, m, _ = block.x.shape
         if not self.ready or self.skip:
             dist, idx = assign(block.x, centroids, metric="l2", **self.ops)
@@ -176,6 +187,28 @@ class Assigner:
             if lower is not None:
                 self.lower[:, block.start : block.start + m].copy_(lower, non_blocking=True)
         return dist, idx
+
+    def _elkan(self, block: Block, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One block of an "elkan" pass (:func:`fastdc.ops.assign_bounded`): labels and bounds
+        of the block's rows updated in place; returns (dist, idx view of the labels)."""
+        B, m, _ = block.x.shape
+        K = centroids.shape[1]
+        if self.all_lower is None:
+            self.labels = torch.empty(B, self.n_rows, dtype=torch.int64)
+            self.all_lower = torch.zeros(B, self.n_rows, K, dtype=torch.float32)
+            self.shift = torch.zeros(B, K, dtype=torch.float32)
+        part = slice(block.start, block.start + m)
+        labels, lower = self.labels[:, part], self.all_lower[:, part]
+        lab = labels if labels.is_contiguous() else labels.contiguous()
+        low = lower if lower.is_contiguous() else lower.contiguous()
+        dist, computed = assign_bounded(block.x.float().contiguous(), centroids.contiguous(), lab,
+                                        low, self.shift, first=self.refresh,
+                                        exact_dist=self.final, backend=self.backend)
+        if lab is not labels:
+            labels.copy_(lab)
+            lower.copy_(low)
+        self.computed += computed
+        return dist, labels
 
     def _test(self, x: torch.Tensor, centroids: torch.Tensor, err: torch.Tensor,
               mask: torch.Tensor | None, out: tuple) -> None:
@@ -224,7 +257,17 @@ class Assigner:
             dist[b, sel], idx[b, sel] = new_dist, new_idx
 
     def end_pass(self) -> torch.Tensor:
-        """Close a pass: returns the real rows pruned in it, [B] int64 (this rank)."""
+        """Close a pass: returns the real rows pruned in it, [B] (this rank): int64, or with
+        "elkan" float64, the real rows times the fraction of distances the pass did not
+        compute (padding rows count in that fraction)."""
+        if self.bounds == "elkan":
+            computed, self.computed = self.computed, torch.zeros_like(self.computed)
+            total = self.n_rows * self.k
+            self.refresh = not self.refresh and (
+                float(computed.sum()) > _ELKAN_REFRESH * total * computed.numel())
+            self.ready = True
+            skipped = 1 - computed.double() / total
+            return (skipped * self.real_counts).to(self.device)
         pruned, self.pruned = self.pruned, torch.zeros_like(self.pruned)
         if self.ready and not self.skip:
             fraction = float(pruned.sum()) / max(self.real_rows, 1)
@@ -243,7 +286,12 @@ class Assigner:
 
     def moved(self, old: torch.Tensor, new: torch.Tensor) -> None:
         """Centroids went from old to new ([B, K, D] float32): lower the bounds ``l`` by the
-        largest shift of a centroid other than each row's own."""
+        largest shift of a centroid other than each row's own; with "elkan", keep every
+        centroid's shift (rounded up) for the next pass."""
+        if self.bounds == "elkan":
+            shift = torch.linalg.vector_norm(new.double() - old.double(), dim=2)
+            self.shift = (shift * (1 + 2.0**-22)).float().cpu().contiguous()
+            return
         if self.lower is None or not self.ready:
             return
         shift = torch.linalg.vector_norm(new - old, dim=2).double() * (1 + self.gamma)

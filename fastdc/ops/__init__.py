@@ -7,7 +7,7 @@ contiguous tensors of the documented dtypes. Code above the ops imports these na
 """
 
 from fastdc.ops import registry
-from fastdc.ops.assign import assign, assign_dist
+from fastdc.ops.assign import assign, assign_bounded, assign_dist
 from fastdc.ops.checks import first_nonfinite_row
 from fastdc.ops.cluster_sums import cluster_sums, means_from_sums, update_centroids
 from fastdc.ops.knn import knn
@@ -20,6 +20,7 @@ __all__ = [
     "IMAGENET_STD",
     "Sobel",
     "assign",
+    "assign_bounded",
     "assign_dist",
     "cluster_sums",
     "first_nonfinite_row",

@@ -148,3 +148,71 @@ def assign_dist(
                          f"{ib.dtype} {tuple(ib.shape)}")
     dist = assign_dist_cpu(xb, cb, ib, metric)
     return dist[0] if squeezed else dist
+
+
+@register("assign_bounded", "torch")
+def assign_bounded_ref(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    labels: torch.Tensor,
+    lower: torch.Tensor,
+    shift: torch.Tensor,
+    first: bool,
+    exact_dist: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference of :func:`assign_bounded`: :func:`assign_ref`'s labels and dist, and every
+    bound set to the float64 distance rounded down to float32 (``shift`` and the old bounds are
+    not needed: nothing is pruned). Returns (dist [B, N] float32, computed [B] int64 = N * K)."""
+    dist, idx = assign_ref(x, centroids, "l2")
+    labels.copy_(idx)
+    B, N, _ = x.shape
+    rows = max(1, _CHUNK_ELEMS // max(centroids.shape[1], 1))
+    for b in range(B):
+        for start in range(0, N, rows):
+            exact = torch.cdist(x[b, start : start + rows].double(), centroids[b].double())
+            low = exact.float()
+            low = torch.where(low.double() > exact, torch.nextafter(low, torch.zeros_like(low)),
+                              low)
+            lower[b, start : start + rows] = low
+    computed = torch.full((B,), N * centroids.shape[1], dtype=torch.int64, device=x.device)
+    return dist, computed
+
+
+def assign_bounded(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    labels: torch.Tensor,
+    lower: torch.Tensor,
+    shift: torch.Tensor,
+    *,
+    first: bool,
+    exact_dist: bool = False,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`assign` (squared L2) with a lower bound per row and centroid (Elkan's bounds),
+    for the passes of a Lloyd loop: most distances of most rows are never computed, and the
+    labels are still assign's, bit for bit (the cpu backend's float32 path).
+
+    x: [B, N, D] float32; centroids: [B, K, D] float32; labels: [B, N] int64, in/out: each row's
+    centroid in the previous pass (read unless ``first``), replaced by this pass's; lower:
+    [B, N, K] float32, in/out: lower bounds of ||x_i - c_j|| for the previous centroids
+    (read unless ``first``), replaced by bounds for these; shift: [B, K] float32, upper bounds
+    of how far each centroid moved since the bounds were set. first: score every pair (the
+    first pass; labels and lower are only written). exact_dist: dist bit for bit assign's; by
+    default, rows settled by their estimates get the estimate, within 2 (D + 2) 2^-24
+    (||x|| + max ||c||)^2 of it. Returns (dist [B, N] float32, computed [B] int64: the
+    distances the pass estimated besides each row's previous centroid's; N * K when ``first``). All tensors
+    contiguous on one device; raises ValueError on mismatched shapes or labels out of [0, K).
+    """
+    B, N, D = x.shape
+    K = centroids.shape[1]
+    if centroids.shape != (B, K, D) or labels.shape != (B, N) or lower.shape != (B, N, K) \
+            or shift.shape != (B, K):
+        raise ValueError(
+            f"assign_bounded needs x [B, N, D], centroids [B, K, D], labels [B, N], lower "
+            f"[B, N, K], shift [B, K]; got {tuple(x.shape)}, {tuple(centroids.shape)}, "
+            f"{tuple(labels.shape)}, {tuple(lower.shape)}, {tuple(shift.shape)}")
+    impl = select("assign_bounded", backend, x=x, centroids=centroids, labels=labels,
+                  lower=lower, shift=shift, first=first, exact_dist=exact_dist)
+    return impl.fn(x=x, centroids=centroids, labels=labels, lower=lower, shift=shift,
+                   first=first, exact_dist=exact_dist)

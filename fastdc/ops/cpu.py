@@ -1,6 +1,6 @@
 """The ``cpu`` backend: C++/OpenMP kernels from the pybind11 extension :mod:`fastdc._C`.
 
-Registers ``assign``, ``knn``, ``cluster_sums``, ``resplit_empty``, ``row_norms`` and
+Registers ``assign``, ``assign_bounded``, ``knn``, ``cluster_sums``, ``resplit_empty``, ``row_norms`` and
 ``sobel``. Each implementation takes the same keyword arguments as the op's reference (batched,
 contiguous tensors), passes them to C++ as zero-copy NumPy views, allocates the outputs with
 torch and runs on :func:`fastdc.ops.threads.kernel_threads` threads. The kernels compute in
@@ -157,6 +157,27 @@ def assign_dist_cpu(x: torch.Tensor, centroids: torch.Tensor, idx: torch.Tensor,
     _C.assign_dist(_np(x), _np(centroids), _np(idx.contiguous()), metric == "ip", _np(dist),
                    kernel_threads(), isa)
     return dist
+
+
+def _assign_bounded_reasons(x, centroids, labels, lower, shift, first, exact_dist) -> list[str]:
+    return _kernel_reasons(x=(x, torch.float32), centroids=(centroids, torch.float32),
+                           labels=(labels, torch.int64), lower=(lower, torch.float32),
+                           shift=(shift, torch.float32))
+
+
+@register("assign_bounded", "cpu", _assign_bounded_reasons)
+def assign_bounded_cpu(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
+                       lower: torch.Tensor, shift: torch.Tensor, first: bool,
+                       exact_dist: bool = False, isa: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fastdc.ops.assign_bounded` on the C++ kernel (the float32 path ``isa``, "" =
+    :func:`simd`): labels and lower updated in place; returns (dist [B, N] float32, computed
+    [B] int64). ValueError for labels out of [0, K)."""
+    B, N, _ = x.shape
+    dist = torch.empty(B, N, dtype=torch.float32)
+    computed = torch.empty(B, dtype=torch.int64)
+    _C.assign_bounded(_np(x), _np(centroids), _np(shift), bool(first), bool(exact_dist),
+                      _np(labels), _np(lower), _np(dist), _np(computed), kernel_threads(), isa)
+    return dist, computed
 
 
 # --- knn --------------------------------------------------------------------------------------
