@@ -185,8 +185,9 @@ def _prune_data(name: str) -> tuple[np.ndarray, int]:
 
 
 PRUNE_RUNS = [(False, "fp32"), (False, "default"), ("centres", "default"), ("second", "fp32"),
-              ("second", "default")]
-"""(prune, precision) of the runs: "default" takes the bf16 pass where the CPU has it."""
+              ("second", "default"), ("elkan", "default"), (None, "default")]
+"""(prune, precision) of the runs: "default" takes the bf16 pass where the CPU has it; prune None
+is the automatic choice."""
 
 
 @pytest.mark.parametrize("name", ["mixture", "deepcluster", "uniform"])

@@ -4,9 +4,9 @@
 //
 // The first pass scores every pair with assign's own tile and packing (so its labels and dist
 // are assign's bits) and sets every bound from those scores. In a later pass, per row i with
-// previous label a, E = gamma (||x_i|| + max_j ||c_j||)^2 bounds the error of both the kernel's
-// squared distances and this file's estimates (gamma = 2 (D + 2) 2^-24; see
-// fastdc/engine/pruning.py):
+// previous label a, E = 2 gamma (||x_i||^2 + max_j ||c_j||^2), at least
+// gamma (||x_i|| + max_j ||c_j||)^2, bounds the error of both the kernel's squared distances and
+// this file's estimates (gamma = 2 (D + 2) 2^-24; see fastdc/engine/pruning.py):
 //  1. est_a, an estimate of ||x_i - c_a||^2 (a dot product in any order plus the norms, within
 //     E / 2 of the true value): u^2 = est_a + E bounds the true squared distance from above;
 //  2. every bound l_ij is lowered by the shift of centroid j since the last pass; centroid j
@@ -67,7 +67,7 @@ struct Problem {
     const float* bias;    // first pass: [P * NR] csq, +inf on padding
     i64 K, D;
     bool exact_dist;
-    double cmax;         // >= max_j ||c_j||; +inf when a centroid is not finite
+    double cmax_sq;      // >= max_j ||c_j||^2; +inf when a centroid is not finite
     double gamma;
     Isa isa;
 };
@@ -84,8 +84,15 @@ struct Scratch {
     i64 pending_j[16];
     float pending_xsq[16];
     int n_pending = 0;
-    explicit Scratch(i64 K) : cand(K + 8), dots(K + 8), bound(K + 8), close(K), exact(K + 16) {}
+    explicit Scratch(i64 K)
+        : cand(K + 8), dots(K + 8), bound(K + 8), close(K + 8), exact(K + 16) {}
 };
+
+// E of a row with squared norm xsq, rounded up: 2 gamma (||x||^2 + max_j ||c_j||^2), at least
+// gamma (||x|| + max_j ||c_j||)^2 since (a + b)^2 <= 2 a^2 + 2 b^2 (no square root per row).
+inline float error_bound(const Problem& p, float xsq) {
+    return static_cast<float>(2.0 * p.gamma * (static_cast<double>(xsq) + p.cmax_sq)) * GROW;
+}
 
 // The estimates' inputs for one row: x (D floats), ||x||^2 and E (rounded up), and the
 // problem's centroids.
@@ -221,6 +228,28 @@ struct LaneTable {
 };
 const LaneTable LANES;
 
+// The close set's members among the n candidates (estimates est, room for a last group of 8):
+// appended to close from *m on, branch-free; *est_win is the estimate of the last one found.
+FASTDC_AVX2 void close_set_avx2(const float* est, const int* cand, i64 n, float limit,
+                                int* close, i64* m, float* est_win) {
+    const __m256 lim = _mm256_set1_ps(limit);
+    i64 count = *m;
+    for (i64 g = 0; g < n; g += 8) {
+        unsigned bits = static_cast<unsigned>(
+            _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(est + g), lim, _CMP_LE_OQ)));
+        if (n - g < 8) bits &= (1u << (n - g)) - 1;
+        if (bits == 0) continue;
+        const __m256i lanes =
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(LANES.lanes[bits]));
+        const __m256i js = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cand + g));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(close + count),
+                            _mm256_permutevar8x32_epi32(js, lanes));
+        count += __builtin_popcount(bits);
+        *est_win = est[g + 31 - __builtin_clz(bits)];
+    }
+    *m = count;
+}
+
 // Step 2 for 8 centroids at a time: lower the bounds by the shifts, store them, and append to
 // cand every centroid other than `own` whose bound is at most t (cand has 8 spare slots).
 // Returns the first centroid left for the scalar loop.
@@ -309,8 +338,7 @@ i64 assign_row(const Problem& p, i64 i, Scratch& s) {
     const float* xi = p.x + i * D;
     float* l = p.lower + i * K;
     const float xsq = row_sq(xi, D);
-    const double xn = std::sqrt(static_cast<double>(xsq));
-    const float E = static_cast<float>(p.gamma * (xn + p.cmax) * (xn + p.cmax)) * GROW;
+    const float E = error_bound(p, xsq);
     int* cand = s.cand.data();
     if (!std::isfinite(E)) {  // no bounds: every centroid exactly
         for (i64 j = 0; j < K; ++j) cand[j] = static_cast<int>(j);
@@ -348,30 +376,29 @@ i64 assign_row(const Problem& p, i64 i, Scratch& s) {
 #endif
         if (!wide) best = std::min(best, estimates_generic(p, r, cand, n, l, est));
     }
-    // the close set (within 4E of the best estimate), in increasing centroid order
+    // the close set: every centroid within 4E of the best estimate (exact_best does not need
+    // it in order); est_win: the estimate of its last member
     const float limit = (best + 4.0f * E) * GROW;
     int* close = s.close.data();
-    i64 m = 0;
+    close[0] = static_cast<int>(a);
+    i64 m = est_a <= limit;
     float est_win = est_a;
-    bool own_in = est_a <= limit;
-    for (i64 q = 0; q < n; ++q) {
-        if (own_in && cand[q] > a) {
-            close[m++] = static_cast<int>(a);
-            own_in = false;
-        }
-        if (est[q] <= limit) {
-            est_win = est[q];
-            close[m++] = cand[q];
-        }
+#if FASTDC_X86
+    if (wide) close_set_avx2(est, cand, n, limit, close, &m, &est_win);
+#endif
+    for (i64 q = 0; q < n && !wide; ++q) {
+        const bool in = est[q] <= limit;
+        close[m] = cand[q];
+        est_win = in ? est[q] : est_win;
+        m += in;
     }
-    if (own_in) close[m++] = static_cast<int>(a);
     if (m == 0) {  // every estimate NaN (cannot happen with finite E): score all exactly
         for (i64 q = 0; q < K; ++q) close[q] = static_cast<int>(q);
         m = K;
     }
     if (m == 1 && !p.exact_dist) {
         p.labels[i] = close[0];
-        p.dist[i] = close[0] == a ? std::max(est_a, 0.0f) : std::max(est_win, 0.0f);
+        p.dist[i] = std::max(est_win, 0.0f);
     } else if (m == 1) {  // the winner is known; its exact score (16 rows at a time) sets dist
         p.labels[i] = close[0];
         s.pending_rows[s.n_pending] = i;
@@ -477,8 +504,7 @@ void first_block(const Problem& p, i64 row0, i64 rows, float* best, int* arg, fl
     float* E = terms + rows;
     for (i64 r = 0; r < rows; ++r) {
         xsq[r] = row_sq(p.x + (row0 + r) * D, D);
-        const double xn = std::sqrt(static_cast<double>(xsq[r]));
-        E[r] = static_cast<float>(p.gamma * (xn + p.cmax) * (xn + p.cmax)) * GROW;
+        E[r] = error_bound(p, xsq[r]);
         if (!std::isfinite(E[r])) E[r] = INF;  // every bound of the row becomes 0
     }
     std::fill(best, best + rows * NR, INF);
@@ -538,7 +564,7 @@ void assign_bounded(const float* x, const float* c, const float* shift, i64 B, i
                                        : std::numeric_limits<double>::infinity();
         }
         // row_sq's relative error is below D 2^-24; E's factor 2 covers the rest
-        cmax[b] = std::sqrt(cmax[b]) * (1.0 + static_cast<double>(D + 2) * 0x1p-24);
+        cmax[b] *= 1.0 + static_cast<double>(D + 2) * 0x1p-24;
     }
     const double gamma = 2.0 * static_cast<double>(D + 2) * 0x1p-24;
     const i64 P = (K + NR - 1) / NR;

@@ -47,7 +47,8 @@ from fastdc.engine.pruning import Assigner, check_prune
 from fastdc.engine.rows import Block, MaskedRows, Rows, StoreRows, TensorRows
 from fastdc.engine.seeding import seed_centroids
 from fastdc.engine.store import DEFAULT_CHUNK_ROWS, FeatureStore
-from fastdc.ops import cluster_sums, means_from_sums, registry, resplit_empty
+from fastdc.ops import cluster_sums, means_from_sums, registry
+from fastdc.ops.resplit_empty import resplit_in_place
 from fastdc.ops.threads import kernels_own_the_cores
 
 
@@ -259,45 +260,57 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
     split_gen = torch.Generator(device=rows.device)
     split_gen.manual_seed(int(opts.seed) + 1)
     metric = "ip" if opts.spherical else "l2"
-    shape, dev = (opts.niter, rows.batch), rows.device
-    obj = torch.zeros(shape, dtype=torch.float64, device=dev)
-    nsplit = torch.zeros(shape, dtype=torch.int64, device=dev)
-    # cluster sizes of every iteration: the imbalance factors are computed once, at the end
-    sizes = torch.zeros((*shape, k), dtype=torch.float32, device=dev)
+    B, dev = rows.batch, rows.device
+    # per iteration: objective [B], re-splits [B], cluster sizes [B, k] (the imbalance factors
+    # are computed once, at the end) and pruned rows [B]; stacked at the end
+    objs: list[torch.Tensor] = []
+    splits: list[torch.Tensor] = []
+    sizes: list[torch.Tensor] = []
+    fractions: list[torch.Tensor] = []
     clock = _Clock(opts.record_times or opts.verbose, dev)
     log = _Log(opts.verbose, rows, k, opts.niter)
     stop = StopCheck(rows, opts.early_stop_threshold)
     assigner = Assigner(rows, metric, opts.backend, _prune_bounds(rows, k, opts), opts.precision)
-    pruned = torch.zeros(shape, dtype=torch.float64, device=dev)
     with _kernel_cores(rows, opts):
-        n_iter = 0
         for it in range(opts.niter):
-            n_iter = it + 1
             blocks = _blocks(rows, opts.check_finite and it == 0)
-            obj[it], sums, counts = _sums_pass(blocks, centroids, k, assigner, clock, stop)
-            pruned[it] = assigner.end_pass()
+            obj_it, sums, counts = _sums_pass(blocks, centroids, k, assigner, clock, stop)
+            objs.append(obj_it)
+            fractions.append(assigner.end_pass())
             sums, counts = fdist.all_reduce_sum_packed([sums, counts], rows.group)
-            sizes[it] = counts
-            new, nsplit[it] = finish_iteration(
+            sizes.append(counts)
+            new, nsplit_it = finish_iteration(
                 centroids, sums, counts, split_gen=split_gen, n_frozen=opts.n_frozen,
                 spherical=opts.spherical, int_centroids=opts.int_centroids, backend=opts.backend,
             )
+            splits.append(nsplit_it)
             assigner.moved(centroids, new)
             centroids = new
             clock.lap()
-            log.iteration(it, clock, obj[it], sizes[it], nsplit[it])
-            if stop.end_iteration(obj[it], nsplit[it]):
+            log.iteration(it, clock, obj_it, counts, nsplit_it)
+            if stop.end_iteration(obj_it, nsplit_it):
                 log.stopped(it, stop.reason)
                 break
         dist = idx = None
         if opts.labels:
             blocks = _blocks(rows, opts.check_finite and opts.niter == 0)
             dist, idx = _labels_pass(blocks, rows, centroids, assigner)
-    obj, nsplit, imbalance = obj[:n_iter], nsplit[:n_iter], _imbalance(sizes[:n_iter])
-    obj, pruned = fdist.all_reduce_sum_packed([obj, pruned[:n_iter]], rows.group)
+    obj = _stack(objs, (B,), torch.float64, dev)
+    nsplit = _stack(splits, (B,), torch.int64, dev)
+    imbalance = _imbalance(_stack(sizes, (B, k), torch.float32, dev))
+    pruned = _stack([f.double() for f in fractions], (B,), torch.float64, dev)
+    obj, pruned = fdist.all_reduce_sum_packed([obj, pruned], rows.group)
     pruned = None if assigner.bounds is None else pruned / per_rank.sum(dim=0).to(dev)
     return KMeansResult(centroids, idx, dist, obj, nsplit, imbalance, clock.times,
                         clock.search_times, stop.changed_rows(), stop.reason, pruned)
+
+
+def _stack(items: list[torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype,
+           device: torch.device) -> torch.Tensor:
+    """The per-iteration values stacked: [n_iter, *shape] (n_iter = len(items), maybe 0)."""
+    if not items:
+        return torch.zeros((0, *shape), dtype=dtype, device=device)
+    return torch.stack(items)
 
 
 def _kernel_cores(rows: Rows, opts: LloydOptions) -> AbstractContextManager:
@@ -333,9 +346,9 @@ def finish_iteration(
     new = means_from_sums(sums, counts)
     if n_frozen:
         new[:, :n_frozen] = centroids[:, :n_frozen]
-    new, _, nsplit = resplit_empty(
-        new, counts, generator=split_gen, n_frozen=n_frozen, backend=backend
-    )
+    # new is this function's own tensor: re-split in place (on a copy of counts)
+    nsplit = resplit_in_place(new, counts.clone(), generator=split_gen, n_frozen=n_frozen,
+                              backend=backend)
     if spherical:
         new = _normalize(new)
     if int_centroids:

@@ -201,8 +201,9 @@ def assign_bounded(
     first pass; labels and lower are only written). exact_dist: dist bit for bit assign's; by
     default, rows settled by their estimates get the estimate, within 2 (D + 2) 2^-24
     (||x|| + max ||c||)^2 of it. Returns (dist [B, N] float32, computed [B] int64: the
-    distances the pass estimated besides each row's previous centroid's; N * K when ``first``). All tensors
-    contiguous on one device; raises ValueError on mismatched shapes or labels out of [0, K).
+    distances the pass estimated besides each row's previous centroid's; N * K when
+    ``first``). All tensors contiguous on one device; raises ValueError on mismatched shapes or
+    labels out of [0, K).
     """
     B, N, D = x.shape
     K = centroids.shape[1]

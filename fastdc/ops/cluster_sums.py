@@ -94,6 +94,6 @@ def update_centroids(
 
 
 def means_from_sums(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """sums [..., k, D] / counts [..., k], with 0 for empty clusters (float32)."""
-    filled = counts > 0
-    return (sums / counts.where(filled, 1.0).unsqueeze(-1)).where(filled.unsqueeze(-1), 0.0)
+    """sums [..., k, D] / counts [..., k] (float32); an empty cluster (count 0), whose sums
+    are 0, gets 0."""
+    return sums / counts.where(counts > 0, 1.0).unsqueeze(-1)

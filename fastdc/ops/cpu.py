@@ -1,7 +1,7 @@
 """The ``cpu`` backend: C++/OpenMP kernels from the pybind11 extension :mod:`fastdc._C`.
 
-Registers ``assign``, ``assign_bounded``, ``knn``, ``cluster_sums``, ``resplit_empty``, ``row_norms`` and
-``sobel``. Each implementation takes the same keyword arguments as the op's reference (batched,
+Registers ``assign``, ``assign_bounded``, ``knn``, ``cluster_sums``, ``resplit_empty``,
+``row_norms`` and ``sobel``. Each implementation takes the same keyword arguments as the op's reference (batched,
 contiguous tensors), passes them to C++ as zero-copy NumPy views, allocates the outputs with
 torch and runs on :func:`fastdc.ops.threads.kernel_threads` threads. The kernels compute in
 float32; other dtypes fall back to the ``torch`` reference (the ``reasons`` functions say
@@ -106,7 +106,7 @@ def _name(dtype: torch.dtype) -> str:
 
 def _np(t: torch.Tensor) -> np.ndarray:
     """Zero-copy NumPy view of a contiguous CPU tensor."""
-    return t.detach().numpy()
+    return (t.detach() if t.requires_grad else t).numpy()
 
 
 # --- assign -----------------------------------------------------------------------------------
@@ -168,7 +168,8 @@ def _assign_bounded_reasons(x, centroids, labels, lower, shift, first, exact_dis
 @register("assign_bounded", "cpu", _assign_bounded_reasons)
 def assign_bounded_cpu(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
                        lower: torch.Tensor, shift: torch.Tensor, first: bool,
-                       exact_dist: bool = False, isa: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+                       exact_dist: bool = False,
+                       isa: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`fastdc.ops.assign_bounded` on the C++ kernel (the float32 path ``isa``, "" =
     :func:`simd`): labels and lower updated in place; returns (dist [B, N] float32, computed
     [B] int64). ValueError for labels out of [0, K)."""

@@ -94,21 +94,32 @@ def resplit_empty(
     if generator is None:
         generator = torch.Generator(device=cb.device)
         generator.manual_seed(0 if seed is None else int(seed))
-    uniforms = torch.rand(
-        nb.shape, generator=generator, dtype=torch.float64, device=cb.device
-    )
     cb = cb.detach().float().contiguous().clone()
     nb = nb.detach().float().contiguous().clone()
-    if cb.device.type == "cpu" and bool((nb[:, n_frozen:] != 0).all()):
-        # nothing to re-split (most iterations): no kernel call. Tested on the CPU only, where
-        # it costs no device synchronisation; the uniforms were drawn all the same, so the
-        # generator advances alike on every device and backend
-        nsplit = torch.zeros(cb.shape[0], dtype=torch.int64)
-        return (cb[0], nb[0], nsplit[0]) if squeezed else (cb, nb, nsplit)
-    impl = select(
-        "resplit_empty", backend, centroids=cb, counts=nb, uniforms=uniforms, n_frozen=n_frozen
-    )
-    nsplit = impl.fn(centroids=cb, counts=nb, uniforms=uniforms, n_frozen=n_frozen)
+    nsplit = resplit_in_place(cb, nb, generator=generator, n_frozen=n_frozen, backend=backend)
     if squeezed:
         return cb[0], nb[0], nsplit[0]
     return cb, nb, nsplit
+
+
+def resplit_in_place(
+    centroids: torch.Tensor,
+    counts: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    n_frozen: int = 0,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """:func:`resplit_empty` in place, for callers that own their batched, contiguous float32
+    centroids [B, K, D] and counts [B, K] (the Lloyd loop's fresh means): no validation, no
+    copies. Draws the same uniforms from ``generator``; returns nsplit [B] int64."""
+    uniforms = torch.rand(counts.shape, generator=generator, dtype=torch.float64,
+                          device=counts.device)
+    if counts.device.type == "cpu" and bool(counts[:, n_frozen:].all()):
+        # nothing to re-split (most iterations): no kernel call. Tested on the CPU only, where
+        # it costs no device synchronisation; the uniforms were drawn all the same, so the
+        # generator advances alike on every device and backend
+        return torch.zeros(counts.shape[0], dtype=torch.int64)
+    impl = select("resplit_empty", backend, centroids=centroids, counts=counts,
+                  uniforms=uniforms, n_frozen=n_frozen)
+    return impl.fn(centroids=centroids, counts=counts, uniforms=uniforms, n_frozen=n_frozen)
