@@ -2,10 +2,10 @@
 
 Registers ``assign``, ``assign_bounded``, ``knn``, ``cluster_sums``, ``resplit_empty``,
 ``row_norms`` and ``sobel``. Each implementation takes the same keyword arguments as the op's
-reference (batched, contiguous tensors), passes them to C++ as zero-copy NumPy views, allocates the outputs with
-torch and runs on :func:`fastdc.ops.threads.kernel_threads` threads. The kernels compute in
-float32; other dtypes fall back to the ``torch`` reference (the ``reasons`` functions say
-why). Importing this module fails when the extension was not built; the registry records that
+reference (batched, contiguous tensors), passes them to C++ as zero-copy NumPy views,
+allocates the outputs with torch and runs on :func:`fastdc.ops.threads.kernel_threads` threads.
+The kernels compute in float32; other dtypes fall back to the ``torch`` reference (the
+``reasons`` functions say why). Importing this module fails when the extension was not built; the registry records that
 error.
 """
 
