@@ -5,8 +5,8 @@ Registers ``assign``, ``assign_bounded``, ``knn``, ``cluster_sums``, ``resplit_e
 reference (batched, contiguous tensors), passes them to C++ as zero-copy NumPy views,
 allocates the outputs with torch and runs on :func:`fastdc.ops.threads.kernel_threads` threads.
 The kernels compute in float32; other dtypes fall back to the ``torch`` reference (the
-``reasons`` functions say why). Importing this module fails when the extension was not built; the registry records that
-error.
+``reasons`` functions say why). Importing this module fails when the extension was not built;
+the registry records that error.
 """
 
 from __future__ import annotations
