@@ -8,6 +8,8 @@
 // reference's sequential index_add_.
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -26,8 +28,10 @@ namespace {
 
 // Stable counting sort of rows by cluster: on return, the rows of cluster j are
 // order[start[j] .. start[j + 1]) in increasing row index. Throws on ids outside [0, k).
+// Row indices are Row (int32 below 2^31 rows: half the memory of int64 at N = 10^6).
+template <typename Row>
 void sort_rows_by_cluster(const i64* idx, i64 N, i64 k, std::vector<i64>& start,
-                          std::vector<i64>& order) {
+                          std::vector<Row>& order) {
     start.assign(k + 1, 0);
     for (i64 i = 0; i < N; ++i) {
         const i64 j = idx[i];
@@ -41,7 +45,7 @@ void sort_rows_by_cluster(const i64* idx, i64 N, i64 k, std::vector<i64>& start,
     for (i64 j = 0; j < k; ++j) start[j + 1] += start[j];
     std::vector<i64> next(start.begin(), start.end() - 1);
     order.resize(N);
-    for (i64 i = 0; i < N; ++i) order[next[idx[i]]++] = i;
+    for (i64 i = 0; i < N; ++i) order[next[idx[i]]++] = static_cast<Row>(i);
 }
 
 // Doubles per register-blocked chunk of D: 8 ymm accumulators of 4 doubles. The chunk loop
@@ -61,14 +65,15 @@ constexpr i64 PARALLEL_ELEMENTS = 1 << 18;
 
 // Portable: add columns [d0, d1) of the n rows rows[] of x (float32 [., D]) times their weights
 // (or 1) to acc (float64 [D], in/out), each column in row order.
-void add_rows_generic(const float* x, i64 D, const float* weights, const i64* rows, i64 n,
+template <typename Row>
+void add_rows_generic(const float* x, i64 D, const float* weights, const Row* rows, i64 n,
                       i64 d0, i64 d1, double* acc) {
     double a[CHUNK];
     for (i64 c0 = d0; c0 < d1; c0 += CHUNK) {
         const i64 len = std::min(CHUNK, d1 - c0);
         for (i64 k = 0; k < len; ++k) a[k] = acc[c0 + k];
         for (i64 t = 0; t < n; ++t) {
-            const float* xi = x + rows[t] * D + c0;
+            const float* xi = x + static_cast<i64>(rows[t]) * D + c0;
             const double w = weights != nullptr ? weights[rows[t]] : 1.0;
             for (i64 k = 0; k < len; ++k) a[k] += w * static_cast<double>(xi[k]);
         }
@@ -83,19 +88,20 @@ void add_rows_generic(const float* x, i64 D, const float* weights, const i64* ro
 // next[0 .. n_next) are the rows that come after these (next group, possibly of the next
 // cluster): each chunk pass prefetches its two cache lines of them, so the whole next group
 // is in cache by the time it is needed, a full group of work ahead.
-FASTDC_AVX2 void add_rows_avx2(const float* x, i64 D, const float* weights, const i64* rows,
-                               i64 n, const i64* next, i64 n_next, double* acc) {
+template <typename Row>
+FASTDC_AVX2 void add_rows_avx2(const float* x, i64 D, const float* weights, const Row* rows,
+                               i64 n, const Row* next, i64 n_next, double* acc) {
     const i64 full = D - D % CHUNK;
     for (i64 c0 = 0; c0 < full; c0 += CHUNK) {
         __m256d a[8];
         for (int k = 0; k < 8; ++k) a[k] = _mm256_loadu_pd(acc + c0 + 4 * k);
         for (i64 t = 0; t < n; ++t) {
             if (t < n_next) {
-                const float* ahead = x + next[t] * D + c0;
+                const float* ahead = x + static_cast<i64>(next[t]) * D + c0;
                 _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
                 _mm_prefetch(reinterpret_cast<const char*>(ahead + 16), _MM_HINT_T0);
             }
-            const float* xi = x + rows[t] * D + c0;
+            const float* xi = x + static_cast<i64>(rows[t]) * D + c0;
             const __m256d w = _mm256_set1_pd(weights != nullptr ? weights[rows[t]] : 1.0);
             for (int k = 0; k < 8; ++k)
                 a[k] = _mm256_fmadd_pd(w, _mm256_cvtps_pd(_mm_loadu_ps(xi + 4 * k)), a[k]);
@@ -109,7 +115,8 @@ FASTDC_AVX2 void add_rows_avx2(const float* x, i64 D, const float* weights, cons
 // Sum the n rows rows[] of one cluster into sum (float32 [D]) through acc (float64 [D]
 // scratch), ROW_GROUP rows at a time; returns the sum of the weights. rows[n .. n + after)
 // exist (the following clusters' rows): they are only prefetched.
-double sum_cluster(const float* x, i64 D, const float* weights, const i64* rows, i64 n,
+template <typename Row>
+double sum_cluster(const float* x, i64 D, const float* weights, const Row* rows, i64 n,
                    i64 after, bool avx2, double* acc, float* sum) {
     for (i64 d = 0; d < D; ++d) acc[d] = 0.0;
     for (i64 t0 = 0; t0 < n; t0 += ROW_GROUP) {
@@ -131,14 +138,13 @@ double sum_cluster(const float* x, i64 D, const float* weights, const i64* rows,
     return wsum;
 }
 
-}  // namespace
-
-void cluster_sums(const float* x, const i64* idx, const float* weights, i64 B, i64 N, i64 D,
-                  i64 k, float* sums, float* counts, int n_threads) {
-    if (k < 1) throw std::invalid_argument("cluster_sums: k must be >= 1");
-    const int nt = B * N * D < PARALLEL_ELEMENTS ? 1 : clamp_threads(n_threads);
+// cluster_sums with row indices of type Row.
+template <typename Row>
+void cluster_sums_as(const float* x, const i64* idx, const float* weights, i64 B, i64 N, i64 D,
+                     i64 k, float* sums, float* counts, int nt) {
     const bool avx2 = has_avx2_fma();
-    std::vector<i64> start, order;
+    std::vector<i64> start;
+    std::vector<Row> order;
     AlignedBuffer<double> acc(static_cast<i64>(nt) * std::max<i64>(D, 1));
     for (i64 b = 0; b < B; ++b) {
         const float* xb = x + b * N * D;
@@ -155,6 +161,19 @@ void cluster_sums(const float* x, const i64* idx, const float* weights, i64 B, i
                 counts[b * k + j] = static_cast<float>(w);
             }
         });
+    }
+}
+
+}  // namespace
+
+void cluster_sums(const float* x, const i64* idx, const float* weights, i64 B, i64 N, i64 D,
+                  i64 k, float* sums, float* counts, int n_threads) {
+    if (k < 1) throw std::invalid_argument("cluster_sums: k must be >= 1");
+    const int nt = B * N * D < PARALLEL_ELEMENTS ? 1 : clamp_threads(n_threads);
+    if (N <= std::numeric_limits<std::int32_t>::max()) {
+        cluster_sums_as<std::int32_t>(x, idx, weights, B, N, D, k, sums, counts, nt);
+    } else {
+        cluster_sums_as<i64>(x, idx, weights, B, N, D, k, sums, counts, nt);
     }
 }
 

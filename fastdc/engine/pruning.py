@@ -150,7 +150,9 @@ class Assigner:
         if self.bounds == "elkan":
             return self._elkan(block, centroids)
         B, m, _ = block.x.shape
-        if not self.ready or self.skip:
+        if self.ready and self.skip:
+            return self._assign_all(block, centroids)
+        if not self.ready:
             dist, idx = assign(block.x, centroids, metric="l2", **self.ops)
             if self.labels is None:
                 if m == self.n_rows and idx.device == self.out_device:
@@ -159,14 +161,10 @@ class Assigner:
                     self.labels = torch.empty(B, self.n_rows, dtype=torch.int64,
                                               device=self.out_device)
             labels = self.labels[:, block.start : block.start + m]
-            if not self.ready:  # the largest row norm, _TEST_ROWS rows at a time
-                for start in range(0, m, _TEST_ROWS):
-                    part = block.x[:, start : start + _TEST_ROWS].float()
-                    norm = torch.linalg.vector_norm(part, dim=2).amax(dim=1).double()
-                    torch.maximum(self.x_max, norm, out=self.x_max)
-            elif self.lower is not None:  # a changed label loses its bound
-                lower = self.lower[:, block.start : block.start + m]
-                lower.masked_fill_(labels != idx.to(labels.device), 0.0)
+            for start in range(0, m, _TEST_ROWS):  # the largest row norm
+                part = block.x[:, start : start + _TEST_ROWS].float()
+                norm = torch.linalg.vector_norm(part, dim=2).amax(dim=1).double()
+                torch.maximum(self.x_max, norm, out=self.x_max)
             if labels.data_ptr() != idx.data_ptr():
                 labels.copy_(idx, non_blocking=True)
             return dist, idx
@@ -187,6 +185,24 @@ class Assigner:
             if lower is not None:
                 self.lower[:, block.start : block.start + m].copy_(lower, non_blocking=True)
         return dist, idx
+
+    def _assign_all(self, block: Block, centroids: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pass that assigns every row (after passes that pruned too few), :data:`_TEST_ROWS`
+        rows at a time written into the labels, so that no second label buffer of the block's
+        size lives beside them; a changed label loses its bound l. Returns (dist, idx)."""
+        B, m, _ = block.x.shape
+        labels = self.labels[:, block.start : block.start + m]
+        dist = torch.empty(B, m, dtype=torch.float32, device=self.device)
+        for start in range(0, m, _TEST_ROWS):
+            part = slice(start, start + _TEST_ROWS)
+            dist[:, part], idx = assign(block.x[:, part], centroids, metric="l2", **self.ops)
+            idx = idx.to(labels.device)
+            if self.lower is not None:
+                lower = self.lower[:, block.start + start : block.start + start + idx.shape[1]]
+                lower.masked_fill_(labels[:, part] != idx, 0.0)
+            labels[:, part] = idx
+        return dist, labels.to(self.device, non_blocking=True)
 
     def _elkan(self, block: Block, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One block of an "elkan" pass (:func:`fastdc.ops.assign_bounded`): labels and bounds
