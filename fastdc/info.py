@@ -11,7 +11,7 @@ import torch
 from fastdc import __version__
 from fastdc.ops import registry
 
-OPS = ("assign", "knn", "cluster_sums", "resplit_empty", "sobel")
+OPS = ("assign", "assign_bounded", "knn", "cluster_sums", "resplit_empty", "sobel")
 
 
 def report() -> str:

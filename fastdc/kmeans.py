@@ -118,14 +118,17 @@ class Kmeans:
     (True or a GPU count: cluster NumPy input on the current CUDA device — one GPU per process;
     for several GPUs run one process each with ``fastdc.kmeans.kmeans(..., group=...)``),
     ``backend`` (force a fastdc backend) and ``prune`` (exact bound-based pruning of the
-    assignment step: None = automatic (default: on with the cpu backend for N * k >= 2^23,
-    N >= 32 k and niter >= 2, off on GPUs), False = off, True, "centres" or "second"; see
-    :func:`fastdc.kmeans.kmeans`). As in faiss, giving ``progressive_dim_steps`` makes
-    niter default to 10, and ``apply_pca`` is only accepted with it.
+    assignment step: None = automatic (default, with the cpu backend and niter >= 2: "elkan" for
+    d >= 64, k <= d, N * k <= 2^24 and niter >= 8, else "second" for N * k >= 2^23 and
+    N >= 32 k; off on GPUs), False = off, True, "centres", "second" or "elkan"; see
+    :func:`fastdc.kmeans.kmeans`).
+    As in faiss, giving ``progressive_dim_steps`` makes niter default to 10, and ``apply_pca`` is
+    only accepted with it.
     An unknown keyword raises TypeError. After :meth:`train`: ``centroids`` (k, d) float32,
     ``obj`` (iterations run, over all redos and steps,) float64, ``iteration_stats`` (one dict
     per iteration run, with obj, time, time_search, imbalance_factor, nsplit, pruned: the
-    fraction of rows whose distances the bounds skipped, None without pruning), ``converged_at``
+    fraction of rows whose distances the bounds skipped ("elkan": of the distances), None
+    without pruning), ``converged_at``
     (one entry per k-means run, i.e. per redo and per progressive step: the iteration where
     early_stop_threshold stopped it, None when it ran all niter), ``index`` holding the
     centroids.

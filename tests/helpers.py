@@ -67,6 +67,23 @@ def backend_params(op: str) -> list:
     return params
 
 
+ISAS = ["generic", "avx2", "avx512"]
+"""The cpu backend's SIMD paths, narrowest first."""
+
+
+def isa_params() -> list:
+    """pytest params of the cpu backend's SIMD paths (:data:`ISAS`); a path this CPU lacks is
+    skipped with the features it needs. Call only where fastdc._C is built."""
+    from fastdc.ops import cpu
+
+    def param(isa: str):
+        missing = cpu.isa_missing(isa)
+        marks = [pytest.mark.skip(reason=f"this CPU lacks {missing}")] if missing else []
+        return pytest.param(isa, id=isa, marks=marks)
+
+    return [param(isa) for isa in ISAS]
+
+
 def is_interpreted(backend: str, device: str) -> bool:
     """True when the backend runs through the (slow) Triton interpreter."""
     return backend == "triton" and device == "cpu"

@@ -14,17 +14,9 @@ cpu = pytest.importorskip("fastdc.ops.cpu")
 from fastdc.engine.pruning import error_coefficient  # noqa: E402
 from fastdc.ops import assign_bounded, cluster_sums, means_from_sums  # noqa: E402
 from fastdc.ops.assign import assign_bounded_ref, assign_ref  # noqa: E402
+from tests.helpers import isa_params  # noqa: E402
 
-ISAS = ["generic", "avx2", "avx512"]
-
-
-def _isa_param(isa: str):
-    missing = cpu.isa_missing(isa)
-    marks = [pytest.mark.skip(reason=f"this CPU lacks {missing}")] if missing else []
-    return pytest.param(isa, id=isa, marks=marks)
-
-
-ISA_PARAMS = [_isa_param(isa) for isa in ISAS]
+ISA_PARAMS = isa_params()
 
 SHAPES = [(1, 300, 7, 1), (2, 257, 33, 17), (1, 500, 40, 64), (1, 130, 9, 3), (3, 90, 5, 8),
           (1, 400, 100, 35)]

@@ -13,19 +13,16 @@ import torch
 pytest.importorskip("fastdc._C", reason="the fastdc._C extension is not built")
 cpu = pytest.importorskip("fastdc.ops.cpu")
 
-from tests.helpers import ODD_SHAPE_IDS, ODD_SHAPES, assert_assign_matches  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    ISAS,
+    ODD_SHAPE_IDS,
+    ODD_SHAPES,
+    assert_assign_matches,
+    isa_params,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-ISAS = ["generic", "avx2", "avx512"]
-
-
-def _isa_param(isa: str):
-    missing = cpu.isa_missing(isa)
-    marks = [pytest.mark.skip(reason=f"this CPU lacks {missing}")] if missing else []
-    return pytest.param(isa, id=isa, marks=marks)
-
-
-ISA_PARAMS = [_isa_param(isa) for isa in ISAS]
+ISA_PARAMS = isa_params()
 
 
 def _data(B, N, K, D, seed):

@@ -133,10 +133,11 @@ def test_automatic_choice_and_where_pruning_does_not_apply():
     assert kmeans(big, 512, niter=2, backend="torch").pruned is None
     assert kmeans(big, 1024, niter=2).pruned is None  # 16 rows per cluster: too few to pay
     assert kmeans(big, 512, niter=1).pruned is None  # one iteration: only the labels pass
-    wide = blobs(2000, 64, 8, seed=6)  # D >= 64, K <= D: per-centroid bounds by default
-    assert (kmeans(wide, 64, niter=2).pruned is not None) == (
+    wide = blobs(2000, 64, 8, seed=6)  # D >= 64, K <= D, niter >= 8: per-centroid bounds
+    assert (kmeans(wide, 64, niter=8).pruned is not None) == (
         "cpu" in registry.available("assign"))
-    assert kmeans(wide, 65, niter=2).pruned is None  # K > D, and too small for "second"
+    assert kmeans(wide, 65, niter=8).pruned is None  # K > D, and too small for "second"
+    assert kmeans(wide, 64, niter=7).pruned is None  # too few iterations to pay
     assert kmeans(x, 10, niter=3).pruned is None  # too small to pay
     assert kmeans(x, 10, niter=3, prune=False).pruned is None
     assert kmeans(x, 10, niter=3, prune=True).pruned is not None

@@ -70,7 +70,8 @@ class KMeansResult:
     result equals the full run's; "threshold": early_stop_threshold), set even when that
     happened in the last iteration. pruned: [n_iter] float64, the fraction of real rows (over
     all ranks) whose assignment the bounds proved without computing distances in each iteration
-    (0 in iteration 0), or None when the run did not prune.
+    (0 in iteration 0; with "elkan" bounds, the fraction of row-centroid distances not
+    computed), or None when the run did not prune.
     """
 
     centroids: torch.Tensor
@@ -145,8 +146,8 @@ def kmeans(
     (:mod:`fastdc.engine.pruning`; same assignments and centroids as without; "centres" and
     "second" on the cpu backend also the same dist and objective, bit for bit, elsewhere and
     with "elkan" equal up to float32 rounding). None (default): automatic on the cpu backend
-    with niter >= 2: "elkan" for D >= 64, k <= D and N * k <= 2^24, else "second" for
-    N * k >= 2^23 and N >= 32 k; off on GPUs. False: off; True: on ("second" bounds);
+    with niter >= 2: "elkan" for D >= 64, k <= D, N * k <= 2^24 and niter >= 8, else "second"
+    for N * k >= 2^23 and N >= 32 k; off on GPUs. False: off; True: on ("second" bounds);
     "centres" (Elkan's centre-centre test alone), "second" (adds Hamerly's second-distance
     bound) or "elkan" (a bound per row and centroid, N * k float32 values; cpu backend only):
     those bounds. Ignored (no pruning) for spherical k-means and non-float32 rows.
@@ -388,6 +389,13 @@ unpruned: D = 32 (N = 5 000, K = 100): 17.6 / 13.9 ms; D = 64 (N = 10 000, K = 1
 29.6 ms; D = 256 (N = 10 000, K = 100): 49.7 / 86.9 ms; D = 1024 (N = 10 000, K = 100): 253 /
 340 ms (2-core AMD EPYC Zen 3, AVX2, 2026-12-06)."""
 
+AUTO_ELKAN_MIN_NITER = 8
+"""Automatic "elkan" bounds need niter >= this: its first passes score every pair (and cost more
+than assign's), so short runs lose. DeepCluster-like rows, labels=False, 2 threads, unpruned /
+"elkan" ms at niter 4, 6, 8, 10: 10k x 256, K = 100: 17.2 / 18.7, 23.7 / 22.2, 32.0 / 24.5,
+38.3 / 27.2; 20k x 128, K = 100: 18.0 / 20.9, 25.5 / 26.2, 32.5 / 29.8, 40.9 / 31.6 (2-core AMD
+EPYC Zen 3, 2026-12-06)."""
+
 AUTO_ELKAN_MAX_WORK = 1 << 24
 """Automatic "elkan" bounds need N * K <= this (64 MB of float32 bounds) and K <= D (bounds no
 larger than the rows themselves); beyond, "second" (12 bytes a row) takes over."""
@@ -403,9 +411,10 @@ def _prune_bounds(rows: Rows, k: int, opts: LloydOptions) -> str | None:
     """The bounds the run prunes with (:mod:`fastdc.engine.pruning`), or None. Automatic
     (``prune=None``) where the rows are on the CPU and ``assign`` runs on the cpu backend
     (whose distances the pruned rows reproduce) with niter at least :data:`AUTO_PRUNE_NITER`:
-    "elkan" for D at least :data:`AUTO_ELKAN_MIN_D`, k <= D and N * k at most
-    :data:`AUTO_ELKAN_MAX_WORK`, else "second" for N * k at least :data:`AUTO_PRUNE_WORK` and
-    N at least :data:`AUTO_PRUNE_ROWS` k; off on GPUs (unmeasured). An explicit "elkan" raises
+    "elkan" for D at least :data:`AUTO_ELKAN_MIN_D`, k <= D, N * k at most
+    :data:`AUTO_ELKAN_MAX_WORK` and niter at least :data:`AUTO_ELKAN_MIN_NITER`, else
+    "second" for N * k at least :data:`AUTO_PRUNE_WORK` and N at least
+    :data:`AUTO_PRUNE_ROWS` k; off on GPUs (unmeasured). An explicit "elkan" raises
     ValueError where ``assign`` would not run on the cpu backend."""
     if opts.prune is False or opts.spherical or rows.dtype != torch.float32:
         return None
@@ -419,7 +428,8 @@ def _prune_bounds(rows: Rows, k: int, opts: LloydOptions) -> str | None:
     _, n, d = rows.shape
     if not on_cpu or opts.niter < AUTO_PRUNE_NITER:
         return None
-    if d >= AUTO_ELKAN_MIN_D and k <= d and n * k <= AUTO_ELKAN_MAX_WORK:
+    if (d >= AUTO_ELKAN_MIN_D and k <= d and n * k <= AUTO_ELKAN_MAX_WORK
+            and opts.niter >= AUTO_ELKAN_MIN_NITER):
         return "elkan"
     return "second" if n * k >= AUTO_PRUNE_WORK and n >= AUTO_PRUNE_ROWS * k else None
 

@@ -35,6 +35,17 @@ computed directly (the objective then equals the unpruned one up to float32 roun
 per-row state (previous labels int64, which the pass returns as its labels, and ``l`` float32
 with ``second``, rounded down) lives on the rows' ``out_device``, like the stop test's labels;
 ``||x||`` in E is the largest row norm of the problem.
+
+elkan (``bounds="elkan"``, the cpu backend only): a lower bound of ``||x - c_j||`` per row and
+centroid (Elkan, "Using the triangle inequality to accelerate k-means", ICML 2003), N x K float32
+on the CPU, through :func:`fastdc.ops.assign_bounded`. Its first :data:`_ELKAN_TILE_PASSES`
+passes (and any pass after one that estimated more than :data:`_ELKAN_REFRESH` of the
+distances) score every pair with assign's tile and set every bound; the others lower each bound
+by its centroid's shift and estimate only the distances whose bound does not rule the centroid
+out, with the same 2E margin (the proof is in ``csrc/cpu/assign_bounded.cpp``). Labels and
+centroids are the unpruned loop's bit for bit; the passes' dist (hence the objective) are
+estimates within E of the kernel's (the final labels pass is exact). ``pruned`` counts the
+fraction of row-centroid distances a pass did not compute, in rows.
 """
 
 from __future__ import annotations
