@@ -229,7 +229,7 @@ class Assigner:
         K = centroids.shape[1]
         if self.all_lower is None:
             self.labels = torch.empty(B, self.n_rows, dtype=torch.int64)
-            self.all_lower = torch.zeros(B, self.n_rows, K, dtype=torch.float32)
+            self.all_lower = torch.empty(B, self.n_rows, K, dtype=torch.float32)  # first pass sets
             self.shift = torch.zeros(B, K, dtype=torch.float32)
         part = slice(block.start, block.start + m)
         labels, lower = self.labels[:, part], self.all_lower[:, part]
