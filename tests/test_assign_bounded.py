@@ -2,7 +2,8 @@
 odd shapes, every SIMD path this CPU has gives the labels of that path's float32 ``assign`` bit
 for bit (its dist too with exact_dist and in the first pass, else within the error bound), its
 bounds stay below the float64 distances, and it skips most distances once the centroids settle;
-ties, re-split jumps, non-finite rows and bad input; the torch reference. Paths this CPU lacks
+ties, re-split jumps, non-finite rows and bad input; the torch reference. Bounds are stored
+beside each centroid's cumulative shift (stored - shift bounds the distance). Paths this CPU lacks
 are skipped with the feature they need."""
 
 import pytest
@@ -32,12 +33,18 @@ def _blobs(B, N, K, D, seed):
     return x, x[:, torch.randperm(N, generator=g)[:K]].contiguous()
 
 
-def _shift(old, new):
-    return (torch.linalg.vector_norm(new.double() - old.double(), dim=2) * (1 + 2.0**-22)).float()
+def _shift(cum, old, new):
+    """The cumulative shifts cum [B, K] after the centroids moved from old to new, each step
+    rounded up (as the Lloyd loop keeps them)."""
+    moved = torch.linalg.vector_norm(new.double() - old.double(), dim=2) * (1 + 2.0**-22)
+    total = cum.double() + moved
+    up = total.float()
+    return torch.where(up.double() < total, up.nextafter(torch.full_like(up, torch.inf)), up)
 
 
-def _check_pass(x, c, labels, lower, dist, isa, exact):
-    """labels = assign's; dist = assign's bits (exact) or within E of them; bounds valid."""
+def _check_pass(x, c, labels, lower, shift, dist, isa, exact):
+    """labels = assign's; dist = assign's bits (exact) or within E of them; every stored bound
+    less its centroid's cumulative shift at most the float64 distance."""
     ref_dist, ref_idx = cpu.assign_cpu(x=x, centroids=c, metric="l2", precision="fp32", isa=isa)
     assert torch.equal(labels, ref_idx)
     err = error_coefficient(x.shape[2]) * (x.norm(dim=2).double()
@@ -47,7 +54,7 @@ def _check_pass(x, c, labels, lower, dist, isa, exact):
     else:
         assert bool(((dist.double() - ref_dist.double()).abs() <= err).all())
     true = torch.cdist(x.double(), c.double())
-    assert bool((lower.double() <= true).all())
+    assert bool((lower.double() - shift.double()[:, None, :] <= true).all())
 
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)
@@ -63,11 +70,11 @@ def test_passes_give_assigns_labels_and_valid_bounds(isa, shape):
         exact = it == 0 or it % 3 == 2
         dist, done = cpu.assign_bounded_cpu(x, c, labels, lower, shift, first=it == 0,
                                             exact_dist=exact, isa=isa)
-        _check_pass(x, c, labels, lower, dist, isa, exact)
+        _check_pass(x, c, labels, lower, shift, dist, isa, exact)
         computed.append(int(done.sum()))
         sums, counts = cluster_sums(x, labels, K)
         new = torch.where(counts[..., None] > 0, means_from_sums(sums, counts), c)
-        shift, c = _shift(c, new), new.contiguous()
+        shift, c = _shift(shift, c, new), new.contiguous()
     assert computed[0] == B * N * K
     assert computed[-1] <= 0.5 * B * N * K
 
@@ -82,16 +89,17 @@ def test_ties_jumps_and_duplicates(isa):
     c = torch.cat([base[:4], base[:4], base[10:14]])[None].contiguous()
     labels = torch.empty(1, 300, dtype=torch.int64)
     lower = torch.zeros(1, 300, 12)
-    dist, _ = cpu.assign_bounded_cpu(x, c, labels, lower, torch.zeros(1, 12), first=True,
-                                     isa=isa)
-    _check_pass(x, c, labels, lower, dist, isa, exact=True)
+    start = torch.full((1, 12), 0.25)  # cumulative shifts need not start at 0
+    dist, _ = cpu.assign_bounded_cpu(x, c, labels, lower, start, first=True, isa=isa)
+    _check_pass(x, c, labels, lower, start, dist, isa, exact=True)
     assert int(((labels >= 4) & (labels < 8)).sum()) == 0  # copies 4-7 lose every tie
     new = c.clone()
     new[0, 5] = 50.0  # a far jump
     new[0, 6] = base[20]  # onto a row
-    dist, _ = cpu.assign_bounded_cpu(x, new, labels, lower, _shift(c, new), first=False,
-                                     exact_dist=True, isa=isa)
-    _check_pass(x, new, labels, lower, dist, isa, exact=True)
+    shift = _shift(start, c, new)
+    dist, _ = cpu.assign_bounded_cpu(x, new, labels, lower, shift, first=False, exact_dist=True,
+                                     isa=isa)
+    _check_pass(x, new, labels, lower, shift, dist, isa, exact=True)
 
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)
@@ -109,17 +117,19 @@ def test_non_finite_rows_are_scored_exactly(isa):
                                            isa=isa)
         assert torch.equal(labels, ref_idx)
         torch.testing.assert_close(dist, ref_dist, equal_nan=True, rtol=0, atol=0)
-        assert bool((lower[0, 3] == 0).all() and (lower[0, 10] == 0).all())
+        assert bool((lower[0, 3] == 0).all() and (lower[0, 10] == 0).all())  # read back: <= 0
 
 
 def test_reference_and_errors():
     x, c = _blobs(2, 50, 6, 5, seed=1)
     labels = torch.empty(2, 50, dtype=torch.int64)
     lower = torch.empty(2, 50, 6)
-    dist, computed = assign_bounded_ref(x, c, labels, lower, torch.zeros(2, 6), True)
+    shift = torch.rand(2, 6)
+    dist, computed = assign_bounded_ref(x, c, labels, lower, shift, True)
     ref_dist, ref_idx = assign_ref(x, c, "l2")
     assert torch.equal(labels, ref_idx) and torch.equal(dist, ref_dist)
-    assert bool((lower.double() <= torch.cdist(x.double(), c.double())).all())
+    true = torch.cdist(x.double(), c.double())
+    assert bool((lower.double() - shift.double()[:, None, :] <= true).all())
     assert computed.tolist() == [300, 300]
     dist, _ = assign_bounded(x, c, labels, lower, torch.zeros(2, 6), first=True, backend="cpu")
     assert torch.equal(labels, ref_idx)

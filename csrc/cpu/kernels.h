@@ -36,15 +36,16 @@ void assign_dist(const float* x, const float* c, const i64* idx, i64 B, i64 N, i
 
 // assign (squared L2, float32 path) with a lower bound per row and centroid, for the Lloyd
 // loop's passes (assign_bounded.cpp): most centroids of most rows are ruled out by their bounds.
-//   shift:    float32 [B, K]      an upper bound of how far each centroid moved since the bounds
-//                                 were set (read only when !first)
+//   shift:    float32 [B, K]      each centroid's cumulative shift S_j: a running sum of upper
+//                                 bounds of its moves, each step rounded up (any start value)
 //   first:    true: score every pair (labels and lower are only written)
 //   exact_dist: dist bit for bit assign's (one more exact chain per row); false: rows settled
 //             by their estimates get the estimate (within E / 2 of the exact value)
 //   labels:   int64   [B, N] in/out  each row's centroid in the previous pass (in [0, K) unless
 //                                 first); out: assign's idx
-//   lower:    float32 [B, N, K] in/out  lower bounds of ||x_i - c_j|| for the previous
-//                                 centroids; out: for these centroids
+//   lower:    float32 [B, N, K] in/out  stored bounds: lower[i, j] - S_j <= ||x_i - c_j||
+//                                 (rounded inwards) for the previous centroids and shifts;
+//                                 out: the same for these centroids and shifts
 //   dist:     float32 [B, N] out  see exact_dist (the first pass: assign's bits)
 //   computed: int64   [B] out     distances estimated besides each row's own label's (N * K when
 //                                 first)

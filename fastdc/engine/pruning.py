@@ -40,9 +40,10 @@ elkan (``bounds="elkan"``, the cpu backend only): a lower bound of ``||x - c_j||
 centroid (Elkan, "Using the triangle inequality to accelerate k-means", ICML 2003), N x K float32
 on the CPU, through :func:`fastdc.ops.assign_bounded`. Its first :data:`_ELKAN_TILE_PASSES`
 passes (and any pass after one that estimated more than :data:`_ELKAN_REFRESH` of the
-distances) score every pair with assign's tile and set every bound; the others lower each bound
-by its centroid's shift and estimate only the distances whose bound does not rule the centroid
-out, with the same 2E margin (the proof is in ``csrc/cpu/assign_bounded.cpp``). Labels and
+distances) score every pair with assign's tile and set every bound; the others read each bound
+back lowered by its centroid's moves since it was set (bounds are stored beside each centroid's
+cumulative shift, so a pass writes only the bounds it sets) and estimate only the distances
+whose bound does not rule the centroid out, with the same 2E margin (the proof is in ``csrc/cpu/assign_bounded.cpp``). Labels and
 centroids are the unpruned loop's bit for bit; the passes' dist (hence the objective) are
 estimates within E of the kernel's (the final labels pass is exact). ``pruned`` counts the
 fraction of row-centroid distances a pass did not compute, in rows.
@@ -140,8 +141,9 @@ class Assigner:
         self.x_max = torch.zeros(B, dtype=torch.float64, device=rows.device)
         if bounds == "second":
             self.lower = torch.zeros(B, N, dtype=torch.float32, device=out)
-        # "elkan": [B, N, K] bounds and [B, K] shifts on the CPU (allocated by the first pass),
-        # the distances estimated in the current pass, and whether the next pass scores all
+        # "elkan": [B, N, K] stored bounds and [B, K] cumulative shifts on the CPU (allocated by
+        # the first pass), the distances estimated in the current pass, and whether the next
+        # pass scores all
         self.all_lower: torch.Tensor | None = None
         self.shift: torch.Tensor | None = None
         self.computed = torch.zeros(B, dtype=torch.int64)
@@ -321,11 +323,16 @@ class Assigner:
 
     def moved(self, old: torch.Tensor, new: torch.Tensor) -> None:
         """Centroids went from old to new ([B, K, D] float32): lower the bounds ``l`` by the
-        largest shift of a centroid other than each row's own; with "elkan", keep every
-        centroid's shift (rounded up) for the next pass."""
-        if self.bounds == "elkan":
-            shift = torch.linalg.vector_norm(new.double() - old.double(), dim=2)
-            self.shift = (shift * (1 + 2.0**-22)).float().cpu().contiguous()
+        largest shift of a centroid other than each row's own; with "elkan", add every
+        centroid's shift to its cumulative shift (rounded up)."""
+        if self.bounds == "elkan":  # the cumulative shifts, each step rounded up
+            if self.shift is None:
+                return
+            shift = torch.linalg.vector_norm(new.double() - old.double(), dim=2).cpu()
+            total = self.shift.double() + shift * (1 + 2.0**-22)
+            up = total.float()
+            self.shift = torch.where(up.double() < total, up.nextafter(torch.full_like(up, torch.inf)),
+                                     up).contiguous()
             return
         if self.lower is None or not self.ready:
             return

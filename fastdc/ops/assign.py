@@ -161,8 +161,9 @@ def assign_bounded_ref(
     exact_dist: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference of :func:`assign_bounded`: :func:`assign_ref`'s labels and dist, and every
-    bound set to the float64 distance rounded down to float32 (``shift`` and the old bounds are
-    not needed: nothing is pruned). Returns (dist [B, N] float32, computed [B] int64 = N * K)."""
+    stored bound set to the float64 distance plus the shift, rounded down to float32 (the old
+    bounds are not needed: nothing is pruned). Returns (dist [B, N] float32, computed [B] int64
+    = N * K)."""
     dist, idx = assign_ref(x, centroids, "l2")
     labels.copy_(idx)
     B, N, _ = x.shape
@@ -170,6 +171,7 @@ def assign_bounded_ref(
     for b in range(B):
         for start in range(0, N, rows):
             exact = torch.cdist(x[b, start : start + rows].double(), centroids[b].double())
+            exact += shift[b].double()
             low = exact.float()
             low = torch.where(low.double() > exact, torch.nextafter(low, torch.zeros_like(low)),
                               low)
@@ -194,10 +196,11 @@ def assign_bounded(
     labels are still assign's, bit for bit (the cpu backend's float32 path).
 
     x: [B, N, D] float32; centroids: [B, K, D] float32; labels: [B, N] int64, in/out: each row's
-    centroid in the previous pass (read unless ``first``), replaced by this pass's; lower:
-    [B, N, K] float32, in/out: lower bounds of ||x_i - c_j|| for the previous centroids
-    (read unless ``first``), replaced by bounds for these; shift: [B, K] float32, upper bounds
-    of how far each centroid moved since the bounds were set. first: score every pair (the
+    centroid in the previous pass (read unless ``first``), replaced by this pass's; shift:
+    [B, K] float32, each centroid's cumulative shift S_j (a running sum of upper bounds of its
+    moves, rounded up at every step); lower: [B, N, K] float32, in/out: stored bounds,
+    ``lower[b, i, j] - S_j <= ||x_i - c_j||`` for the previous centroids and shifts (read
+    unless ``first``), replaced by stored bounds for these. first: score every pair (the
     first pass; labels and lower are only written). exact_dist: dist bit for bit assign's; by
     default, rows settled by their estimates get the estimate, within 2 (D + 2) 2^-24
     (||x|| + max ||c||)^2 of it. Returns (dist [B, N] float32, computed [B] int64: the
