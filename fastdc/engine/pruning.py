@@ -43,10 +43,11 @@ passes (and any pass after one that estimated more than :data:`_ELKAN_REFRESH` o
 distances) score every pair with assign's tile and set every bound; the others read each bound
 back lowered by its centroid's moves since it was set (bounds are stored beside each centroid's
 cumulative shift, so a pass writes only the bounds it sets) and estimate only the distances
-whose bound does not rule the centroid out, with the same 2E margin (the proof is in ``csrc/cpu/assign_bounded.cpp``). Labels and
-centroids are the unpruned loop's bit for bit; the passes' dist (hence the objective) are
-estimates within E of the kernel's (the final labels pass is exact). ``pruned`` counts the
-fraction of row-centroid distances a pass did not compute, in rows.
+whose bound does not rule the centroid out, with the same 2E margin (the proof is in
+``csrc/cpu/assign_bounded.cpp``). Labels and centroids are the unpruned loop's bit for bit;
+the passes' dist (hence the objective) are estimates within E of the kernel's (the final labels
+pass is exact). ``pruned`` counts the fraction of row-centroid distances a pass did not compute,
+in rows.
 """
 
 from __future__ import annotations
@@ -331,8 +332,8 @@ class Assigner:
             shift = torch.linalg.vector_norm(new.double() - old.double(), dim=2).cpu()
             total = self.shift.double() + shift * (1 + 2.0**-22)
             up = total.float()
-            self.shift = torch.where(up.double() < total, up.nextafter(torch.full_like(up, torch.inf)),
-                                     up).contiguous()
+            above = up.nextafter(torch.full_like(up, torch.inf))
+            self.shift = torch.where(up.double() < total, above, up).contiguous()
             return
         if self.lower is None or not self.ready:
             return
