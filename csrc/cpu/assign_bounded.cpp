@@ -77,11 +77,11 @@ struct Problem {
     Isa isa;
 };
 
-// A thread's scratch: candidate indices, their dot products, the close set's exact scores and
-// the rows waiting for their winner's exact score (scored 16 at a time).
+// A thread's scratch: candidate indices, their estimates and new bounds, the close set and its
+// exact scores, and the rows waiting for their winner's exact score (scored 16 at a time).
 struct Scratch {
     std::vector<int> cand;
-    std::vector<float> dots;
+    std::vector<float> est;
     std::vector<float> bound;
     std::vector<int> close;
     std::vector<float> exact;
@@ -90,7 +90,7 @@ struct Scratch {
     float pending_xsq[16];
     int n_pending = 0;
     explicit Scratch(i64 K)
-        : cand(K + 8), dots(K + 8), bound(K + 8), close(K + 8), exact(K + 16) {}
+        : cand(K + 8), est(K + 8), bound(K + 8), close(K + 8), exact(K + 16) {}
 };
 
 // E of a row with squared norm xsq, rounded up: 2 gamma (||x||^2 + max_j ||c_j||^2), at least
@@ -120,16 +120,27 @@ inline float lower_of(float est, float E) {
 // bound then (module comment), so a pass never writes back the bounds it only lowers.
 inline float stored(float l, float s) { return (l + s) * SHRINK; }
 
+// assign's dist from a row's squared norm and its winner's score: ||x||^2 + score clamped at 0
+// (NaN stays NaN).
+inline float finish(float xsq, float score) {
+    const float d = xsq + score;
+    return d < 0.0f ? 0.0f : d;
+}
+
+// x.c (D floats each) in order: the portable path's estimate.
+inline float dot_generic(const float* x, const float* c, i64 D) {
+    float acc = 0.0f;
+    for (i64 d = 0; d < D; ++d) acc += x[d] * c[d];
+    return acc;
+}
+
 // Estimates of the n centroids js into est[n], their new bounds into l[js[t]]; returns the
 // smallest estimate.
 float estimates_generic(const Problem& p, const RowTerms& r, const int* js, i64 n, float* l,
                         float* est) {
     float best = INF;
     for (i64 t = 0; t < n; ++t) {
-        const float* cj = p.c + js[t] * p.D;
-        float acc = 0.0f;
-        for (i64 d = 0; d < p.D; ++d) acc += r.x[d] * cj[d];
-        est[t] = estimate(r.xsq, p.csq[js[t]], acc);
+        est[t] = estimate(r.xsq, p.csq[js[t]], dot_generic(r.x, p.c + js[t] * p.D, p.D));
         l[js[t]] = stored(lower_of(est[t], r.E), p.shift[js[t]]);
         best = std::min(best, est[t]);
     }
@@ -306,10 +317,8 @@ void flush(const Problem& p, Scratch& s) {
         bias[r] = p.csq[s.pending_j[r]];
     }
     chain_scores(p.isa, p.D, s.n_pending, xs, cs, bias, -2.0f, score);
-    for (int r = 0; r < s.n_pending; ++r) {
-        const float v = s.pending_xsq[r] + score[r];
-        p.dist[s.pending_rows[r]] = v < 0.0f ? 0.0f : v;
-    }
+    for (int r = 0; r < s.n_pending; ++r)
+        p.dist[s.pending_rows[r]] = finish(s.pending_xsq[r], score[r]);
     s.n_pending = 0;
 }
 
@@ -353,8 +362,7 @@ i64 assign_row(const Problem& p, i64 i, Scratch& s) {
         for (i64 j = 0; j < K; ++j) cand[j] = static_cast<int>(j);
         float v;
         p.labels[i] = exact_best(p, i, cand, K, s.exact.data(), &v);
-        const float d = xsq + v;
-        p.dist[i] = d < 0.0f ? 0.0f : d;
+        p.dist[i] = finish(xsq, v);
         std::fill(l, l + K, 0.0f);
         return K;
     }
@@ -365,9 +373,7 @@ i64 assign_row(const Problem& p, i64 i, Scratch& s) {
 #if FASTDC_X86
     if (wide) dot_a = dot_avx2(xi, p.c + a * D, D);
 #endif
-    if (!wide) {
-        for (i64 d = 0; d < D; ++d) dot_a += xi[d] * p.c[a * D + d];
-    }
+    if (!wide) dot_a = dot_generic(xi, p.c + a * D, D);
     const float est_a = estimate(xsq, p.csq[a], dot_a);
     // a centroid whose bound exceeds t is worse than a by more than 2E in truth
     const float t = std::sqrt(std::max((est_a + 3.0f * E) * GROW, 0.0f)) * GROW;
@@ -377,7 +383,7 @@ i64 assign_row(const Problem& p, i64 i, Scratch& s) {
 #endif
     lower_and_test(l, p.shift, j, K, t, a, cand, &n);
     l[a] = stored(lower_of(est_a, E), p.shift[a]);
-    float* est = s.dots.data();
+    float* est = s.est.data();
     float best = est_a;
     if (n > 0) {
 #if FASTDC_X86
@@ -417,8 +423,7 @@ i64 assign_row(const Problem& p, i64 i, Scratch& s) {
     } else {
         float v;
         p.labels[i] = exact_best(p, i, close, m, s.exact.data(), &v);
-        const float d = xsq + v;
-        p.dist[i] = d < 0.0f ? 0.0f : d;
+        p.dist[i] = finish(xsq, v);
     }
     return n;
 }
@@ -504,8 +509,7 @@ void finish_row(const float* best, const int* arg, float xsq, i64* label, float*
         }
     }
     *label = j;
-    const float d = xsq + v;
-    *dist = d < 0.0f ? 0.0f : d;
+    *dist = finish(xsq, v);
 }
 
 // First pass over rows [row0, row0 + rows) of a problem; `state` holds rows * NR minima and
