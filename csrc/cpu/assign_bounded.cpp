@@ -53,6 +53,10 @@ namespace {
 constexpr float INF = std::numeric_limits<float>::infinity();
 constexpr float SHRINK = 1.0f - 0x1p-22f;  // a float32 bound rounded inwards after 1-2 roundings
 constexpr float GROW = 1.0f + 0x1p-22f;
+// The bound test compares (stored - S_j) unrounded with a threshold grown by this: exceeding
+// it, the difference would exceed the threshold after the subtraction's and SHRINK's roundings
+// too ((1 + 2^-21)(1 - 2^-24)^2 (1 - 2^-22) > 1).
+constexpr float TEST_GROW = 1.0f + 0x1p-21f;
 constexpr float RSQRT_SHRINK = 1.0f - 0x1p-9f;  // covers rsqrt's relative error (<= 1.5 2^-12)
 constexpr i64 TASK_ROWS = 128;  // rows per task of the thread pool (later passes)
 constexpr i64 NR = 16;          // centroids per packed panel in the first pass (the AVX2 tile's)
@@ -89,8 +93,10 @@ struct Scratch {
     i64 pending_j[16];
     float pending_xsq[16];
     int n_pending = 0;
+    // the task's rows' terms (prepare_rows): ||x||^2, E, the own estimate, the test threshold
+    float xsq[TASK_ROWS], E[TASK_ROWS], est_a[TASK_ROWS], t[TASK_ROWS];
     explicit Scratch(i64 K)
-        : cand(K + 8), est(K + 8), bound(K + 8), close(K + 8), exact(K + 16) {}
+        : cand(K + 16), est(K + 8), bound(K + 8), close(K + 8), exact(K + 16) {}
 };
 
 // E of a row with squared norm xsq, rounded up: 2 gamma (||x||^2 + max_j ||c_j||^2), at least
@@ -272,24 +278,32 @@ FASTDC_AVX2 void close_set_avx2(const float* est, const int* cand, i64 n, float 
     *m = count;
 }
 
-// Step 2 for 8 centroids at a time: read the bounds back (stored - cumulative shift, rounded
-// inwards) and append to cand every centroid other than `own` whose bound is at most t (cand
-// has 8 spare slots). Returns the first centroid left for the scalar loop.
+// Step 2 for 16 centroids at a time: append to cand every centroid other than `own` whose bound
+// read back (stored - cumulative shift) is not above t, a NaN one included (cand has 16 spare
+// slots). t is prepare_rows' threshold, grown to cover this subtraction's rounding and the
+// bound's inward rounding. Most groups have no candidate: one branch per 16 centroids. Returns
+// the first centroid left for the scalar loop.
 FASTDC_AVX2 i64 lower_and_test_avx2(const float* l, const float* shift, i64 K, float t, i64 own,
                                     int* cand, i64* n) {
-    const __m256 zero = _mm256_setzero_ps(), shrink = _mm256_set1_ps(SHRINK);
     const __m256 tv = _mm256_set1_ps(t);
     i64 j = 0, count = *n;
-    for (; j + 8 <= K; j += 8) {
-        __m256 v = _mm256_sub_ps(_mm256_loadu_ps(l + j), _mm256_loadu_ps(shift + j));
-        v = _mm256_max_ps(_mm256_mul_ps(v, shrink), zero);
-        unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, tv, _CMP_LE_OQ)));
-        if (static_cast<std::uint64_t>(own - j) < 8) bits &= ~(1u << (own - j));
-        const __m256i lanes =
-            _mm256_load_si256(reinterpret_cast<const __m256i*>(LANES.lanes[bits]));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(cand + count),
-                            _mm256_add_epi32(lanes, _mm256_set1_epi32(static_cast<int>(j))));
-        count += __builtin_popcount(bits);
+    for (; j + 16 <= K; j += 16) {
+        const __m256 v0 = _mm256_sub_ps(_mm256_loadu_ps(l + j), _mm256_loadu_ps(shift + j));
+        const __m256 v1 = _mm256_sub_ps(_mm256_loadu_ps(l + j + 8), _mm256_loadu_ps(shift + j + 8));
+        unsigned bits =
+            static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v0, tv, _CMP_NGT_UQ))) |
+            static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v1, tv, _CMP_NGT_UQ))) << 8;
+        if (static_cast<std::uint64_t>(own - j) < 16) bits &= ~(1u << (own - j));
+        if (bits == 0) continue;
+        for (int h = 0; h < 16; h += 8) {
+            const unsigned half = bits >> h & 0xffu;
+            const __m256i lanes =
+                _mm256_load_si256(reinterpret_cast<const __m256i*>(LANES.lanes[half]));
+            _mm256_storeu_si256(
+                reinterpret_cast<__m256i*>(cand + count),
+                _mm256_add_epi32(lanes, _mm256_set1_epi32(static_cast<int>(j + h))));
+            count += __builtin_popcount(half);
+        }
     }
     *n = count;
     return j;
@@ -300,8 +314,7 @@ FASTDC_AVX2 i64 lower_and_test_avx2(const float* l, const float* shift, i64 K, f
 void lower_and_test(const float* l, const float* shift, i64 j, i64 K, float t, i64 own,
                     int* cand, i64* n) {
     for (; j < K; ++j) {
-        const float v = std::max((l[j] - shift[j]) * SHRINK, 0.0f);
-        if (v <= t && j != own) cand[(*n)++] = static_cast<int>(j);
+        if (!(l[j] - shift[j] > t) && j != own) cand[(*n)++] = static_cast<int>(j);
     }
 }
 
@@ -350,13 +363,40 @@ i64 exact_best(const Problem& p, i64 i, const int* js, i64 n, float* out, float*
     return arg;
 }
 
-// Assign row i; returns the other centroids (not a) it estimated.
-i64 assign_row(const Problem& p, i64 i, Scratch& s) {
-    const i64 K = p.K, D = p.D;
-    const float* xi = p.x + i * D;
+// x_i . c_a, the dot product of a row's own estimate.
+float own_dot(const Problem& p, const float* xi, i64 a) {
+#if FASTDC_X86
+    if (p.isa != Isa::generic) return dot_avx2(xi, p.c + a * p.D, p.D);
+#endif
+    return dot_generic(xi, p.c + a * p.D, p.D);
+}
+
+// Steps 1-2's terms of rows [row0, row0 + rows) (rows <= TASK_ROWS) into s: ||x||^2, E, est_a
+// and the test threshold, computed for all the rows before any is tested, so that the rows'
+// independent chains (norm, error bound, estimate, square root) overlap.
+void prepare_rows(const Problem& p, i64 row0, i64 rows, Scratch& s) {
+    for (i64 r = 0; r < rows; ++r) {
+        const float* xi = p.x + (row0 + r) * p.D;
+        const i64 a = p.labels[row0 + r];
+        const float xsq = row_sq(xi, p.D);
+        const float E = error_bound(p, xsq);
+        const float est_a = estimate(xsq, p.csq[a], own_dot(p, xi, a));
+        s.xsq[r] = xsq;
+        s.E[r] = E;
+        s.est_a[r] = est_a;
+        // a centroid whose bound exceeds sqrt(est_a + 3E) is worse than a by more than 2E in
+        // truth; TEST_GROW lets the test compare the unrounded (stored - shift) with it
+        s.t[r] = std::sqrt(std::max((est_a + 3.0f * E) * GROW, 0.0f)) * GROW * TEST_GROW;
+    }
+}
+
+// Assign row i, the r-th of its task (prepare_rows' terms in s); returns the other centroids
+// (not a) it estimated.
+i64 assign_row(const Problem& p, i64 i, i64 r, Scratch& s) {
+    const i64 K = p.K;
+    const float* xi = p.x + i * p.D;
     float* l = p.lower + i * K;
-    const float xsq = row_sq(xi, D);
-    const float E = error_bound(p, xsq);
+    const float xsq = s.xsq[r], E = s.E[r], est_a = s.est_a[r], t = s.t[r];
     int* cand = s.cand.data();
     if (!std::isfinite(E)) {  // no bounds: every centroid exactly
         for (i64 j = 0; j < K; ++j) cand[j] = static_cast<int>(j);
@@ -366,17 +406,9 @@ i64 assign_row(const Problem& p, i64 i, Scratch& s) {
         std::fill(l, l + K, 0.0f);
         return K;
     }
-    const RowTerms r{xi, xsq, E};
+    const RowTerms terms{xi, xsq, E};
     const bool wide = p.isa != Isa::generic;
     const i64 a = p.labels[i];
-    float dot_a = 0.0f;
-#if FASTDC_X86
-    if (wide) dot_a = dot_avx2(xi, p.c + a * D, D);
-#endif
-    if (!wide) dot_a = dot_generic(xi, p.c + a * D, D);
-    const float est_a = estimate(xsq, p.csq[a], dot_a);
-    // a centroid whose bound exceeds t is worse than a by more than 2E in truth
-    const float t = std::sqrt(std::max((est_a + 3.0f * E) * GROW, 0.0f)) * GROW;
     i64 n = 0, j = 0;
 #if FASTDC_X86
     if (wide) j = lower_and_test_avx2(l, p.shift, K, t, a, cand, &n);
@@ -387,9 +419,10 @@ i64 assign_row(const Problem& p, i64 i, Scratch& s) {
     float best = est_a;
     if (n > 0) {
 #if FASTDC_X86
-        if (wide) best = std::min(best, estimates_avx2(p, r, cand, n, l, est, s.bound.data()));
+        if (wide)
+            best = std::min(best, estimates_avx2(p, terms, cand, n, l, est, s.bound.data()));
 #endif
-        if (!wide) best = std::min(best, estimates_generic(p, r, cand, n, l, est));
+        if (!wide) best = std::min(best, estimates_generic(p, terms, cand, n, l, est));
     }
     // the close set: every centroid within 4E of the best estimate (exact_best does not need
     // it in order); est_win: the estimate of its last member
@@ -626,8 +659,10 @@ void assign_bounded(const float* x, const float* c, const float* shift, i64 B, i
         const i64 b = task / tasks, row0 = (task % tasks) * TASK_ROWS;
         const Problem p = problem(b);
         Scratch& s = scratch[slot];
+        const i64 rows = std::min(TASK_ROWS, N - row0);
+        prepare_rows(p, row0, rows, s);
         i64 done = 0;
-        for (i64 i = row0; i < std::min(N, row0 + TASK_ROWS); ++i) done += assign_row(p, i, s);
+        for (i64 r = 0; r < rows; ++r) done += assign_row(p, row0 + r, r, s);
         flush(p, s);
         work[task] = done;
     });
