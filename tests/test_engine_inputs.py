@@ -18,6 +18,7 @@ from fastdc.engine import (
     pca_whiten,
     two_level_kmeans,
 )
+from fastdc.engine.checks import CHECK_ROWS, check_rows
 from fastdc.kmeans import Kmeans
 from fastdc.ops import registry
 from tests.helpers import blobs
@@ -39,6 +40,24 @@ def test_kmeans_refuses_rows_whose_distances_overflow():
         kmeans(batch, 4, niter=3)
     with pytest.raises(ValueError, match="row 17 has norm"):
         kmeans(huge_row_data(), 4, niter=0, init="kmeans++")
+
+
+def test_row_checks_name_bad_rows_past_the_first_chunk():
+    """check_rows reads CHECK_ROWS rows of one problem at a time: a bad row in a later chunk
+    (and of a later problem) is still found and named by its own index."""
+    n = CHECK_ROWS + 1000
+    x = torch.rand(2, n, 2)
+    x[1, CHECK_ROWS + 7, 1] = float("nan")
+    with pytest.raises(ValueError, match=f"NaN or inf at problem 1, row {CHECK_ROWS + 7}"):
+        check_rows(x)
+    x[1, CHECK_ROWS + 7, 1] = 0.5
+    x[0, CHECK_ROWS + 3, 0] = 1e30
+    with pytest.raises(ValueError, match=f"problem 0, row {CHECK_ROWS + 3} has norm 1e"):
+        check_rows(x)
+    with pytest.raises(ValueError, match=f"problem 0, row {CHECK_ROWS + 13} has norm"):
+        check_rows(x, start=10)
+    x[0, CHECK_ROWS + 3, 0] = 0.5
+    check_rows(x)  # every row fine: no error
 
 
 def test_kmeans_streaming_refuses_rows_whose_distances_overflow():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastdc.engine import FeatureStore, kmeans, kmeans_streaming
+from fastdc.engine import FeatureStore, kmeans, kmeans_streaming, pruning
 from fastdc.engine.pruning import _ELKAN_TILE_PASSES, error_coefficient
 from fastdc.kmeans import Kmeans
 from fastdc.ops import assign, registry
@@ -113,6 +113,20 @@ def test_masked_batch_in_blocks(bounds):
     opts = dict(niter=9, seed=1, mask=mask, chunk_rows=128)
     ref = kmeans(x, 12, prune=False, **opts)
     assert_same_run(kmeans(x, 12, prune=bounds, **opts), ref)
+
+
+@pytest.mark.parametrize("bounds", ["centres", "second"])
+def test_rows_tested_and_assigned_in_several_chunks(bounds, monkeypatch):
+    """Blocks larger than the rows a pass tests (or assigns) at once: the chunks' results land
+    in the right rows, in a batch of two problems too (at k = 25 a pass that prunes under 90 %
+    of the rows is followed by passes that assign every row: both kinds run)."""
+    monkeypatch.setattr(pruning, "_TEST_BYTES", 0)  # the floor: 1024 rows a test
+    monkeypatch.setattr(pruning, "_ASSIGN_ROWS", 700)
+    x = torch.stack([blobs(2600, 6, 20, seed=s) for s in range(2)])
+    ref = kmeans(x, 25, niter=10, seed=3, prune=False)
+    res = kmeans(x, 25, niter=10, seed=3, prune=bounds)
+    assert_same_run(res, ref)
+    assert float(res.pruned[1:].max()) > 0
 
 
 def test_streamed_store_prunes_like_memory():

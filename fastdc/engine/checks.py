@@ -112,25 +112,37 @@ def check_rows(x: torch.Tensor, start: int = 0) -> None:
     """Raise ValueError if a row of x [B, m, D] (rows start.. of each problem) holds NaN or inf,
     or has a norm too large for squared distances in x's compute dtype (module docstring).
 
-    One pass over x (row norms) and one host synchronisation; the error names the first bad
-    row and says how to fix it.
+    One pass over x (row norms of :data:`CHECK_ROWS` rows of one problem at a time: no
+    temporary of m rows) and one host synchronisation per such chunk; the error names the
+    first bad row and says how to fix it.
     """
+    many = x.shape[0] > 1
+    for b in range(x.shape[0]):
+        for first in range(0, x.shape[1], CHECK_ROWS):
+            _check_chunk(x[b : b + 1, first : first + CHECK_ROWS], b, start + first, many)
+
+
+CHECK_ROWS = 1 << 18
+"""Rows :func:`check_rows` checks at once: their norms take 1 MB (the norms of 10^6 rows at
+once, 4 MB, would stay in the process's heap after the check, beside the loop's buffers)."""
+
+
+def _check_chunk(x: torch.Tensor, b: int, start: int, many: bool) -> None:
+    """:func:`check_rows` of x [1, m, D], rows start.. of problem b (of several: ``many``)."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     limit = (torch.finfo(dtype).max / _NORM_MARGIN) ** 0.5
-    norms = row_norms(x)  # NaN/inf rows give NaN/inf
+    norms = row_norms(x)[0]  # NaN/inf rows give NaN/inf
     suspect = ~(norms <= limit)
     if not bool(suspect.any()):
         return
-    many = x.shape[0] > 1
-    for b in range(x.shape[0]):
-        row = first_nonfinite_row(x[b])
-        if row is not None:
-            where = _where(b, start + row, many)
-            raise ValueError(f"x contains NaN or inf at {where}; remove or impute it first")
-    exact = torch.linalg.vector_norm(x[suspect].double(), dim=-1)  # float64: no overflow
+    row = first_nonfinite_row(x[0])
+    if row is not None:
+        where = _where(b, start + row, many)
+        raise ValueError(f"x contains NaN or inf at {where}; remove or impute it first")
+    exact = torch.linalg.vector_norm(x[0, suspect].double(), dim=-1)  # float64: no overflow
     over = (exact > limit).nonzero().flatten()
     if over.numel():
-        b, row = (int(i) for i in suspect.nonzero()[over[0]])
+        row = int(suspect.nonzero()[over[0], 0])
         raise ValueError(
             f"x has rows too large for {dtype} distances: {_where(b, start + row, many)} has "
             f"norm {float(exact[over[0]]):.3g}, and squared distances overflow for norms above "

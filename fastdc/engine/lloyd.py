@@ -481,8 +481,10 @@ def _sums_pass(blocks: Iterator[Block], centroids: torch.Tensor, k: int, assigne
         with clock.searching():
             dist, idx = assigner(block, centroids)
         stop.observe(block, idx)
+        obj = block.objective(dist)
+        del dist  # before cluster_sums' own buffers (its row order: 4 bytes a row)
         sums, counts = sums_op(block, idx, k)
-        partial = (block.objective(dist), sums, counts)
+        partial = (obj, sums, counts)
         if not totals:
             totals = list(partial)  # one block: float64 of it rounds back to itself
             continue

@@ -64,7 +64,11 @@ _ROUNDING = 2.0**-24  # float32 unit roundoff
 _CHUNK_ELEMS = 1 << 19  # centre-centre scores alive at once (2 MB of float32)
 _WHOLE_BLOCK = 0.5  # above this fraction of failing rows, re-assign a problem without gathering
 _SECOND_PAYS = 0.1  # seed the second bound while the previous pass pruned this fraction of rows
-_TEST_ROWS = 1 << 16  # rows tested at once: float64 temporaries stay at a few MB
+_TEST_BYTES = 1 << 23  # rows tested at once: as many as fill this many bytes of one problem's
+# x, 2^10 to 2^16 rows; the failing rows a test gathers (up to half of them: _WHOLE_BLOCK) stay
+# below 4 MB (8 MB from D = 4096 on) and the float64 temporaries below 3 MB a problem; a chunk
+# costs ~0.15 ms of Python, 0.7 % of a pass at 10^6 x 256, K = 1 000 (2-core AMD EPYC Zen 3)
+_ASSIGN_ROWS = 1 << 16  # rows a pass that assigns every row assigns at once
 # Testing a row costs about 160/K of assigning it (the own distance, a gathered dot product,
 # against K scores; 0.4 s against 2.5 s for 1M rows, D = 256, K = 1000 on the 2-core AMD EPYC
 # Zen 4): passes after one that pruned fewer than _TEST_PAYS + _TEST_COST / K of the rows
@@ -123,6 +127,7 @@ class Assigner:
         self.device = rows.device
         B, N, D = rows.shape
         self.gamma = error_coefficient(D)
+        self.test_rows = max(1 << 10, min(1 << 16, _TEST_BYTES // (4 * max(D, 1))))
         self.pruned = torch.zeros(B, dtype=torch.int64, device=rows.device)
         self.ready = False  # labels hold a previous pass
         self.seed_second = True  # re-assign with the second distance (first pass, while it pays)
@@ -185,8 +190,8 @@ class Assigner:
                     self.labels = torch.empty(B, self.n_rows, dtype=torch.int64,
                                               device=self.out_device)
             labels = self.labels[:, block.start : block.start + m]
-            for start in range(0, m, _TEST_ROWS):  # the largest row norm
-                part = block.x[:, start : start + _TEST_ROWS].float()
+            for start in range(0, m, self.test_rows):  # the largest row norm
+                part = block.x[:, start : start + self.test_rows].float()
                 norm = torch.linalg.vector_norm(part, dim=2).amax(dim=1).double()
                 torch.maximum(self.x_max, norm, out=self.x_max)
             if labels.data_ptr() != idx.data_ptr():
@@ -199,8 +204,8 @@ class Assigner:
         if self.lower is not None:
             lower = self.lower[:, block.start : block.start + m].to(self.device)
         err = (self.gamma * (self.x_max + self.c_max) ** 2)[:, None]
-        for start in range(0, m, _TEST_ROWS):
-            part = slice(start, start + _TEST_ROWS)
+        for start in range(0, m, self.test_rows):
+            part = slice(start, start + self.test_rows)
             mask = None if block.mask is None else block.mask[:, part]
             self._test(block.x[:, part], centroids, err, mask,
                        (dist[:, part], idx[:, part], None if lower is None else lower[:, part]))
@@ -212,14 +217,15 @@ class Assigner:
 
     def _assign_all(self, block: Block, centroids: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A pass that assigns every row (after passes that pruned too few), :data:`_TEST_ROWS`
-        rows at a time written into the labels, so that no second label buffer of the block's
-        size lives beside them; a changed label loses its bound l. Returns (dist, idx)."""
+        """A pass that assigns every row (after passes that pruned too few),
+        :data:`_ASSIGN_ROWS` rows at a time written into the labels, so that no second label
+        buffer of the block's size lives beside them; a changed label loses its bound l.
+        Returns (dist, idx)."""
         B, m, _ = block.x.shape
         labels = self.labels[:, block.start : block.start + m]
         dist = torch.empty(B, m, dtype=torch.float32, device=self.device)
-        for start in range(0, m, _TEST_ROWS):
-            part = slice(start, start + _TEST_ROWS)
+        for start in range(0, m, _ASSIGN_ROWS):
+            part = slice(start, start + _ASSIGN_ROWS)
             dist[:, part], idx = assign(block.x[:, part], centroids, metric="l2", **self.ops)
             idx = idx.to(labels.device)
             if self.lower is not None:
