@@ -41,8 +41,9 @@ def test_labels_false_skips_only_the_final_pass(backend, device, monkeypatch):
     import fastdc.engine.pruning as pruning
 
     calls = []
-    real = pruning.assign
-    monkeypatch.setattr(pruning, "assign", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = pruning.Assigner._assign
+    monkeypatch.setattr(pruning.Assigner, "_assign",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
     bare = kmeans(x, 10, niter=5, seed=1, backend=backend, labels=False)
     assert len(calls) == 5  # one assign per iteration, none after the last
     assert bare.assignments is None and bare.dist is None

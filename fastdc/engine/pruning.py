@@ -134,6 +134,7 @@ class Assigner:
         self.final = False  # the pass is the last one (no bound is needed after it)
         self.skip, self.skipped = False, 0  # assign every row this pass; passes skipped so far
         self.k = 1
+        self.plain, self.plain_key = None, None  # assign's implementation (_assign) and for what
         self.real_counts = rows.real_counts()
         self.real_rows = int(self.real_counts.sum())
         self.lower: torch.Tensor | None = None
@@ -175,14 +176,14 @@ class Assigner:
         """(dist [B, m] float32, idx [B, m] int64) of the block's rows: ``assign``'s result.
         Pruned, idx is a view of the per-row labels (valid until the next pass)."""
         if self.bounds is None:
-            return assign(block.x, centroids, metric=self.metric, **self.ops)
+            return self._assign(block.x, centroids, self.metric)
         if self.bounds == "elkan":
             return self._elkan(block, centroids)
         B, m, _ = block.x.shape
         if self.ready and self.skip:
             return self._assign_all(block, centroids)
         if not self.ready:
-            dist, idx = assign(block.x, centroids, metric="l2", **self.ops)
+            dist, idx = self._assign(block.x, centroids, "l2")
             if self.labels is None:
                 if m == self.n_rows and idx.device == self.out_device:
                     self.labels = idx
@@ -215,6 +216,21 @@ class Assigner:
                 self.lower[:, block.start : block.start + m].copy_(lower, non_blocking=True)
         return dist, idx
 
+    def _assign(self, x: torch.Tensor, centroids: torch.Tensor, metric: str
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`fastdc.ops.assign` of rows x [B, m, D] (a block's) to centroids [B, K, D]
+        float32: (dist [B, m] float32, idx [B, m] int64). The loop's blocks share a dtype and
+        device, so the implementation is chosen once (again if they differ): the public op's
+        checks and the registry's choice cost about 60 us a call, a sixth of an iteration at
+        5 000 x 32, K = 100 (2-core AMD EPYC Zen 3)."""
+        args = {"x": x.contiguous(), "centroids": centroids.to(x.dtype).contiguous(),
+                "metric": metric, "precision": self.ops["precision"]}
+        key = (x.dtype, x.device, metric)
+        if key != self.plain_key:
+            self.plain = registry.select("assign", self.backend, **args).fn
+            self.plain_key = key
+        return self.plain(**args)
+
     def _assign_all(self, block: Block, centroids: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A pass that assigns every row (after passes that pruned too few),
@@ -226,7 +242,7 @@ class Assigner:
         dist = torch.empty(B, m, dtype=torch.float32, device=self.device)
         for start in range(0, m, _ASSIGN_ROWS):
             part = slice(start, start + _ASSIGN_ROWS)
-            dist[:, part], idx = assign(block.x[:, part], centroids, metric="l2", **self.ops)
+            dist[:, part], idx = self._assign(block.x[:, part], centroids, "l2")
             idx = idx.to(labels.device)
             if self.lower is not None:
                 lower = self.lower[:, block.start + start : block.start + start + idx.shape[1]]
