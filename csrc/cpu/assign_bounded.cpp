@@ -12,7 +12,8 @@
 //  2. every bound l_ij is read back lowered by the moves of centroid j since it was set;
 //     centroid j stays out when l_ij^2 > u^2 + 2E (its true squared distance exceeds a's by more
 //     than 2E, so the kernel cannot rank it first, nor tie it);
-//  3. the others get an estimate est_j (8 centroids at a time, FMA-bound) and a new bound
+//  3. the others get an estimate est_j (8 centroids at a time, FMA-bound; one at a time when
+//     there are at most FEW_ESTIMATES) and a new bound
 //     l_ij = sqrt(est_j - E); the close set is every centroid within 4E of the smallest
 //     estimate (a centroid beyond it is worse than the best one by more than 2E in truth);
 //  4. a close set of one is the winner; a larger one is scored exactly by assign's own chains
@@ -59,6 +60,7 @@ constexpr float GROW = 1.0f + 0x1p-22f;
 constexpr float TEST_GROW = 1.0f + 0x1p-21f;
 constexpr float RSQRT_SHRINK = 1.0f - 0x1p-9f;  // covers rsqrt's relative error (<= 1.5 2^-12)
 constexpr i64 TASK_ROWS = 128;  // rows per task of the thread pool (later passes)
+constexpr i64 FEW_ESTIMATES = 4;  // at most this many candidates: one dot product each
 constexpr i64 NR = 16;          // centroids per packed panel in the first pass (the AVX2 tile's)
 constexpr i64 MR = 6;           // rows per tile in the first pass (the AVX2 tile's)
 constexpr i64 BLOCK_BYTES = 192 * 1024;  // x per block of the first pass (assign's choice)
@@ -140,19 +142,6 @@ inline float dot_generic(const float* x, const float* c, i64 D) {
     return acc;
 }
 
-// Estimates of the n centroids js into est[n], their new bounds into l[js[t]]; returns the
-// smallest estimate.
-float estimates_generic(const Problem& p, const RowTerms& r, const int* js, i64 n, float* l,
-                        float* est) {
-    float best = INF;
-    for (i64 t = 0; t < n; ++t) {
-        est[t] = estimate(r.xsq, p.csq[js[t]], dot_generic(r.x, p.c + js[t] * p.D, p.D));
-        l[js[t]] = stored(lower_of(est[t], r.E), p.shift[js[t]]);
-        best = std::min(best, est[t]);
-    }
-    return best;
-}
-
 #if FASTDC_X86
 // The mask of the first D % 8 lanes (the masked last step of a dot product over d).
 FASTDC_AVX2 inline __m256i tail_mask(i64 D) {
@@ -192,7 +181,7 @@ FASTDC_AVX2 float dot_avx2(const float* x, const float* cj, i64 D) {
     return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
 }
 
-// estimates_generic, 8 centroids at a time: 8 independent FMA chains over d in steps of 8 (a
+// estimates_each, 8 centroids at a time: 8 independent FMA chains over d in steps of 8 (a
 // masked last step), one transposing horizontal sum, then the estimates and bounds as vectors.
 // A last group of fewer than 8 repeats its first centroid in the spare lanes (the same
 // estimate: the minimum is unchanged); est has room for a whole last group.
@@ -363,12 +352,26 @@ i64 exact_best(const Problem& p, i64 i, const int* js, i64 n, float* out, float*
     return arg;
 }
 
-// x_i . c_a, the dot product of a row's own estimate.
-float own_dot(const Problem& p, const float* xi, i64 a) {
+// x_i . c_j, one centroid's dot product (a row's own estimate, or a few candidates').
+float dot_with(const Problem& p, const float* xi, i64 j) {
 #if FASTDC_X86
-    if (p.isa != Isa::generic) return dot_avx2(xi, p.c + a * p.D, p.D);
+    if (p.isa != Isa::generic) return dot_avx2(xi, p.c + j * p.D, p.D);
 #endif
-    return dot_generic(xi, p.c + a * p.D, p.D);
+    return dot_generic(xi, p.c + j * p.D, p.D);
+}
+
+// Estimates of the n centroids js, one at a time, into est[n], their new bounds into l[js[t]];
+// returns the smallest estimate. The portable path's, and the AVX2 path's for at most
+// FEW_ESTIMATES centroids (a group of 8 costs as much as about five single dot products).
+float estimates_each(const Problem& p, const RowTerms& r, const int* js, i64 n, float* l,
+                     float* est) {
+    float best = INF;
+    for (i64 t = 0; t < n; ++t) {
+        est[t] = estimate(r.xsq, p.csq[js[t]], dot_with(p, r.x, js[t]));
+        l[js[t]] = stored(lower_of(est[t], r.E), p.shift[js[t]]);
+        best = std::min(best, est[t]);
+    }
+    return best;
 }
 
 // Steps 1-2's terms of rows [row0, row0 + rows) (rows <= TASK_ROWS) into s: ||x||^2, E, est_a
@@ -380,7 +383,7 @@ void prepare_rows(const Problem& p, i64 row0, i64 rows, Scratch& s) {
         const i64 a = p.labels[row0 + r];
         const float xsq = row_sq(xi, p.D);
         const float E = error_bound(p, xsq);
-        const float est_a = estimate(xsq, p.csq[a], own_dot(p, xi, a));
+        const float est_a = estimate(xsq, p.csq[a], dot_with(p, xi, a));
         s.xsq[r] = xsq;
         s.E[r] = E;
         s.est_a[r] = est_a;
@@ -417,13 +420,11 @@ i64 assign_row(const Problem& p, i64 i, i64 r, Scratch& s) {
     l[a] = stored(lower_of(est_a, E), p.shift[a]);
     float* est = s.est.data();
     float best = est_a;
-    if (n > 0) {
+    const bool grouped = wide && n > FEW_ESTIMATES;
 #if FASTDC_X86
-        if (wide)
-            best = std::min(best, estimates_avx2(p, terms, cand, n, l, est, s.bound.data()));
+    if (grouped) best = std::min(best, estimates_avx2(p, terms, cand, n, l, est, s.bound.data()));
 #endif
-        if (!wide) best = std::min(best, estimates_generic(p, terms, cand, n, l, est));
-    }
+    if (!grouped) best = std::min(best, estimates_each(p, terms, cand, n, l, est));
     // the close set: every centroid within 4E of the best estimate (exact_best does not need
     // it in order); est_win: the estimate of its last member
     const float limit = (best + 4.0f * E) * GROW;
