@@ -52,6 +52,21 @@ def test_fallback_is_logged_once(fake_op, caplog):
     assert len(messages) == 1
 
 
+def test_select_once_chooses_again_only_when_the_key_changes(fake_op, monkeypatch):
+    chosen = []
+    real = backends.select
+    monkeypatch.setattr(backends, "select",
+                        lambda *a, **kw: chosen.append(a) or real(*a, **kw))
+    op = backends.SelectOnce(fake_op)
+    x32, x64 = torch.zeros(2), torch.zeros(2, dtype=torch.float64)
+    assert op(torch.float32, x=x32) == "cpu" and op(torch.float32, x=x32) == "cpu"
+    assert len(chosen) == 1
+    assert op(torch.float64, x=x64) == "torch" and len(chosen) == 2
+    assert op(None, x=x32) == "cpu" and op(None, x=x32) == "cpu" and len(chosen) == 3
+    with pytest.raises(backends.BackendError, match="needs tensors on a CUDA device"):
+        backends.SelectOnce(fake_op, "cuda")(None, x=x32)
+
+
 def test_env_variable_forces_backend(fake_op, monkeypatch):
     monkeypatch.setenv("FASTDC_BACKEND", "torch")
     assert backends.select(fake_op, x=torch.zeros(2)).backend == "torch"

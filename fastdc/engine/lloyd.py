@@ -272,7 +272,7 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
     log = _Log(opts.verbose, rows, k, opts.niter)
     stop = StopCheck(rows, opts.early_stop_threshold)
     assigner = Assigner(rows, metric, opts.backend, _prune_bounds(rows, k, opts), opts.precision)
-    sums_op = _ClusterSums(opts.backend)
+    sums_op = registry.SelectOnce("cluster_sums", opts.backend)
     with _kernel_cores(rows, opts):
         for it in range(opts.niter):
             blocks = _blocks(rows, opts.check_finite and it == 0)
@@ -445,36 +445,13 @@ def _blocks(rows: Rows, check: bool) -> Iterator[Block]:
         yield block
 
 
-class _ClusterSums:
-    """:func:`fastdc.ops.cluster_sums` of the loop's blocks and their labels. The ops' checks
-    and the registry's choice cost about 25 us a call (5 % of an iteration at 5 000 x 32,
-    K = 100, 2-core AMD EPYC Zen 3): the implementation is chosen at the first block and again
-    only when a block's dtype, device or weights differ."""
-
-    def __init__(self, backend: str | None) -> None:
-        self.backend = backend
-        self.key: tuple | None = None
-        self.fn = None
-
-    def __call__(self, block: Block, idx: torch.Tensor, k: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sums [B, k, D] float32, counts [B, k] float32) of block.x [B, m, D] by idx [B, m]
-        int64 in [0, k) (assign's labels), weighted by block.weights."""
-        inputs = {"x": block.x.contiguous(), "idx": idx.contiguous(), "k": k,
-                  "weights": None if block.weights is None else block.weights.contiguous()}
-        key = (block.x.dtype, block.x.device, block.weights is None)
-        if key != self.key:
-            self.fn = registry.select("cluster_sums", self.backend, **inputs).fn
-            self.key = key
-        return self.fn(**inputs)
-
-
 def _sums_pass(blocks: Iterator[Block], centroids: torch.Tensor, k: int, assigner: Assigner,
-               sums_op: _ClusterSums, clock: _Clock, stop: StopCheck
+               sums_op: registry.SelectOnce, clock: _Clock, stop: StopCheck
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """assign + cluster_sums on every block (whose labels ``stop`` observes); returns
     (objective [B] float64, sums [B, k, D] float32, counts [B, k] float32) summed by the
-    accumulation rule (module docstring)."""
+    accumulation rule (module docstring). ``sums_op``: cluster_sums, chosen once for the
+    blocks."""
     totals: list[torch.Tensor] = []
     assigner.begin(centroids)
     for block in blocks:
@@ -483,7 +460,9 @@ def _sums_pass(blocks: Iterator[Block], centroids: torch.Tensor, k: int, assigne
         stop.observe(block, idx)
         obj = block.objective(dist)
         del dist  # before cluster_sums' own buffers (its row order: 4 bytes a row)
-        sums, counts = sums_op(block, idx, k)
+        weights = None if block.weights is None else block.weights.contiguous()
+        sums, counts = sums_op((block.x.dtype, block.x.device, weights is None),
+                               x=block.x.contiguous(), idx=idx.contiguous(), k=k, weights=weights)
         partial = (obj, sums, counts)
         if not totals:
             totals = list(partial)  # one block: float64 of it rounds back to itself

@@ -134,7 +134,7 @@ class Assigner:
         self.final = False  # the pass is the last one (no bound is needed after it)
         self.skip, self.skipped = False, 0  # assign every row this pass; passes skipped so far
         self.k = 1
-        self.plain, self.plain_key = None, None  # assign's implementation (_assign) and for what
+        self.plain = registry.SelectOnce("assign", backend)  # _assign's
         self.real_counts = rows.real_counts()
         self.real_rows = int(self.real_counts.sum())
         self.lower: torch.Tensor | None = None
@@ -154,9 +154,8 @@ class Assigner:
         self.all_lower: torch.Tensor | None = None
         self.shift: torch.Tensor | None = None
         self.computed = torch.zeros(B, dtype=torch.int64)
-        # assign_bounded's implementation, chosen at the first block (the public op's checks
-        # and the registry's choice cost about 25 us a call, 5 % of a pass at 5 000 x 32)
-        self.bounded = None
+        # assign_bounded's implementation: contiguous float32 CPU tensors in every pass
+        self.bounded = registry.SelectOnce("assign_bounded", backend)
         self.refresh = True
         self.passes = 0
 
@@ -219,17 +218,11 @@ class Assigner:
     def _assign(self, x: torch.Tensor, centroids: torch.Tensor, metric: str
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`fastdc.ops.assign` of rows x [B, m, D] (a block's) to centroids [B, K, D]
-        float32: (dist [B, m] float32, idx [B, m] int64). The loop's blocks share a dtype and
-        device, so the implementation is chosen once (again if they differ): the public op's
-        checks and the registry's choice cost about 60 us a call, a sixth of an iteration at
-        5 000 x 32, K = 100 (2-core AMD EPYC Zen 3)."""
-        args = {"x": x.contiguous(), "centroids": centroids.to(x.dtype).contiguous(),
-                "metric": metric, "precision": self.ops["precision"]}
-        key = (x.dtype, x.device, metric)
-        if key != self.plain_key:
-            self.plain = registry.select("assign", self.backend, **args).fn
-            self.plain_key = key
-        return self.plain(**args)
+        float32: (dist [B, m] float32, idx [B, m] int64), the implementation chosen once for
+        the loop's blocks (:class:`fastdc.ops.registry.SelectOnce`)."""
+        return self.plain((x.dtype, x.device, metric), x=x.contiguous(),
+                          centroids=centroids.to(x.dtype).contiguous(), metric=metric,
+                          precision=self.ops["precision"])
 
     def _assign_all(self, block: Block, centroids: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,12 +256,10 @@ class Assigner:
         labels, lower = self.labels[:, part], self.all_lower[:, part]
         lab = labels if labels.is_contiguous() else labels.contiguous()
         low = lower if lower.is_contiguous() else lower.contiguous()
-        args = {"x": block.x.float().contiguous(), "centroids": centroids.contiguous(),
-                "labels": lab, "lower": low, "shift": self.shift, "first": self.refresh,
-                "exact_dist": self.final}
-        if self.bounded is None:  # contiguous float32 CPU tensors in every pass: choose once
-            self.bounded = registry.select("assign_bounded", self.backend, **args).fn
-        dist, computed = self.bounded(**args)
+        dist, computed = self.bounded(None, x=block.x.float().contiguous(),
+                                      centroids=centroids.contiguous(), labels=lab, lower=low,
+                                      shift=self.shift, first=self.refresh,
+                                      exact_dist=self.final)
         if lab is not labels:
             labels.copy_(lab)
             lower.copy_(low)
