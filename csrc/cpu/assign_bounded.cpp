@@ -267,7 +267,7 @@ FASTDC_AVX2 void close_set_avx2(const float* est, const int* cand, i64 n, float 
     *m = count;
 }
 
-// Step 2 for 32 centroids at a time: append to cand every centroid other than `own` whose bound
+// Step 2 for 32 centroids at a time (then 8): append to cand every centroid other than `own` whose bound
 // read back (stored - cumulative shift) is not above t, a NaN one included (cand has 32 spare
 // slots). t is prepare_rows' threshold, grown to cover this subtraction's rounding and the
 // bound's inward rounding. Most groups have no candidate: one branch per 32 centroids (one
@@ -297,6 +297,16 @@ FASTDC_AVX2 i64 lower_and_test_avx2(const float* l, const float* shift, i64 K, f
                 _mm256_add_epi32(lanes, _mm256_set1_epi32(static_cast<int>(j + h))));
             count += __builtin_popcount(part);
         }
+    }
+    for (; j + 8 <= K; j += 8) {
+        unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(
+            _mm256_sub_ps(_mm256_loadu_ps(l + j), _mm256_loadu_ps(shift + j)), tv, _CMP_NGT_UQ)));
+        if (static_cast<std::uint64_t>(own - j) < 8) bits &= ~(1u << (own - j));
+        if (bits == 0) continue;
+        const __m256i lanes = _mm256_load_si256(reinterpret_cast<const __m256i*>(LANES.lanes[bits]));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(cand + count),
+                            _mm256_add_epi32(lanes, _mm256_set1_epi32(static_cast<int>(j))));
+        count += __builtin_popcount(bits);
     }
     *n = count;
     return j;
