@@ -93,9 +93,9 @@ struct Scratch {
     std::vector<float> exact;
     i64 pending_rows[16];
     i64 pending_j[16];
-    float pending_xsq[16];
     int n_pending = 0;
-    // the task's rows' terms (prepare_rows): ||x||^2, E, the own estimate, the test threshold
+    // the task's rows' terms (prepare_rows): ||x||^2 (in any summation order), E, the own
+    // estimate, the test threshold
     float xsq[TASK_ROWS], E[TASK_ROWS], est_a[TASK_ROWS], t[TASK_ROWS];
     explicit Scratch(i64 K)
         : cand(K + 32), est(K + 8), bound(K + 8), close(K + 8), exact(K + 16) {}
@@ -179,6 +179,31 @@ FASTDC_AVX2 float dot_avx2(const float* x, const float* cj, i64 D) {
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+
+// x.c_j and ||x||^2 in one pass over x (prepare_rows' own estimate and the row's norm for the
+// estimates and E: any summation order is within the bounds of pruning.py; the exact dist of
+// a row takes row_sq's bits instead).
+FASTDC_AVX2 void dot_and_sq_avx2(const float* x, const float* cj, i64 D, float* dot, float* sq) {
+    const i64 full = D / 8 * 8;
+    __m256 acc = _mm256_setzero_ps(), acc_sq = _mm256_setzero_ps();
+    for (i64 d = 0; d < full; d += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + d);
+        acc = _mm256_fmadd_ps(xv, _mm256_loadu_ps(cj + d), acc);
+        acc_sq = _mm256_fmadd_ps(xv, xv, acc_sq);
+    }
+    if (full < D) {
+        const __m256i m = tail_mask(D);
+        const __m256 xv = _mm256_maskload_ps(x + full, m);
+        acc = _mm256_fmadd_ps(xv, _mm256_maskload_ps(cj + full, m), acc);
+        acc_sq = _mm256_fmadd_ps(xv, xv, acc_sq);
+    }
+    // both horizontal sums at once: lanes 0-3 of h hold the dot's halves, 4-7 the norm's
+    const __m256 h = _mm256_hadd_ps(acc, acc_sq);  // [d01 d23 s01 s23 | d45 d67 s45 s67]
+    const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    const __m128 r = _mm_hadd_ps(q, q);  // [dot, sq, dot, sq]
+    *dot = _mm_cvtss_f32(r);
+    *sq = _mm_cvtss_f32(_mm_movehdup_ps(r));
 }
 
 // estimates_each, 8 centroids at a time: 8 independent FMA chains over d in steps of 8 (a
@@ -334,7 +359,7 @@ void flush(const Problem& p, Scratch& s) {
     }
     chain_scores(p.isa, p.D, s.n_pending, xs, cs, bias, -2.0f, score);
     for (int r = 0; r < s.n_pending; ++r)
-        p.dist[s.pending_rows[r]] = finish(s.pending_xsq[r], score[r]);
+        p.dist[s.pending_rows[r]] = finish(row_sq(xs[r], p.D), score[r]);
     s.n_pending = 0;
 }
 
@@ -395,9 +420,16 @@ void prepare_rows(const Problem& p, i64 row0, i64 rows, Scratch& s) {
     for (i64 r = 0; r < rows; ++r) {
         const float* xi = p.x + (row0 + r) * p.D;
         const i64 a = p.labels[row0 + r];
-        const float xsq = row_sq(xi, p.D);
+        float xsq, dot;
+#if FASTDC_X86
+        if (p.isa != Isa::generic) dot_and_sq_avx2(xi, p.c + a * p.D, p.D, &dot, &xsq);
+#endif
+        if (p.isa == Isa::generic) {
+            xsq = row_sq(xi, p.D);
+            dot = dot_generic(xi, p.c + a * p.D, p.D);
+        }
         const float E = error_bound(p, xsq);
-        const float est_a = estimate(xsq, p.csq[a], dot_with(p, xi, a));
+        const float est_a = estimate(xsq, p.csq[a], dot);
         s.xsq[r] = xsq;
         s.E[r] = E;
         s.est_a[r] = est_a;
@@ -419,7 +451,7 @@ i64 assign_row(const Problem& p, i64 i, i64 r, Scratch& s) {
         for (i64 j = 0; j < K; ++j) cand[j] = static_cast<int>(j);
         float v;
         p.labels[i] = exact_best(p, i, cand, K, s.exact.data(), &v);
-        p.dist[i] = finish(xsq, v);
+        p.dist[i] = finish(row_sq(xi, p.D), v);
         std::fill(l, l + K, 0.0f);
         return K;
     }
@@ -470,12 +502,11 @@ i64 assign_row(const Problem& p, i64 i, i64 r, Scratch& s) {
         p.labels[i] = close[0];
         s.pending_rows[s.n_pending] = i;
         s.pending_j[s.n_pending] = close[0];
-        s.pending_xsq[s.n_pending] = xsq;
         if (++s.n_pending == 16) flush(p, s);
     } else {
         float v;
         p.labels[i] = exact_best(p, i, close, m, s.exact.data(), &v);
-        p.dist[i] = finish(xsq, v);
+        p.dist[i] = finish(row_sq(xi, p.D), v);
     }
     return n;
 }

@@ -316,15 +316,17 @@ class Assigner:
         """Close a pass: returns the real rows pruned in it, [B] (this rank): int64, or with
         "elkan" float64, the real rows times the fraction of distances the pass did not
         compute (padding rows count in that fraction)."""
-        if self.bounds == "elkan":
-            computed, self.computed = self.computed, torch.zeros_like(self.computed)
+        if self.bounds == "elkan":  # a few numbers per problem: Python floats, one tensor
+            computed = self.computed.tolist()
+            self.computed.zero_()
             total = self.n_rows * self.k
             self.passes += 1
             self.refresh = self.passes < _ELKAN_TILE_PASSES or not self.refresh and (
-                float(computed.sum()) > _ELKAN_REFRESH * total * computed.numel())
+                sum(computed) > _ELKAN_REFRESH * total * len(computed))
             self.ready = True
-            skipped = 1 - computed.double() / total
-            return (skipped * self.real_counts).to(self.device)
+            return torch.tensor([(1 - done / total) * real for done, real in
+                                 zip(computed, self.real_counts.tolist(), strict=True)],
+                                dtype=torch.float64)
         pruned, self.pruned = self.pruned, torch.zeros_like(self.pruned)
         if self.ready and not self.skip:
             fraction = float(pruned.sum()) / max(self.real_rows, 1)
@@ -348,12 +350,14 @@ class Assigner:
         if self.bounds == "elkan":  # the cumulative shifts, each step rounded up
             if self.shift is None:
                 return
-            shift = torch.linalg.vector_norm(new.double() - old.double(), dim=2).cpu()
-            # the float64 norm's own rounding is far below 2^-22; rounding the total to float32
-            # loses at most 2^-24 relative (2^-150 absolute among subnormals), which the factor
-            # 1 + 2^-23 and the term 2^-149 cover: the float32 total is never below the sum
-            total = self.shift.double() + shift * (1 + 2.0**-22)
-            self.shift = total.mul_(1 + 2.0**-23).add_(2.0**-149).float()
+            # the float32 differences are within 2^-24 of the true ones (relative), so their
+            # float64 norm is at least (1 - 2^-24) times the true move, and that norm's own
+            # rounding is far below 2^-22; rounding the total to float32 loses at most 2^-24
+            # relative (2^-150 absolute among subnormals), which the factor 1 + 2^-23 and the
+            # term 2^-149 cover: the float32 total is never below the sum
+            shift = torch.linalg.vector_norm(new - old, dim=2, dtype=torch.float64)
+            self.shift = (shift.mul_(1 + 2.0**-22).add_(self.shift).mul_(1 + 2.0**-23)
+                          .add_(2.0**-149).float())
             return
         if self.lower is None or not self.ready:
             return
