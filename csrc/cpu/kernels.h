@@ -53,6 +53,24 @@ void assign_bounded(const float* x, const float* c, const float* shift, i64 B, i
                     i64 D, bool first, bool exact_dist, i64* labels, float* lower, float* dist,
                     i64* computed, int n_threads, Isa isa);
 
+// One Lloyd iteration of rows held in one block (lloyd_step.cpp): assign (or assign_bounded's
+// pass), cluster_sums, the means, resplit_empty; the kernels' own results, bit for bit.
+//   x, weights (or nullptr), uniforms, n_frozen: as cluster_sums and resplit_empty take them
+//   c:        float32 [B, K, D]      the iteration's centroids
+//   labels:   int64   [B, N] out     assign's idx (in/out with bounds: assign_bounded's labels)
+//   dist:     float32 [B, N] out     assign's dist (with bounds: assign_bounded's, not exact)
+//   lower, shift: nullptr (assign's tile), or assign_bounded's bounds [B, N, K] and cumulative
+//             shifts [B, K] (in/out: the shifts then grow by upper bounds of the centroids'
+//             moves to new_c, rounded up); first: assign_bounded's
+//   new_c:    float32 [B, K, D] out  the new centroids: means (the n_frozen first kept from c),
+//                                    empty clusters re-split
+//   counts:   float32 [B, K] out     cluster_sums' counts (before the re-split)
+//   nsplit:   int64   [B] out        clusters re-split
+//   computed: int64   [B] out        assign_bounded's (N * K without bounds)
+void lloyd_step(const float* x, const float* c, const float* weights, const double* uniforms,
+                i64 B, i64 N, i64 K, i64 D, i64 n_frozen, i64* labels, float* dist,
+                float* lower, float* shift, bool first, float* new_c, float* counts,
+                i64* nsplit, i64* computed, int n_threads, Isa isa, bool bf16);
 // CPU features the bf16 pass of assign needs that this CPU lacks, space-separated ("" if none).
 std::string bf16_missing();
 

@@ -97,6 +97,47 @@ void assign_bounded_py(const Array<float>& x, const Array<float>& c, const Array
                            np_, n_threads, path);
 }
 
+void lloyd_step_py(const Array<float>& x, const Array<float>& c,
+                   const std::optional<Array<float>>& weights, const Array<double>& uniforms,
+                   i64 n_frozen, Array<i64>& labels, Array<float>& dist,
+                   std::optional<Array<float>>& lower, std::optional<Array<float>>& shift,
+                   bool first, Array<float>& new_c, Array<float>& counts, Array<i64>& nsplit,
+                   Array<i64>& computed, int n_threads, const std::string& isa, bool bf16) {
+    const auto xs = shape_of(x, 3, "x"), cs = shape_of(c, 3, "centroids");
+    const auto ls = shape_of(labels, 2, "labels"), ds = shape_of(dist, 2, "dist");
+    const i64 B = xs[0], N = xs[1], D = xs[2], K = cs[1];
+    expect(cs[0] == B && cs[2] == D, "centroids must be [B, K, D] matching x [B, N, D]");
+    expect(ls[0] == B && ls[1] == N && ds == ls, "labels and dist must be [B, N]");
+    expect(shape_of(uniforms, 2, "uniforms") == std::vector<i64>{B, K} &&
+               shape_of(counts, 2, "counts") == std::vector<i64>{B, K},
+           "uniforms and counts must be [B, K]");
+    expect(shape_of(new_c, 3, "new_centroids") == cs, "new_centroids must be [B, K, D]");
+    expect(shape_of(nsplit, 1, "nsplit")[0] == B && shape_of(computed, 1, "computed")[0] == B,
+           "nsplit and computed must be [B]");
+    expect(n_frozen >= 0 && n_frozen <= K, "n_frozen must be in [0, K]");
+    expect(lower.has_value() == shift.has_value(), "give both lower and shift, or neither");
+    const float* wp = nullptr;
+    if (weights) {
+        expect(shape_of(*weights, 2, "weights") == ls, "weights must be [B, N] like labels");
+        wp = weights->data();
+    }
+    float *bp = nullptr, *sp = nullptr;
+    if (lower) {
+        expect(shape_of(*lower, 3, "lower") == std::vector<i64>{B, N, K}, "lower must be [B, N, K]");
+        expect(shape_of(*shift, 2, "shift") == std::vector<i64>{B, K}, "shift must be [B, K]");
+        bp = lower->mutable_data();
+        sp = shift->mutable_data();
+    }
+    const fastdc::Isa path = fastdc::resolve_isa(isa);
+    const float *xp = x.data(), *cp = c.data();
+    const double* up = uniforms.data();
+    i64 *lp = labels.mutable_data(), *np_ = nsplit.mutable_data(), *kp = computed.mutable_data();
+    float *dp = dist.mutable_data(), *op = new_c.mutable_data(), *cnt = counts.mutable_data();
+    py::gil_scoped_release release;
+    fastdc::lloyd_step(xp, cp, wp, up, B, N, K, D, n_frozen, lp, dp, bp, sp, first, op, cnt, np_,
+                       kp, n_threads, path, bf16);
+}
+
 void knn_py(const Array<float>& x, const Array<float>& y, i64 k, bool ip, Array<float>& dist,
             Array<i64>& idx, int n_threads) {
     const auto xs = shape_of(x, 3, "x"), ys = shape_of(y, 3, "y");
@@ -263,6 +304,20 @@ PYBIND11_MODULE(_C, m) {
           py::arg("n_threads"),
           "knn(x f32[B,N,D], y f32[B,M,D], k, ip, dist f32[B,N,k] out, idx i64[B,N,k] out, "
           "n_threads): k best rows of y per row of x, best first, ties -> smallest index.");
+    m.def("lloyd_step", &lloyd_step_py, py::arg("x").noconvert(),
+          py::arg("centroids").noconvert(), py::arg("weights").noconvert().none(true),
+          py::arg("uniforms").noconvert(), py::arg("n_frozen"), py::arg("labels").noconvert(),
+          py::arg("dist").noconvert(), py::arg("lower").noconvert().none(true),
+          py::arg("shift").noconvert().none(true), py::arg("first"),
+          py::arg("new_centroids").noconvert(), py::arg("counts").noconvert(),
+          py::arg("nsplit").noconvert(), py::arg("computed").noconvert(), py::arg("n_threads"),
+          py::arg("isa") = "", py::arg("bf16") = false,
+          "lloyd_step(x f32[B,N,D], centroids f32[B,K,D], weights f32[B,N]|None, uniforms "
+          "f64[B,K], n_frozen, labels i64[B,N] out (in/out with bounds), dist f32[B,N] out, "
+          "lower f32[B,N,K]|None in/out, shift f32[B,K]|None in/out, first, new_centroids "
+          "f32[B,K,D] out, counts f32[B,K] out, nsplit i64[B] out, computed i64[B] out, "
+          "n_threads, isa='', bf16=False): one Lloyd iteration (assign or assign_bounded, "
+          "cluster_sums, means, resplit_empty, shifts) in one call.");
     m.def("cluster_sums", &cluster_sums_py, py::arg("x").noconvert(), py::arg("idx").noconvert(),
           py::arg("weights").noconvert().none(true), py::arg("sums").noconvert(),
           py::arg("counts").noconvert(), py::arg("n_threads"),

@@ -56,6 +56,7 @@ import torch
 
 from fastdc.engine.rows import Block, Rows
 from fastdc.ops import assign, assign_dist, registry
+from fastdc.ops.lloyd_step import grow_shifts
 
 PRUNE_BOUNDS = ("centres", "second", "elkan")
 """The bounds :class:`Assigner` can prune with (module docstring)."""
@@ -243,15 +244,25 @@ class Assigner:
             labels[:, part] = idx
         return dist, labels.to(self.device, non_blocking=True)
 
+    def elkan_state(self, k: int) -> dict:
+        """The "elkan" state for this pass as :func:`fastdc.ops.lloyd_step` takes it (labels
+        [B, N] int64, lower [B, N, k] and shift [B, k] float32, all of this rank's rows; first:
+        whether the pass scores every pair), allocated by the first pass; the caller adds the
+        pass's computed distances to :attr:`computed` and, having grown the shifts itself,
+        skips :meth:`moved`."""
+        if self.all_lower is None:
+            B = self.real_counts.numel()
+            self.labels = torch.empty(B, self.n_rows, dtype=torch.int64)
+            self.all_lower = torch.empty(B, self.n_rows, k, dtype=torch.float32)  # first pass sets
+            self.shift = torch.zeros(B, k, dtype=torch.float32)
+        return {"labels": self.labels, "lower": self.all_lower, "shift": self.shift,
+                "first": self.refresh}
+
     def _elkan(self, block: Block, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One block of an "elkan" pass (:func:`fastdc.ops.assign_bounded`): labels and bounds
         of the block's rows updated in place; returns (dist, idx view of the labels)."""
         B, m, _ = block.x.shape
-        K = centroids.shape[1]
-        if self.all_lower is None:
-            self.labels = torch.empty(B, self.n_rows, dtype=torch.int64)
-            self.all_lower = torch.empty(B, self.n_rows, K, dtype=torch.float32)  # first pass sets
-            self.shift = torch.zeros(B, K, dtype=torch.float32)
+        self.elkan_state(centroids.shape[1])
         part = slice(block.start, block.start + m)
         labels, lower = self.labels[:, part], self.all_lower[:, part]
         lab = labels if labels.is_contiguous() else labels.contiguous()
@@ -348,16 +359,8 @@ class Assigner:
         largest shift of a centroid other than each row's own; with "elkan", add every
         centroid's shift to its cumulative shift (rounded up)."""
         if self.bounds == "elkan":  # the cumulative shifts, each step rounded up
-            if self.shift is None:
-                return
-            # the float32 differences are within 2^-24 of the true ones (relative), so their
-            # float64 norm is at least (1 - 2^-24) times the true move, and that norm's own
-            # rounding is far below 2^-22; rounding the total to float32 loses at most 2^-24
-            # relative (2^-150 absolute among subnormals), which the factor 1 + 2^-23 and the
-            # term 2^-149 cover: the float32 total is never below the sum
-            shift = torch.linalg.vector_norm(new - old, dim=2, dtype=torch.float64)
-            self.shift = (shift.mul_(1 + 2.0**-22).add_(self.shift).mul_(1 + 2.0**-23)
-                          .add_(2.0**-149).float())
+            if self.shift is not None:
+                grow_shifts(self.shift, old, new)
             return
         if self.lower is None or not self.ready:
             return

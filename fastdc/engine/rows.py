@@ -80,6 +80,10 @@ class Rows(ABC):
     def blocks(self) -> Iterator[Block]:
         """One pass over this rank's rows, in row order (at least one block)."""
 
+    def single_block(self) -> bool:
+        """Whether every pass reads all of this rank's rows as one block."""
+        return False
+
     @abstractmethod
     def real_counts(self) -> torch.Tensor:
         """[B] int64 (CPU): the real rows of each problem on this rank."""
@@ -125,6 +129,10 @@ class TensorRows(Rows):
 
     def _columns(self) -> tuple:
         return self.x, self.weights, None
+
+    def single_block(self) -> bool:
+        """Whether ``chunk_rows`` (if any) covers every row."""
+        return self.step >= self.x.shape[1]
 
     def _rows(self, t: torch.Tensor | None, start: int) -> torch.Tensor | None:
         return None if t is None else t[:, start : start + self.step]
@@ -189,6 +197,10 @@ class StoreRows(Rows):
         """The store's chunks, as [1, m, D] float32 blocks on the device."""
         for start, x in device_chunks(self.store, self.chunk_rows, self.device):
             yield Block(start, x.unsqueeze(0))
+
+    def single_block(self) -> bool:
+        """Whether ``chunk_rows`` covers the whole store."""
+        return self.chunk_rows >= len(self.store)
 
     def real_counts(self) -> torch.Tensor:
         """[1] int64: the store's N."""

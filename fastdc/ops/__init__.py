@@ -11,6 +11,7 @@ from fastdc.ops.assign import assign, assign_bounded, assign_dist
 from fastdc.ops.checks import first_nonfinite_row
 from fastdc.ops.cluster_sums import cluster_sums, means_from_sums, update_centroids
 from fastdc.ops.knn import knn
+from fastdc.ops.lloyd_step import lloyd_step
 from fastdc.ops.resplit_empty import resplit_empty
 from fastdc.ops.row_norms import row_norms
 from fastdc.ops.sobel import IMAGENET_MEAN, IMAGENET_STD, Sobel, sobel, sobel_weights
@@ -25,6 +26,7 @@ __all__ = [
     "cluster_sums",
     "first_nonfinite_row",
     "knn",
+    "lloyd_step",
     "means_from_sums",
     "registry",
     "resplit_empty",

@@ -181,6 +181,42 @@ def assign_bounded_cpu(x: torch.Tensor, centroids: torch.Tensor, labels: torch.T
     return dist, computed
 
 
+# --- lloyd_step -------------------------------------------------------------------------------
+
+
+def _lloyd_step_reasons(x, centroids, uniforms, labels, dist, weights, n_frozen, lower, shift,
+                        first, precision="default") -> list[str]:
+    return _kernel_reasons(x=(x, torch.float32), centroids=(centroids, torch.float32),
+                           uniforms=(uniforms, torch.float64), labels=(labels, torch.int64),
+                           dist=(dist, torch.float32), weights=(weights, torch.float32),
+                           lower=(lower, torch.float32), shift=(shift, torch.float32))
+
+
+@register("lloyd_step", "cpu", _lloyd_step_reasons)
+def lloyd_step_cpu(x: torch.Tensor, centroids: torch.Tensor, uniforms: torch.Tensor,
+                   labels: torch.Tensor, dist: torch.Tensor, weights: torch.Tensor | None,
+                   n_frozen: int, lower: torch.Tensor | None, shift: torch.Tensor | None,
+                   first: bool, precision: str = "default", isa: str = ""
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`fastdc.ops.lloyd_step` in one call of the C++ kernels (the path ``isa``, "" =
+    :func:`simd`; the bf16 pass as :func:`assign_cpu` takes it, without bounds): the results of
+    assign_cpu (or assign_bounded_cpu), cluster_sums_cpu and resplit_empty_cpu called one by
+    one, bit for bit."""
+    B, _, D = x.shape
+    K = centroids.shape[1]
+    new = torch.empty(B, K, D, dtype=torch.float32)
+    counts = torch.empty(B, K, dtype=torch.float32)
+    nsplit = torch.empty(B, dtype=torch.int64)
+    computed = torch.empty(B, dtype=torch.int64)
+    bf16 = lower is None and use_bf16(precision, isa, k=K)
+    _C.lloyd_step(_np(x), _np(centroids), None if weights is None else _np(weights),
+                  _np(uniforms), n_frozen, _np(labels), _np(dist),
+                  None if lower is None else _np(lower), None if shift is None else _np(shift),
+                  bool(first), _np(new), _np(counts), _np(nsplit), _np(computed),
+                  kernel_threads(), isa, bf16)
+    return new, counts, nsplit, computed
+
+
 # --- knn --------------------------------------------------------------------------------------
 
 
