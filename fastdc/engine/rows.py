@@ -54,6 +54,8 @@ class Block:
         whole block would first copy it to float64: 8 MB at a million rows)."""
         if self.mask is not None:
             dist = dist.masked_fill(~self.mask, 0.0)
+        if dist.shape[1] <= OBJECTIVE_CHUNK:  # one chunk: the same sum without the slice
+            return dist.sum(dim=1, dtype=torch.float64)
         total = dist[:, :OBJECTIVE_CHUNK].sum(dim=1, dtype=torch.float64)
         for start in range(OBJECTIVE_CHUNK, dist.shape[1], OBJECTIVE_CHUNK):
             total += dist[:, start : start + OBJECTIVE_CHUNK].sum(dim=1, dtype=torch.float64)
@@ -121,11 +123,19 @@ class TensorRows(Rows):
         super().__init__(tuple(x.shape), x.device, group, x.device)
         self.x, self.weights, self.dtype = x, weights, x.dtype
         self.step = x.shape[1] if chunk_rows is None else check_chunk_rows(chunk_rows)
+        self._whole: Block | None = None  # the one block, once made
 
     def blocks(self) -> Iterator[Block]:
-        """Blocks of ``step`` rows: views of x, weights and mask."""
+        """Blocks of ``step`` rows: views of x, weights and mask (one block: the same views
+        every pass, made once)."""
+        if self._whole is not None:
+            yield self._whole
+            return
         for start in range(0, self.x.shape[1], self.step):
-            yield Block(start, *(self._rows(t, start) for t in self._columns()))
+            block = Block(start, *(self._rows(t, start) for t in self._columns()))
+            if self.single_block():
+                self._whole = block
+            yield block
 
     def _columns(self) -> tuple:
         return self.x, self.weights, None
