@@ -63,7 +63,9 @@ class KMeansResult:
     objective of each iteration's assignment step (sum of distances; of inner products when
     spherical). nsplit: [n_iter] int64, empty clusters re-split in each iteration. imbalance:
     [n_iter] float64, faiss's imbalance factor k·Σn_j²/(Σn_j)². times / search_times: cumulative
-    seconds per iteration (only with ``record_times``, else empty lists). n_iter: the iterations
+    seconds per iteration (only with ``record_times``, else empty lists; where the cpu backend
+    runs an iteration in one call, :func:`fastdc.ops.lloyd_step`, its search time is that
+    call's: the sums, means and re-split with the assignment). n_iter: the iterations
     run (niter unless the loop stopped early). changed: [n_iter] int64, rows whose assignment
     changed in each iteration (over all ranks; iteration 0 counts every row), or None when no
     stop test ran. stop_reason: None, or why the loop stopped ("converged": a fixed point, the
@@ -278,7 +280,8 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
         for it in range(opts.niter):
             blocks = _blocks(rows, opts.check_finite and it == 0)
             if step is not None:
-                obj_it, counts, new, nsplit_it = step(blocks, centroids, split_gen, stop)
+                with clock.searching():  # the whole step: assignment, sums, means, re-split
+                    obj_it, counts, new, nsplit_it = step(blocks, centroids, split_gen, stop)
             else:
                 obj_it, sums, counts = _sums_pass(blocks, centroids, k, assigner, sums_op,
                                                   clock, stop)
@@ -501,11 +504,10 @@ class _Step:
                       ) -> _Step | None:
         """The step where the loop can take it, else None: float32 rows on the CPU read as one
         block by one process, ``lloyd_step`` on the cpu backend, squared L2 with "elkan" bounds
-        or none, centroids neither normalised nor rounded, and no per-iteration timings
-        (``record_times`` and ``verbose`` time the assignment apart)."""
+        or none, centroids neither normalised nor rounded."""
         if (rows.device.type != "cpu" or rows.dtype != torch.float32 or rows.group is not None
                 or not rows.single_block() or opts.spherical or opts.int_centroids
-                or opts.record_times or opts.verbose or assigner.bounds not in (None, "elkan")):
+                or assigner.bounds not in (None, "elkan")):
             return None
         B, _, D = rows.shape
         probe = torch.zeros(B, 1, D)
