@@ -221,13 +221,15 @@ def test_lloyd_runs_its_iterations_with_the_kernels_owning_the_cores(monkeypatch
     from fastdc.kmeans import kmeans
 
     seen = []
-    real = lloyd.finish_iteration
+    # an iteration ends in finish_iteration, or is one call of the cpu backend's step
+    for owner, name in ((lloyd, "finish_iteration"), (lloyd._Step, "__call__")):
+        real = getattr(owner, name)
 
-    def spy(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return real(*args, **kwargs)
+        def spy(*args, real=real, **kwargs):
+            seen.append(torch.get_num_threads())
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(lloyd, "finish_iteration", spy)
+        monkeypatch.setattr(owner, name, spy)
     x = randn(300, 5, seed=3)
     with threads(2):
         kmeans(x, 4, niter=3, backend=backend)
