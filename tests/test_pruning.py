@@ -139,7 +139,9 @@ def test_streamed_store_prunes_like_memory():
     assert float(res.pruned.max()) > 0
 
 
-def test_automatic_choice_and_where_pruning_does_not_apply():
+def test_automatic_choice_and_where_pruning_does_not_apply(monkeypatch):
+    import fastdc.engine.lloyd as lloyd
+
     x = blobs(400, 6, 10, seed=6)
     big = blobs(2 ** 14, 4, 8, seed=6)  # N * K = 2^23: on by default with the cpu backend
     auto = kmeans(big, 512, niter=2)
@@ -147,10 +149,14 @@ def test_automatic_choice_and_where_pruning_does_not_apply():
     assert kmeans(big, 512, niter=2, backend="torch").pruned is None
     assert kmeans(big, 1024, niter=2).pruned is None  # 16 rows per cluster: too few to pay
     assert kmeans(big, 512, niter=1).pruned is None  # one iteration: only the labels pass
-    wide = blobs(2000, 64, 8, seed=6)  # D >= 64, K <= D, niter >= 8: per-centroid bounds
-    assert (kmeans(wide, 64, niter=8).pruned is not None) == (
-        "cpu" in registry.available("assign"))
-    assert kmeans(wide, 65, niter=8).pruned is None  # K > D, and too small for "second"
+    wide = blobs(2000, 64, 8, seed=6)  # D >= 32, K <= D, niter >= 8: per-centroid bounds
+    built = "cpu" in registry.available("assign")
+    assert (kmeans(wide, 64, niter=8).pruned is not None) == built
+    assert (kmeans(wide, 65, niter=8).pruned is not None) == built  # K > D, bounds small
+    assert (kmeans(wide[:, :32].contiguous(), 65, niter=8).pruned is not None) == built
+    assert kmeans(wide[:, :16].contiguous(), 65, niter=8).pruned is None  # D < 32
+    monkeypatch.setattr(lloyd, "AUTO_ELKAN_SMALL", 2000 * 64)
+    assert kmeans(wide, 65, niter=8).pruned is None  # K > D and larger bounds than that
     assert kmeans(wide, 64, niter=7).pruned is None  # too few iterations to pay
     assert kmeans(x, 10, niter=3).pruned is None  # too small to pay
     assert kmeans(x, 10, niter=3, prune=False).pruned is None

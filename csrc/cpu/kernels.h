@@ -71,6 +71,38 @@ void lloyd_step(const float* x, const float* c, const float* weights, const doub
                 i64 B, i64 N, i64 K, i64 D, i64 n_frozen, i64* labels, float* dist,
                 float* lower, float* shift, bool first, float* new_c, float* counts,
                 i64* nsplit, i64* computed, int n_threads, Isa isa, bool bf16);
+// Per-iteration records of lloyd_run (row it of each: iteration it).
+struct LloydRecords {
+    double* obj;      // [niter, B] the sum of the pass's dist, in float64, in row order
+    float* counts;    // [niter, B, K] lloyd_step's counts
+    i64* nsplit;      // [niter, B]
+    i64* computed;    // [niter, B] assign_bounded's (N * K in passes that score every pair)
+    i64* changed;     // [niter, B] rows whose label changed (iteration 0: every row); written
+                      // only when the run stops early (threshold >= 0)
+    double* seconds;  // [niter] seconds from the call's start to the end of each iteration
+    double* search;   // [niter] seconds spent in the assignments so far
+};
+// When a run with bounds scores every pair (fastdc/engine/pruning.py): its first tile_passes
+// passes, and a pass after one that estimated more than refresh_above of the distances.
+struct ElkanSchedule {
+    i64 tile_passes;
+    double refresh_above;
+};
+// The Lloyd loop's iterations (lloyd_step.cpp), lloyd_step after lloyd_step, with the schedule
+// of the bounds' passes and the stop test of fastdc/engine/convergence.py: threshold < 0 runs
+// all niter; 0 stops at a fixed point (no label changed, no re-split in this iteration or the
+// one before, in every problem); > 0 also once every problem's relative objective change was
+// <= threshold. Returns the iterations run.
+//   uniforms: float64 [niter, B, K]  the re-splits' draws, one [B, K] per iteration
+//   c:        float32 [B, K, D] in/out  initial centroids; out: the last iteration's new ones
+//   labels, dist: [B, N] out (scratch between iterations); lower, shift: as lloyd_step's
+//   refresh_next: out, whether a pass after these would score every pair (first)
+//   reason:   out, 0: ran niter (or threshold < 0), 1: fixed point, 2: objective threshold
+i64 lloyd_run(const float* x, const float* weights, const double* uniforms, i64 B, i64 N, i64 K,
+              i64 D, i64 niter, i64 n_frozen, float* c, i64* labels, float* dist, float* lower,
+              float* shift, const ElkanSchedule& schedule, double threshold,
+              const LloydRecords& rec, bool* refresh_next, int* reason, int n_threads, Isa isa,
+              bool bf16);
 // CPU features the bf16 pass of assign needs that this CPU lacks, space-separated ("" if none).
 std::string bf16_missing();
 

@@ -138,6 +138,66 @@ void lloyd_step_py(const Array<float>& x, const Array<float>& c,
                        kp, n_threads, path, bf16);
 }
 
+py::tuple lloyd_run_py(const Array<float>& x, const std::optional<Array<float>>& weights,
+                       const Array<double>& uniforms, i64 n_frozen, Array<float>& c,
+                       Array<i64>& labels, Array<float>& dist, std::optional<Array<float>>& lower,
+                       std::optional<Array<float>>& shift, i64 tile_passes, double refresh_above,
+                       double threshold, Array<double>& obj, Array<float>& counts,
+                       Array<i64>& nsplit, Array<i64>& computed, Array<i64>& changed,
+                       Array<double>& seconds, Array<double>& search, int n_threads,
+                       const std::string& isa, bool bf16) {
+    const auto xs = shape_of(x, 3, "x"), cs = shape_of(c, 3, "centroids");
+    const auto us = shape_of(uniforms, 3, "uniforms");
+    const i64 B = xs[0], N = xs[1], D = xs[2], K = cs[1], niter = us[0];
+    expect(cs[0] == B && cs[2] == D, "centroids must be [B, K, D] matching x [B, N, D]");
+    expect(us[1] == B && us[2] == K, "uniforms must be [niter, B, K]");
+    expect(shape_of(labels, 2, "labels") == std::vector<i64>{B, N} &&
+               shape_of(dist, 2, "dist") == std::vector<i64>{B, N},
+           "labels and dist must be [B, N]");
+    const std::vector<i64> per_iter{niter, B};
+    expect(shape_of(obj, 2, "obj") == per_iter && shape_of(nsplit, 2, "nsplit") == per_iter &&
+               shape_of(computed, 2, "computed") == per_iter &&
+               shape_of(changed, 2, "changed") == per_iter,
+           "obj, nsplit, computed and changed must be [niter, B]");
+    expect(shape_of(counts, 3, "counts") == std::vector<i64>{niter, B, K},
+           "counts must be [niter, B, K]");
+    expect(shape_of(seconds, 1, "seconds")[0] == niter && shape_of(search, 1, "search")[0] == niter,
+           "seconds and search must be [niter]");
+    expect(n_frozen >= 0 && n_frozen <= K, "n_frozen must be in [0, K]");
+    expect(lower.has_value() == shift.has_value(), "give both lower and shift, or neither");
+    const float* wp = nullptr;
+    if (weights) {
+        expect(shape_of(*weights, 2, "weights") == std::vector<i64>{B, N}, "weights must be [B, N]");
+        wp = weights->data();
+    }
+    float *bp = nullptr, *sp = nullptr;
+    if (lower) {
+        expect(shape_of(*lower, 3, "lower") == std::vector<i64>{B, N, K}, "lower must be [B, N, K]");
+        expect(shape_of(*shift, 2, "shift") == std::vector<i64>{B, K}, "shift must be [B, K]");
+        bp = lower->mutable_data();
+        sp = shift->mutable_data();
+    }
+    const fastdc::Isa path = fastdc::resolve_isa(isa);
+    const fastdc::LloydRecords rec{obj.mutable_data(),      counts.mutable_data(),
+                                   nsplit.mutable_data(),   computed.mutable_data(),
+                                   changed.mutable_data(),  seconds.mutable_data(),
+                                   search.mutable_data()};
+    const float* xp = x.data();
+    const double* up = uniforms.data();
+    float *cp = c.mutable_data(), *dp = dist.mutable_data();
+    i64* lp = labels.mutable_data();
+    bool refresh = true;
+    int reason = 0;
+    i64 ran;
+    {
+        py::gil_scoped_release release;
+        ran = fastdc::lloyd_run(xp, wp, up, B, N, K, D, niter, n_frozen, cp, lp, dp, bp, sp,
+                                {tile_passes, refresh_above}, threshold, rec, &refresh, &reason,
+                                n_threads, path, bf16);
+    }
+    return py::make_tuple(ran, refresh, reason);
+}
+
 void knn_py(const Array<float>& x, const Array<float>& y, i64 k, bool ip, Array<float>& dist,
             Array<i64>& idx, int n_threads) {
     const auto xs = shape_of(x, 3, "x"), ys = shape_of(y, 3, "y");
@@ -318,6 +378,23 @@ PYBIND11_MODULE(_C, m) {
           "f32[B,K,D] out, counts f32[B,K] out, nsplit i64[B] out, computed i64[B] out, "
           "n_threads, isa='', bf16=False): one Lloyd iteration (assign or assign_bounded, "
           "cluster_sums, means, resplit_empty, shifts) in one call.");
+    m.def("lloyd_run", &lloyd_run_py, py::arg("x").noconvert(),
+          py::arg("weights").noconvert().none(true), py::arg("uniforms").noconvert(),
+          py::arg("n_frozen"), py::arg("centroids").noconvert(), py::arg("labels").noconvert(),
+          py::arg("dist").noconvert(), py::arg("lower").noconvert().none(true),
+          py::arg("shift").noconvert().none(true), py::arg("tile_passes"),
+          py::arg("refresh_above"), py::arg("threshold"), py::arg("obj").noconvert(),
+          py::arg("counts").noconvert(), py::arg("nsplit").noconvert(),
+          py::arg("computed").noconvert(), py::arg("changed").noconvert(),
+          py::arg("seconds").noconvert(), py::arg("search").noconvert(), py::arg("n_threads"),
+          py::arg("isa") = "", py::arg("bf16") = false,
+          "lloyd_run(x f32[B,N,D], weights f32[B,N]|None, uniforms f64[niter,B,K], n_frozen, "
+          "centroids f32[B,K,D] in/out, labels i64[B,N] out, dist f32[B,N] out, lower "
+          "f32[B,N,K]|None, shift f32[B,K]|None, tile_passes, refresh_above, threshold, obj "
+          "f64[niter,B] out, counts f32[niter,B,K] out, nsplit i64[niter,B] out, computed "
+          "i64[niter,B] out, changed i64[niter,B] out, seconds f64[niter] out, search "
+          "f64[niter] out, n_threads, isa='', bf16=False) -> (iterations run, refresh_next, "
+          "reason 0/1 converged/2 threshold): the Lloyd loop's iterations in one call.");
     m.def("cluster_sums", &cluster_sums_py, py::arg("x").noconvert(), py::arg("idx").noconvert(),
           py::arg("weights").noconvert().none(true), py::arg("sums").noconvert(),
           py::arg("counts").noconvert(), py::arg("n_threads"),

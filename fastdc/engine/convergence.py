@@ -115,6 +115,14 @@ class StopCheck:
         self.reason = "converged" if bool(fixed.all()) else "threshold"
         return True
 
+    def record_run(self, changed: torch.Tensor | None, reason: str | None) -> None:
+        """Take the records of iterations run in one call (:func:`fastdc.ops.lloyd_step.lloyd_run`,
+        which applied this rule): changed [n_iter, B] int64 (None when inactive) and the reason
+        it stopped (a key of :data:`REASONS`, or None)."""
+        if self.active and changed is not None:
+            self.history.extend(changed.unbind())
+            self.reason = reason
+
     def changed_rows(self) -> torch.Tensor | None:
         """[n_iter, B] int64: :attr:`history` stacked (None when inactive)."""
         if not self.active:

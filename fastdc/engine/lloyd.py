@@ -48,6 +48,7 @@ from fastdc.engine.rows import Block, MaskedRows, Rows, StoreRows, TensorRows
 from fastdc.engine.seeding import seed_centroids
 from fastdc.engine.store import DEFAULT_CHUNK_ROWS, FeatureStore
 from fastdc.ops import means_from_sums, registry
+from fastdc.ops.lloyd_step import lloyd_run
 from fastdc.ops.resplit_empty import resplit_in_place
 from fastdc.ops.threads import kernels_own_the_cores
 
@@ -148,7 +149,8 @@ def kmeans(
     (:mod:`fastdc.engine.pruning`; same assignments and centroids as without; "centres" and
     "second" on the cpu backend also the same dist and objective, bit for bit, elsewhere and
     with "elkan" equal up to float32 rounding). None (default): automatic on the cpu backend
-    with niter >= 2: "elkan" for D >= 64, k <= D, N * k <= 2^24 and niter >= 8, else "second"
+    with niter >= 2: "elkan" for D >= 32, niter >= 8 and N * k <= 2^24 (k <= D beyond
+    N * k = 2^22), else "second"
     for N * k >= 2^23 and N >= 32 k; off on GPUs. False: off; True: on ("second" bounds);
     "centres" (Elkan's centre-centre test alone), "second" (adds Hamerly's second-distance
     bound) or "elkan" (a bound per row and centroid, N * k float32 values; cpu backend only):
@@ -277,7 +279,10 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
     sums_op = registry.SelectOnce("cluster_sums", opts.backend)
     step = _Step.where_it_runs(rows, k, opts, assigner)
     with _kernel_cores(rows, opts):
-        for it in range(opts.niter):
+        if step is not None and step.runs_whole(rows, opts):  # the iterations in one call
+            centroids = step.run(rows, centroids, opts, split_gen, stop, clock,
+                                 (objs, sizes, splits, fractions))
+        for it in range(0 if step is not None and step.ran else opts.niter):
             blocks = _blocks(rows, opts.check_finite and it == 0)
             if step is not None:
                 with clock.searching():  # the whole step: assignment, sums, means, re-split
@@ -392,13 +397,14 @@ where nothing prunes), 20 iterations took 1.14-1.28x as long pruned at N/K = 10 
 D = 64 and 256, K = 1 000) and 1.03-1.06x at N/K = 20-50 (2 threads, 2-core AMD EPYC Zen 4,
 2026-12-04); the mixtures that prune well have 100 rows per cluster."""
 
-AUTO_ELKAN_MIN_D = 64
-"""Automatic "elkan" bounds need D >= this: below it a bounded pass (the bound updates, the
-estimates of the few centroids left, per-row set-up) costs as much as assign's tile, which
-reaches 80 % of the FMA peak there. 20 iterations, DeepCluster-like rows, 2 threads, pruned /
-unpruned: D = 32 (N = 5 000, K = 100): 17.6 / 13.9 ms; D = 64 (N = 10 000, K = 100): 29.3 /
-29.6 ms; D = 256 (N = 10 000, K = 100): 49.7 / 86.9 ms; D = 1024 (N = 10 000, K = 100): 253 /
-340 ms (2-core AMD EPYC Zen 3, AVX2, 2026-12-06)."""
+AUTO_ELKAN_MIN_D = 32
+"""Automatic "elkan" bounds need D >= this. 20 iterations of DeepCluster-like rows with the
+loop in one call (:func:`fastdc.ops.lloyd_step.lloyd_run`), unpruned / "elkan" ms, 1 thread,
+then 2 (2-core AMD EPYC Zen 3, 2026-12-06): the built-in run's whitened features (5 000 x 32,
+K = 100) 12.9 / 9.1, 10.5 / 5.7; 5 000 x 32, K = 100: 12.9 / 11.9, 10.7 / 7.3; 20 000 x 32,
+K = 200: 79.5 / 71.0, 49.3 / 39.7; 2 000 x 32, K = 40: 3.3 / 3.5, 3.5 / 3.5; 10 000 x 64,
+K = 100: 40.4 / 25.9, 26.9 / 15.9. Below, at 5 000 x 16, K = 100: 10.1 / 12.0 on one thread (a
+bounded pass costs about as much as assign's tile there)."""
 
 AUTO_ELKAN_MIN_NITER = 8
 """Automatic "elkan" bounds need niter >= this: its first passes score every pair (and cost more
@@ -408,8 +414,13 @@ than assign's), so short runs lose. DeepCluster-like rows, labels=False, 2 threa
 EPYC Zen 3, 2026-12-06)."""
 
 AUTO_ELKAN_MAX_WORK = 1 << 24
-"""Automatic "elkan" bounds need N * K <= this (64 MB of float32 bounds) and K <= D (bounds no
-larger than the rows themselves); beyond, "second" (12 bytes a row) takes over."""
+"""Automatic "elkan" bounds need N * K <= this (64 MB of float32 bounds) and, beyond
+:data:`AUTO_ELKAN_SMALL`, K <= D (bounds no larger than the rows themselves); beyond, "second"
+(12 bytes a row) takes over."""
+
+AUTO_ELKAN_SMALL = 1 << 22
+"""N * K up to which automatic "elkan" bounds may outgrow the rows (K > D): 16 MB at most, the
+size of a 4 096-row block of float32 distances at K = 1 000 (5 000 x 32, K = 100: 2 MB)."""
 
 AUTO_PRUNE_NITER = 2
 """Automatic pruning also needs niter >= this: the first pass only seeds the bounds, so with
@@ -422,8 +433,9 @@ def _prune_bounds(rows: Rows, k: int, opts: LloydOptions) -> str | None:
     """The bounds the run prunes with (:mod:`fastdc.engine.pruning`), or None. Automatic
     (``prune=None``) where the rows are on the CPU and ``assign`` runs on the cpu backend
     (whose distances the pruned rows reproduce) with niter at least :data:`AUTO_PRUNE_NITER`:
-    "elkan" for D at least :data:`AUTO_ELKAN_MIN_D`, k <= D, N * k at most
-    :data:`AUTO_ELKAN_MAX_WORK` and niter at least :data:`AUTO_ELKAN_MIN_NITER`, else
+    "elkan" for D at least :data:`AUTO_ELKAN_MIN_D`, k <= D (or N * k at most
+    :data:`AUTO_ELKAN_SMALL`), N * k at most :data:`AUTO_ELKAN_MAX_WORK` and niter at least
+    :data:`AUTO_ELKAN_MIN_NITER`, else
     "second" for N * k at least :data:`AUTO_PRUNE_WORK` and N at least
     :data:`AUTO_PRUNE_ROWS` k; off on GPUs (unmeasured). An explicit "elkan" raises
     ValueError where ``assign`` would not run on the cpu backend."""
@@ -439,8 +451,8 @@ def _prune_bounds(rows: Rows, k: int, opts: LloydOptions) -> str | None:
     _, n, d = rows.shape
     if not on_cpu or opts.niter < AUTO_PRUNE_NITER:
         return None
-    if (d >= AUTO_ELKAN_MIN_D and k <= d and n * k <= AUTO_ELKAN_MAX_WORK
-            and opts.niter >= AUTO_ELKAN_MIN_NITER):
+    if (d >= AUTO_ELKAN_MIN_D and (k <= d or n * k <= AUTO_ELKAN_SMALL)
+            and n * k <= AUTO_ELKAN_MAX_WORK and opts.niter >= AUTO_ELKAN_MIN_NITER):
         return "elkan"
     return "second" if n * k >= AUTO_PRUNE_WORK and n >= AUTO_PRUNE_ROWS * k else None
 
@@ -495,6 +507,7 @@ class _Step:
         self.op = registry.SelectOnce("lloyd_step", opts.backend)
         self.precision = opts.precision
         B, N, _ = rows.shape
+        self.ran = False  # run() took the whole loop
         self.dist = torch.empty(B, N, dtype=torch.float32)
         # the labels of passes without bounds ("elkan" keeps its own: Assigner.elkan_state)
         self.labels = torch.empty(B, N, dtype=torch.int64) if assigner.bounds is None else None
@@ -520,6 +533,48 @@ class _Step:
         except registry.BackendError:
             return None
         return cls(rows, k, opts, assigner) if impl.backend == "cpu" else None
+
+    def runs_whole(self, rows: Rows, opts: LloydOptions) -> bool:
+        """Whether :meth:`run` can take the whole loop: at least one iteration, no
+        per-iteration progress lines (``verbose``) and no padding rows (the stop test and the
+        objective leave them out)."""
+        return opts.niter > 0 and not opts.verbose and getattr(rows, "mask", None) is None
+
+    def run(self, rows: Rows, centroids: torch.Tensor, opts: LloydOptions,
+            split_gen: torch.Generator, stop: StopCheck, clock: _Clock, records: tuple
+            ) -> torch.Tensor:
+        """All ``opts.niter`` iterations in one call (:func:`fastdc.ops.lloyd_step.lloyd_run`),
+        with the per-iteration loop's results bit for bit: the re-split's uniforms drawn at
+        once (the generator gives the same numbers in one draw as in niter), the stop test's
+        and the clock's records filled in. Appends to ``records`` = (objectives [B], counts
+        [B, k], nsplit [B], pruned rows [B]) per iteration, as the loop does; returns the last
+        centroids [B, k, D]."""
+        B, N, _ = rows.shape
+        (block,) = _blocks(rows, opts.check_finite)
+        self.assigner.begin(centroids)  # the passes' k
+        uniforms = torch.rand((opts.niter, B, self.k), generator=split_gen, dtype=torch.float64)
+        if self.labels is None:
+            labels, lower, shift = self.assigner.elkan_buffers(self.k)
+            state = {"labels": labels, "lower": lower, "shift": shift,
+                     **self.assigner.elkan_schedule()}
+        else:
+            state = {"labels": self.labels, "lower": None, "shift": None}
+        weights = None if block.weights is None else block.weights.contiguous()
+        out = centroids.clone()
+        start = time.perf_counter()
+        res = lloyd_run(block.x.contiguous(), out, uniforms, dist=self.dist, weights=weights,
+                        n_frozen=self.n_frozen, threshold=stop.threshold,
+                        precision=self.precision, backend="cpu", **state)
+        self.ran = True
+        clock.record_run(start, res["seconds"].tolist(), res["search"].tolist())
+        stop.record_run(res["changed"], res["reason"])
+        pruned = self.assigner.end_run(res["n_iter"], res["computed"], res["refresh"])
+        objs, sizes, splits, fractions = records
+        objs.extend(res["obj"].unbind())
+        sizes.extend(res["counts"].unbind())
+        splits.extend(res["nsplit"].unbind())
+        fractions.extend(pruned.unbind())
+        return out
 
     def __call__(self, blocks: Iterator[Block], centroids: torch.Tensor,
                  split_gen: torch.Generator, stop: StopCheck
@@ -578,6 +633,14 @@ class _Clock:
         yield
         self._sync()
         self.search += time.perf_counter() - start
+
+    def record_run(self, start: float, seconds: list[float], search: list[float]) -> None:
+        """Record the iterations of one call that began at ``start`` (time.perf_counter):
+        their cumulative seconds since then and in the assignments."""
+        if self.enabled:
+            self.times.extend(start - self.t0 + s for s in seconds)
+            self.search_times.extend(self.search + s for s in search)
+            self.search += search[-1] if search else 0.0
 
     def lap(self) -> None:
         """Record the end of an iteration."""

@@ -49,16 +49,20 @@ class Block:
     mask: torch.Tensor | None = None
 
     def objective(self, dist: torch.Tensor) -> torch.Tensor:
-        """Sum of dist [B, m] float32 over the block's real rows: [B] float64, summed in
-        float64 by chunks of :data:`OBJECTIVE_CHUNK` rows added in order (a float64 sum of the
-        whole block would first copy it to float64: 8 MB at a million rows)."""
+        """Sum of dist [B, m] float32 over the block's real rows: [B] float64, the rows added
+        one after the other in row order (a float64 running sum, as the cpu backend's one-call
+        loop adds them: :func:`fastdc.ops.lloyd_step.lloyd_run`), :data:`OBJECTIVE_CHUNK` rows
+        at a time (a float64 copy of the whole block would take 8 MB at a million rows)."""
         if self.mask is not None:
             dist = dist.masked_fill(~self.mask, 0.0)
-        if dist.shape[1] <= OBJECTIVE_CHUNK:  # one chunk: the same sum without the slice
-            return dist.sum(dim=1, dtype=torch.float64)
-        total = dist[:, :OBJECTIVE_CHUNK].sum(dim=1, dtype=torch.float64)
-        for start in range(OBJECTIVE_CHUNK, dist.shape[1], OBJECTIVE_CHUNK):
-            total += dist[:, start : start + OBJECTIVE_CHUNK].sum(dim=1, dtype=torch.float64)
+        total = None
+        for start in range(0, dist.shape[1], OBJECTIVE_CHUNK):
+            part = dist[:, start : start + OBJECTIVE_CHUNK].double()
+            if total is not None:  # the running sum goes on from the last chunk's
+                part[:, 0] += total
+            total = part.cumsum(dim=1)[:, -1]
+        if total is None:
+            return torch.zeros(dist.shape[0], dtype=torch.float64, device=dist.device)
         return total
 
 

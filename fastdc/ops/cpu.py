@@ -217,6 +217,38 @@ def lloyd_step_cpu(x: torch.Tensor, centroids: torch.Tensor, uniforms: torch.Ten
     return new, counts, nsplit, computed
 
 
+@register("lloyd_run", "cpu", lambda **kw: _lloyd_step_reasons(
+    **{k: v for k, v in kw.items() if k not in ("tile_passes", "refresh_above", "threshold")},
+    first=True))
+def lloyd_run_cpu(x: torch.Tensor, centroids: torch.Tensor, uniforms: torch.Tensor,
+                  labels: torch.Tensor, dist: torch.Tensor, weights: torch.Tensor | None,
+                  n_frozen: int, lower: torch.Tensor | None, shift: torch.Tensor | None,
+                  tile_passes: int, refresh_above: float, threshold: float,
+                  precision: str = "default", isa: str = "") -> dict:
+    """:func:`fastdc.ops.lloyd_step.lloyd_run` in one call of the C++ loop (the path ``isa``,
+    "" = :func:`simd`; the bf16 pass as :func:`assign_cpu` takes it, in passes without
+    bounds)."""
+    niter, B, K = uniforms.shape
+    obj = torch.empty(niter, B, dtype=torch.float64)
+    counts = torch.empty(niter, B, K, dtype=torch.float32)
+    nsplit = torch.empty(niter, B, dtype=torch.int64)
+    computed = torch.empty(niter, B, dtype=torch.int64)
+    changed = torch.empty(niter, B, dtype=torch.int64)
+    seconds = torch.empty(niter, dtype=torch.float64)
+    search = torch.empty(niter, dtype=torch.float64)
+    bf16 = use_bf16(precision, isa, k=K)
+    n, refresh, reason = _C.lloyd_run(
+        _np(x), None if weights is None else _np(weights), _np(uniforms), n_frozen,
+        _np(centroids), _np(labels), _np(dist), None if lower is None else _np(lower),
+        None if shift is None else _np(shift), tile_passes, refresh_above, threshold, _np(obj),
+        _np(counts), _np(nsplit), _np(computed), _np(changed), _np(seconds), _np(search),
+        kernel_threads(), isa, bf16)
+    return {"n_iter": n, "obj": obj[:n], "counts": counts[:n], "nsplit": nsplit[:n],
+            "computed": computed[:n], "changed": changed[:n] if threshold >= 0 else None,
+            "seconds": seconds[:n], "search": search[:n], "refresh": refresh,
+            "reason": (None, "converged", "threshold")[reason]}
+
+
 # --- knn --------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""lloyd_step: one iteration of the Lloyd loop over rows held in one block, in one call.
+"""lloyd_step / lloyd_run: one iteration, or all of them, of the Lloyd loop over rows held in one
+block, in one call.
 
 assign (or assign_bounded's pass with its per-centroid bounds) -> cluster_sums -> means (the
 first ``n_frozen`` centroids kept) -> resplit_empty (faiss's rule) -> with bounds, each
@@ -6,6 +7,10 @@ centroid's cumulative shift grown by its move. The reference composes the ops' o
 the cpu backend runs its kernels back to back in one call, with the same results as calling
 them one by one, bit for bit, and without the Python between them (about 0.2 ms an iteration,
 as much as the assignment itself at 5 000 x 32, K = 100).
+
+lloyd_run runs the iterations themselves on the cpu backend (there is no other): lloyd_step
+after lloyd_step with the rules the engine's loop applies between them, whose results, bit for
+bit, are its reference (tests/test_lloyd_step.py).
 """
 
 from __future__ import annotations
@@ -107,3 +112,49 @@ def lloyd_step(
                   weights=weights, n_frozen=n_frozen, lower=lower, shift=shift, first=first,
                   precision=precision)
     return select("lloyd_step", backend, **inputs).fn(**inputs)
+
+
+def lloyd_run(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    uniforms: torch.Tensor,
+    *,
+    labels: torch.Tensor,
+    dist: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    n_frozen: int = 0,
+    lower: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    tile_passes: int = 1,
+    refresh_above: float = 1.0,
+    threshold: float = -1.0,
+    precision: str = "default",
+    backend: str | None = None,
+) -> dict:
+    """The Lloyd loop's iterations over the rows x (one block) in one call: :func:`lloyd_step`
+    after lloyd_step, ``uniforms.shape[0]`` of them unless the stop test ends the run.
+
+    x, weights, n_frozen, labels, dist, lower, shift, precision: as :func:`lloyd_step` takes
+    them (labels and dist are the last pass's on return). centroids: [B, K, D] float32, in/out:
+    the initial centroids, replaced by the last iteration's new ones. uniforms: [niter, B, K]
+    float64, one re-split draw per iteration. With bounds, the first ``tile_passes`` passes
+    score every pair (only the last of them, and later ones, set the bounds), and so does a
+    pass after one that estimated more than ``refresh_above`` of the distances (the engine's
+    schedule, :mod:`fastdc.engine.pruning`). threshold: :mod:`fastdc.engine.convergence`'s
+    rule (< 0: never stop early; 0: at a fixed point; > 0: also on a relative objective change
+    <= threshold).
+
+    Returns a dict: "n_iter" (iterations run), "obj" [n_iter, B] float64 (each pass's dist
+    summed in row order), "counts" [n_iter, B, K] float32, "nsplit" and "computed" [n_iter, B]
+    int64, "changed" [n_iter, B] int64 or None (threshold < 0), "seconds" and "search"
+    [n_iter] float64 (cumulative seconds since the call began, and in the assignments),
+    "refresh" (whether a pass after these would score every pair), "reason" (None,
+    "converged" or "threshold"). ValueError on mismatched shapes; BackendError where the cpu
+    backend is not built.
+    """
+    niter, B, K = uniforms.shape
+    inputs = dict(x=x, centroids=centroids, uniforms=uniforms, labels=labels, dist=dist,
+                  weights=weights, n_frozen=n_frozen, lower=lower, shift=shift,
+                  tile_passes=tile_passes, refresh_above=refresh_above, threshold=threshold,
+                  precision=precision)
+    return select("lloyd_run", backend, **inputs).fn(**inputs)
