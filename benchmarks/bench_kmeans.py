@@ -283,7 +283,7 @@ SMALL_CASES = [(5_000, 32, 100), (10_000, 256, 100), (20_000, 64, 300)]
 """(N, D, K): the trainer's whitened features of the built-in run, DeepCluster's clustering
 step on 10k features, and a mid-sized cell."""
 SMALL_NITER = 20
-SMALL_ROUNDS = 5
+SMALL_ROUNDS = 9
 SMALL_TABLE = "kmeans_small_cpu"
 
 
@@ -302,8 +302,21 @@ def deepcluster_like(n: int, d: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x), x[rng.choice(n, k, replace=False)].copy()
 
 
+def _small_data(case: tuple[int, int, int] | str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(rows, initial rows, label) of a small case: DeepCluster-like rows of shape (n, d, k), or
+    "built-in features": the trainer's whitened features (``FASTDC_BENCH_PRUNE_FEATURES``;
+    the pruning runs' rows and initial rows)."""
+    if case != "built-in features":
+        n, d, k = case
+        return (*deepcluster_like(n, d, k), f"N={n} D={d} K={k}")
+    x, k = _prune_data("deepcluster")
+    init = x[np.random.default_rng(2).choice(len(x), k, replace=False)].copy()
+    return x, init, f"built-in features N={len(x)} D={x.shape[1]} K={k}"
+
+
 @pytest.mark.parametrize("threads", [None, 1], ids=["all-threads", "1-thread"])
-@pytest.mark.parametrize("case", SMALL_CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("case", [*SMALL_CASES, "built-in features"],
+                         ids=lambda c: c if isinstance(c, str) else "x".join(map(str, c)))
 def test_small_problems(case, threads):
     """SMALL_NITER Lloyd iterations from the same initial rows, fastdc (defaults) against
     faiss.Kmeans (all iterations), SMALL_ROUNDS rounds alternating the two after one warm-up
@@ -324,9 +337,9 @@ def test_small_problems(case, threads):
         faiss.omp_set_num_threads(before[1])
 
 
-def _small_problem(case: tuple[int, int, int], faiss, label: str) -> None:
-    n, d, k = case
-    x, init = deepcluster_like(n, d, k)
+def _small_problem(case: tuple[int, int, int] | str, faiss, label: str) -> None:
+    x, init, name = _small_data(case)
+    d, k = x.shape[1], len(init)
     xt, it = torch.from_numpy(x), torch.from_numpy(init)
     km = faiss.Kmeans(d, k, niter=SMALL_NITER, seed=1, max_points_per_centroid=10**7,
                       early_stop_threshold=-1.0)
@@ -348,7 +361,7 @@ def _small_problem(case: tuple[int, int, int], faiss, label: str) -> None:
     ref = kmeans(xt, k, niter=SMALL_NITER, init=it, prune=False, precision="fp32")
     fastdc_s = min(m.best for m in mine)
     record(SMALL_TABLE, {
-        "name": f"N={n} D={d} K={k}{label}", "fastdc_s": fastdc_s, "faiss_s": min(faiss_s),
+        "name": f"{name}{label}", "fastdc_s": fastdc_s, "faiss_s": min(faiss_s),
         "x_vs_faiss": min(faiss_s) / fastdc_s,
         "objective": objective(x, res.centroids.numpy()),
         "faiss_objective": objective(x, km.centroids),
@@ -357,7 +370,8 @@ def _small_problem(case: tuple[int, int, int], faiss, label: str) -> None:
     }, note=f"{SMALL_NITER} Lloyd iterations (fastdc with labels=False: no final assignment "
             "pass, as faiss's train), same initial rows, DeepCluster-like rows "
             "(PCA-whitened, L2-normalised ReLU mixture); best of "
-            f"{SMALL_ROUNDS} alternating rounds; x_vs_faiss = faiss_s / fastdc_s")
+            f"{SMALL_ROUNDS} alternating rounds; x_vs_faiss = faiss_s / fastdc_s; built-in "
+            "features: the trainer's whitened features (FASTDC_BENCH_PRUNE_FEATURES)")
     assert torch.equal(res.assignments, ref.assignments)
 
 

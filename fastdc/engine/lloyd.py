@@ -279,10 +279,11 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
     sums_op = registry.SelectOnce("cluster_sums", opts.backend)
     step = _Step.where_it_runs(rows, k, opts, assigner)
     with _kernel_cores(rows, opts):
-        if step is not None and step.runs_whole(rows, opts):  # the iterations in one call
+        in_one_call = step is not None and step.runs_whole(rows, opts)
+        if in_one_call:
             centroids = step.run(rows, centroids, opts, split_gen, stop, clock,
                                  (objs, sizes, splits, fractions))
-        for it in range(0 if step is not None and step.ran else opts.niter):
+        for it in range(0 if in_one_call else opts.niter):
             blocks = _blocks(rows, opts.check_finite and it == 0)
             if step is not None:
                 with clock.searching():  # the whole step: assignment, sums, means, re-split
@@ -309,6 +310,7 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
                 log.stopped(it, stop.reason)
                 break
         dist = idx = None
+        step = None  # its buffers (dist, labels: 12 bytes a row) go before the labels pass's
         if opts.labels:
             blocks = _blocks(rows, opts.check_finite and opts.niter == 0)
             dist, idx = _labels_pass(blocks, rows, centroids, assigner)
@@ -507,7 +509,6 @@ class _Step:
         self.op = registry.SelectOnce("lloyd_step", opts.backend)
         self.precision = opts.precision
         B, N, _ = rows.shape
-        self.ran = False  # run() took the whole loop
         self.dist = torch.empty(B, N, dtype=torch.float32)
         # the labels of passes without bounds ("elkan" keeps its own: Assigner.elkan_state)
         self.labels = torch.empty(B, N, dtype=torch.int64) if assigner.bounds is None else None
@@ -565,7 +566,6 @@ class _Step:
         res = lloyd_run(block.x.contiguous(), out, uniforms, dist=self.dist, weights=weights,
                         n_frozen=self.n_frozen, threshold=stop.threshold,
                         precision=self.precision, backend="cpu", **state)
-        self.ran = True
         clock.record_run(start, res["seconds"].tolist(), res["search"].tolist())
         stop.record_run(res["changed"], res["reason"])
         pruned = self.assigner.end_run(res["n_iter"], res["computed"], res["refresh"])
