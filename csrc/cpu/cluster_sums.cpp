@@ -5,7 +5,9 @@
 // row order into a float64 accumulator, cast to float32 at the end. The order of every sum is
 // fixed by the data alone, so results do not depend on the thread count. The products
 // w * x (two float32 values) are exact in float64, so the sums are the same as the float64
-// reference's sequential index_add_.
+// reference's sequential index_add_. Small problems skip the sort: one pass over the rows in
+// order, each added into its cluster's accumulator (sums_in_row_order), the same order per
+// cluster.
 
 #include <algorithm>
 #include <cstdint>
@@ -138,6 +140,62 @@ double sum_cluster(const float* x, i64 D, const float* weights, const Row* rows,
     return wsum;
 }
 
+// Problems whose float64 accumulators of every cluster fit in L2 (K * D * 8 bytes at most
+// this), when one thread does it all: one pass over the rows in order, each added into its
+// cluster's accumulator. Each cluster's rows are then added in increasing row order, as the
+// sorted pass adds them, so the sums are the same bits, without the sort and the gathers
+// (5 000 x 32, K = 100 on one Zen 3 core: 40 -> 33 us).
+constexpr i64 DIRECT_BYTES = 256 * 1024;
+
+// Row i times its weight w (or 1) added into a (float64 [D]): the same w * x_d + a_d,
+// rounded once (w * x is exact in float64), as add_rows_avx2 and add_rows_generic add it.
+inline void add_row_generic(const float* xi, i64 D, double w, double* a) {
+    for (i64 d = 0; d < D; ++d) a[d] += w * static_cast<double>(xi[d]);
+}
+
+#if FASTDC_X86
+FASTDC_AVX2 void add_row_avx2(const float* xi, i64 D, double w, double* a) {
+    const __m256d wv = _mm256_set1_pd(w);
+    i64 d = 0;
+    for (; d + 4 <= D; d += 4) {
+        _mm256_storeu_pd(a + d, _mm256_fmadd_pd(wv, _mm256_cvtps_pd(_mm_loadu_ps(xi + d)),
+                                                _mm256_loadu_pd(a + d)));
+    }
+    for (; d < D; ++d) a[d] += w * static_cast<double>(xi[d]);
+}
+#endif
+
+// The direct pass over one problem: acc (float64 [k, D]) and wsum (float64 [k]) zeroed
+// inside; sums and counts as cluster_sums writes them. Throws on ids outside [0, k).
+void sums_in_row_order(const float* x, const i64* idx, const float* weights, i64 N, i64 D,
+                       i64 k, bool avx2, double* acc, double* wsum, float* sums,
+                       float* counts) {
+    std::fill(acc, acc + k * D, 0.0);
+    std::fill(wsum, wsum + k, 0.0);
+    for (i64 i = 0; i < N; ++i) {
+        const i64 j = idx[i];
+        if (j < 0 || j >= k) {
+            throw std::out_of_range("cluster_sums: idx[" + std::to_string(i) + "] = " +
+                                    std::to_string(j) + " is outside [0, " + std::to_string(k) +
+                                    ")");
+        }
+        const double w = weights != nullptr ? weights[i] : 1.0;
+#if FASTDC_X86
+        if (avx2) {
+            add_row_avx2(x + i * D, D, w, acc + j * D);
+        } else {
+            add_row_generic(x + i * D, D, w, acc + j * D);
+        }
+#else
+        (void)avx2;
+        add_row_generic(x + i * D, D, w, acc + j * D);
+#endif
+        wsum[j] += w;
+    }
+    for (i64 t = 0; t < k * D; ++t) sums[t] = static_cast<float>(acc[t]);
+    for (i64 j = 0; j < k; ++j) counts[j] = static_cast<float>(wsum[j]);
+}
+
 // cluster_sums with row indices of type Row.
 template <typename Row>
 void cluster_sums_as(const float* x, const i64* idx, const float* weights, i64 B, i64 N, i64 D,
@@ -170,6 +228,15 @@ void cluster_sums(const float* x, const i64* idx, const float* weights, i64 B, i
                   i64 k, float* sums, float* counts, int n_threads) {
     if (k < 1) throw std::invalid_argument("cluster_sums: k must be >= 1");
     const int nt = B * N * D < PARALLEL_ELEMENTS ? 1 : clamp_threads(n_threads);
+    if (nt == 1 && k * D * 8 <= DIRECT_BYTES) {
+        std::vector<double> acc(k * D), wsum(k);
+        for (i64 b = 0; b < B; ++b) {
+            const float* wb = weights == nullptr ? nullptr : weights + b * N;
+            sums_in_row_order(x + b * N * D, idx + b * N, wb, N, D, k, has_avx2_fma(),
+                              acc.data(), wsum.data(), sums + b * k * D, counts + b * k);
+        }
+        return;
+    }
     if (N <= std::numeric_limits<std::int32_t>::max()) {
         cluster_sums_as<std::int32_t>(x, idx, weights, B, N, D, k, sums, counts, nt);
     } else {
