@@ -35,7 +35,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -277,8 +277,9 @@ def lloyd(rows: Rows, k: int, opts: LloydOptions) -> KMeansResult:
     stop = StopCheck(rows, opts.early_stop_threshold)
     assigner = Assigner(rows, metric, opts.backend, _prune_bounds(rows, k, opts), opts.precision)
     sums_op = registry.SelectOnce("cluster_sums", opts.backend)
-    step = _Step.where_it_runs(rows, k, opts, assigner)
-    with _kernel_cores(rows, opts):
+    kernels_on_cpu = _assign_on_cpu(rows, opts)
+    step = _Step.where_it_runs(rows, k, opts, assigner) if kernels_on_cpu else None
+    with kernels_own_the_cores() if kernels_on_cpu else nullcontext():
         in_one_call = step is not None and step.runs_whole(rows, opts)
         if in_one_call:
             centroids = step.run(rows, centroids, opts, split_gen, stop, clock,
@@ -332,15 +333,15 @@ def _stack(items: list[torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype
     return torch.stack(items)
 
 
-def _kernel_cores(rows: Rows, opts: LloydOptions) -> AbstractContextManager:
-    """:func:`fastdc.ops.threads.kernels_own_the_cores` where the loop's kernels are the cpu
-    backend's (CPU rows, ``assign`` selected on the cpu backend), else a null context: the
-    torch backend needs torch's threads for its own matrix products."""
+def _assign_on_cpu(rows: Rows, opts: LloydOptions) -> bool:
+    """Whether the loop's ``assign`` runs on the cpu backend (CPU rows, selected there). Its
+    iterations then run inside :func:`fastdc.ops.threads.kernels_own_the_cores`; the torch
+    backend needs torch's threads for its own matrix products."""
     if rows.device.type != "cpu":
-        return nullcontext()
+        return False
     probe = torch.zeros(1, 1, rows.shape[2])
     impl = registry.select("assign", opts.backend, x=probe, centroids=probe, metric="l2")
-    return kernels_own_the_cores() if impl.backend == "cpu" else nullcontext()
+    return impl.backend == "cpu"
 
 
 def finish_iteration(
@@ -506,7 +507,7 @@ class _Step:
 
     def __init__(self, rows: Rows, k: int, opts: LloydOptions, assigner: Assigner) -> None:
         self.k, self.n_frozen, self.assigner = k, opts.n_frozen, assigner
-        self.op = registry.SelectOnce("lloyd_step", opts.backend)
+        self.op = registry.SelectOnce("lloyd_step", "cpu")
         self.precision = opts.precision
         B, N, _ = rows.shape
         self.dist = torch.empty(B, N, dtype=torch.float32)
@@ -516,24 +517,17 @@ class _Step:
     @classmethod
     def where_it_runs(cls, rows: Rows, k: int, opts: LloydOptions, assigner: Assigner
                       ) -> _Step | None:
-        """The step where the loop can take it, else None: float32 rows on the CPU read as one
-        block by one process, ``lloyd_step`` on the cpu backend, squared L2 with "elkan" bounds
-        or none, centroids neither normalised nor rounded."""
+        """The step where the loop can take it (its ``assign`` running on the cpu backend),
+        else None: float32 rows on the CPU read as one block by one process, squared L2 with
+        "elkan" bounds or none, centroids neither normalised nor rounded. The cpu backend's
+        ``lloyd_step`` then takes the tensors ``assign`` takes (contiguous float32 CPU
+        tensors)."""
         if (rows.device.type != "cpu" or rows.dtype != torch.float32 or rows.group is not None
                 or not rows.single_block() or opts.spherical or opts.int_centroids
-                or assigner.bounds not in (None, "elkan")):
+                or assigner.bounds not in (None, "elkan")
+                or "cpu" not in registry.available("lloyd_step")):
             return None
-        B, _, D = rows.shape
-        probe = torch.zeros(B, 1, D)
-        labels = torch.zeros(B, 1, dtype=torch.int64)
-        try:
-            impl = registry.select("lloyd_step", opts.backend, x=probe, centroids=probe,
-                                   uniforms=torch.zeros(B, 1, dtype=torch.float64),
-                                   labels=labels, dist=torch.zeros(B, 1), weights=None,
-                                   n_frozen=0, lower=None, shift=None, first=True)
-        except registry.BackendError:
-            return None
-        return cls(rows, k, opts, assigner) if impl.backend == "cpu" else None
+        return cls(rows, k, opts, assigner)
 
     def runs_whole(self, rows: Rows, opts: LloydOptions) -> bool:
         """Whether :meth:`run` can take the whole loop: at least one iteration, no
