@@ -39,7 +39,7 @@ struct Pool {
     i64 n_tasks = 0;
     int width = 0;      // threads the list may use (the caller included)
     bool open = false;  // workers may still join the list
-    int active = 0;     // workers running the list
+    std::atomic<int> active{0};  // workers running the list (changed under m)
     int workers = 0;    // workers started (slots 1..workers)
     std::exception_ptr error;
 };
@@ -127,9 +127,16 @@ void parallel_for(i64 n_tasks, int n_threads, const Fn& fn) {
     }
     p->wake.notify_all();
     run_tasks(p, fn, n_tasks, 0);
+    {
+        std::lock_guard<std::mutex> lock(p->m);
+        p->open = false;
+    }
+    // the workers' last tasks end within a task's time: poll a while before sleeping (a
+    // condition variable's wake-up took 50-100 us a list on the 2-core Zen 3 VM: 20 "elkan"
+    // passes at 5 000 x 32, K = 100 on 2 threads, 6.1 -> 4.3 ms)
+    for (int i = 0; i < SPIN && p->active.load(std::memory_order_acquire) != 0; ++i) relax();
     std::unique_lock<std::mutex> lock(p->m);
-    p->open = false;
-    p->done.wait(lock, [&] { return p->active == 0; });
+    p->done.wait(lock, [&] { return p->active.load(std::memory_order_relaxed) == 0; });
     if (p->error) std::rethrow_exception(std::exchange(p->error, nullptr));
 }
 
