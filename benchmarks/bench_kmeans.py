@@ -320,8 +320,9 @@ def _small_data(case: tuple[int, int, int] | str) -> tuple[np.ndarray, np.ndarra
 def test_small_problems(case, threads):
     """SMALL_NITER Lloyd iterations from the same initial rows, fastdc (defaults) against
     faiss.Kmeans (all iterations), SMALL_ROUNDS rounds alternating the two after one warm-up
-    each, each timed call after an untimed one of the same library; the best round of each. Assignments checked equal to fastdc's unpruned float32
-    loop; the load average is read before and after. threads=1: both libraries on one thread
+    each, each timed call after an untimed one of the same library; the best round of each.
+    Assignments checked equal to fastdc's unpruned float32 loop; the load average is read
+    before and after. threads=1: both libraries on one thread
     (what each does per core, less sensitive to other processes on a shared machine)."""
     faiss = pytest.importorskip("faiss")
     if threads is None:

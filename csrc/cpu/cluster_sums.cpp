@@ -28,6 +28,14 @@
 namespace fastdc {
 namespace {
 
+// Throws std::out_of_range unless row i's cluster j is in [0, k).
+inline void check_id(i64 i, i64 j, i64 k) {
+    if (j < 0 || j >= k) {
+        throw std::out_of_range("cluster_sums: idx[" + std::to_string(i) + "] = " +
+                                std::to_string(j) + " is outside [0, " + std::to_string(k) + ")");
+    }
+}
+
 // Stable counting sort of rows by cluster: on return, the rows of cluster j are
 // order[start[j] .. start[j + 1]) in increasing row index. Throws on ids outside [0, k).
 // Row indices are Row (int32 below 2^31 rows: half the memory of int64 at N = 10^6).
@@ -37,11 +45,7 @@ void sort_rows_by_cluster(const i64* idx, i64 N, i64 k, std::vector<i64>& start,
     start.assign(k + 1, 0);
     for (i64 i = 0; i < N; ++i) {
         const i64 j = idx[i];
-        if (j < 0 || j >= k) {
-            throw std::out_of_range("cluster_sums: idx[" + std::to_string(i) + "] = " +
-                                    std::to_string(j) + " is outside [0, " + std::to_string(k) +
-                                    ")");
-        }
+        check_id(i, j, k);
         ++start[j + 1];
     }
     for (i64 j = 0; j < k; ++j) start[j + 1] += start[j];
@@ -174,11 +178,7 @@ void sums_in_row_order(const float* x, const i64* idx, const float* weights, i64
     std::fill(wsum, wsum + k, 0.0);
     for (i64 i = 0; i < N; ++i) {
         const i64 j = idx[i];
-        if (j < 0 || j >= k) {
-            throw std::out_of_range("cluster_sums: idx[" + std::to_string(i) + "] = " +
-                                    std::to_string(j) + " is outside [0, " + std::to_string(k) +
-                                    ")");
-        }
+        check_id(i, j, k);
         const double w = weights != nullptr ? weights[i] : 1.0;
 #if FASTDC_X86
         if (avx2) {

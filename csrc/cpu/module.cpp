@@ -97,6 +97,28 @@ void assign_bounded_py(const Array<float>& x, const Array<float>& c, const Array
                            np_, n_threads, path);
 }
 
+// The optional weights [B, N] of a Lloyd loop's rows (nullptr for none), shape-checked.
+const float* loop_weights(const std::optional<Array<float>>& weights, i64 B, i64 N) {
+    if (!weights) return nullptr;
+    expect(shape_of(*weights, 2, "weights") == std::vector<i64>{B, N}, "weights must be [B, N]");
+    return weights->data();
+}
+
+// assign_bounded's bounds of a Lloyd loop, lower [B, N, K] and shift [B, K]: both or neither
+// (nullptr), shape-checked.
+struct LoopBounds {
+    float* lower;
+    float* shift;
+};
+LoopBounds loop_bounds(std::optional<Array<float>>& lower, std::optional<Array<float>>& shift,
+                       i64 B, i64 N, i64 K) {
+    expect(lower.has_value() == shift.has_value(), "give both lower and shift, or neither");
+    if (!lower) return {nullptr, nullptr};
+    expect(shape_of(*lower, 3, "lower") == std::vector<i64>{B, N, K}, "lower must be [B, N, K]");
+    expect(shape_of(*shift, 2, "shift") == std::vector<i64>{B, K}, "shift must be [B, K]");
+    return {lower->mutable_data(), shift->mutable_data()};
+}
+
 void lloyd_step_py(const Array<float>& x, const Array<float>& c,
                    const std::optional<Array<float>>& weights, const Array<double>& uniforms,
                    i64 n_frozen, Array<i64>& labels, Array<float>& dist,
@@ -115,19 +137,9 @@ void lloyd_step_py(const Array<float>& x, const Array<float>& c,
     expect(shape_of(nsplit, 1, "nsplit")[0] == B && shape_of(computed, 1, "computed")[0] == B,
            "nsplit and computed must be [B]");
     expect(n_frozen >= 0 && n_frozen <= K, "n_frozen must be in [0, K]");
-    expect(lower.has_value() == shift.has_value(), "give both lower and shift, or neither");
-    const float* wp = nullptr;
-    if (weights) {
-        expect(shape_of(*weights, 2, "weights") == ls, "weights must be [B, N] like labels");
-        wp = weights->data();
-    }
-    float *bp = nullptr, *sp = nullptr;
-    if (lower) {
-        expect(shape_of(*lower, 3, "lower") == std::vector<i64>{B, N, K}, "lower must be [B, N, K]");
-        expect(shape_of(*shift, 2, "shift") == std::vector<i64>{B, K}, "shift must be [B, K]");
-        bp = lower->mutable_data();
-        sp = shift->mutable_data();
-    }
+    const float* wp = loop_weights(weights, B, N);
+    const LoopBounds bounds = loop_bounds(lower, shift, B, N, K);
+    float *bp = bounds.lower, *sp = bounds.shift;
     const fastdc::Isa path = fastdc::resolve_isa(isa);
     const float *xp = x.data(), *cp = c.data();
     const double* up = uniforms.data();
@@ -164,19 +176,9 @@ py::tuple lloyd_run_py(const Array<float>& x, const std::optional<Array<float>>&
     expect(shape_of(seconds, 1, "seconds")[0] == niter && shape_of(search, 1, "search")[0] == niter,
            "seconds and search must be [niter]");
     expect(n_frozen >= 0 && n_frozen <= K, "n_frozen must be in [0, K]");
-    expect(lower.has_value() == shift.has_value(), "give both lower and shift, or neither");
-    const float* wp = nullptr;
-    if (weights) {
-        expect(shape_of(*weights, 2, "weights") == std::vector<i64>{B, N}, "weights must be [B, N]");
-        wp = weights->data();
-    }
-    float *bp = nullptr, *sp = nullptr;
-    if (lower) {
-        expect(shape_of(*lower, 3, "lower") == std::vector<i64>{B, N, K}, "lower must be [B, N, K]");
-        expect(shape_of(*shift, 2, "shift") == std::vector<i64>{B, K}, "shift must be [B, K]");
-        bp = lower->mutable_data();
-        sp = shift->mutable_data();
-    }
+    const float* wp = loop_weights(weights, B, N);
+    const LoopBounds bounds = loop_bounds(lower, shift, B, N, K);
+    float *bp = bounds.lower, *sp = bounds.shift;
     const fastdc::Isa path = fastdc::resolve_isa(isa);
     const fastdc::LloydRecords rec{obj.mutable_data(),      counts.mutable_data(),
                                    nsplit.mutable_data(),   computed.mutable_data(),
