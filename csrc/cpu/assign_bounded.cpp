@@ -292,12 +292,12 @@ FASTDC_AVX2 void close_set_avx2(const float* est, const int* cand, i64 n, float 
     *m = count;
 }
 
-// Step 2 for 32 centroids at a time (then 8): append to cand every centroid other than `own` whose bound
-// read back (stored - cumulative shift) is not above t, a NaN one included (cand has 32 spare
-// slots). t is prepare_rows' threshold, grown to cover this subtraction's rounding and the
-// bound's inward rounding. Most groups have no candidate: one branch per 32 centroids (one
-// per 16 took 2 % longer at 5 000 x 32, K = 100 on one Zen 3 core). Returns
-// the first centroid left for the scalar loop.
+// Step 2 for 32 centroids at a time (then 8): append to cand every centroid other than `own`
+// whose bound read back (stored - cumulative shift) is not above t, a NaN one included (cand
+// has 32 spare slots). t is prepare_rows' threshold, grown to cover this subtraction's
+// rounding and the bound's inward rounding. Most groups have no candidate: one branch per 32
+// centroids (one per 16 took 2 % longer at 5 000 x 32, K = 100 on one Zen 3 core). Returns the
+// first centroid left for the scalar loop.
 FASTDC_AVX2 i64 lower_and_test_avx2(const float* l, const float* shift, i64 K, float t, i64 own,
                                     int* cand, i64* n) {
     const __m256 tv = _mm256_set1_ps(t);
@@ -328,7 +328,8 @@ FASTDC_AVX2 i64 lower_and_test_avx2(const float* l, const float* shift, i64 K, f
             _mm256_sub_ps(_mm256_loadu_ps(l + j), _mm256_loadu_ps(shift + j)), tv, _CMP_NGT_UQ)));
         if (static_cast<std::uint64_t>(own - j) < 8) bits &= ~(1u << (own - j));
         if (bits == 0) continue;
-        const __m256i lanes = _mm256_load_si256(reinterpret_cast<const __m256i*>(LANES.lanes[bits]));
+        const __m256i lanes =
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(LANES.lanes[bits]));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(cand + count),
                             _mm256_add_epi32(lanes, _mm256_set1_epi32(static_cast<int>(j))));
         count += __builtin_popcount(bits);
@@ -464,7 +465,7 @@ i64 assign_row(const Problem& p, i64 i, i64 r, Scratch& s) {
 #endif
     lower_and_test(l, p.shift, j, K, t, a, cand, &n);
     l[a] = stored(lower_of(est_a, E), p.shift[a]);
-    if (n == 0 && !p.exact_dist && est_a == est_a) {  // a alone is left (most rows): it wins
+    if (n == 0 && !p.exact_dist && !std::isnan(est_a)) {  // a alone is left (most rows): it wins
         p.dist[i] = std::max(est_a, 0.0f);
         return 0;
     }

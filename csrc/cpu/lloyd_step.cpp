@@ -158,7 +158,8 @@ i64 lloyd_run(const float* x, const float* weights, const double* uniforms, i64 
             bool stop = fixed;
             if (threshold > 0.0 && !obj_before.empty()) {
                 const double prev = obj_before[b];
-                stop = stop || (prev != 0.0 && std::abs(prev - obj[b]) <= threshold * std::abs(prev));
+                stop = stop ||
+                       (prev != 0.0 && std::abs(prev - obj[b]) <= threshold * std::abs(prev));
             }
             done[b] = done[b] || stop;
             split_before[b] = split;

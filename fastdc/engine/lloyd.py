@@ -65,7 +65,8 @@ class KMeansResult:
     spherical). nsplit: [n_iter] int64, empty clusters re-split in each iteration. imbalance:
     [n_iter] float64, faiss's imbalance factor k·Σn_j²/(Σn_j)². times / search_times: cumulative
     seconds per iteration (only with ``record_times``, else empty lists; where the cpu backend
-    runs an iteration in one call, :func:`fastdc.ops.lloyd_step`, its search time is that
+    runs the loop in one call they are read inside it, and where it runs each iteration in one
+    call, :func:`fastdc.ops.lloyd_step` with ``verbose``, an iteration's search time is that
     call's: the sums, means and re-split with the assignment). n_iter: the iterations
     run (niter unless the loop stopped early). changed: [n_iter] int64, rows whose assignment
     changed in each iteration (over all ranks; iteration 0 counts every row), or None when no

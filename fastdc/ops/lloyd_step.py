@@ -152,7 +152,6 @@ def lloyd_run(
     "converged" or "threshold"). ValueError on mismatched shapes; BackendError where the cpu
     backend is not built.
     """
-    niter, B, K = uniforms.shape
     inputs = dict(x=x, centroids=centroids, uniforms=uniforms, labels=labels, dist=dist,
                   weights=weights, n_frozen=n_frozen, lower=lower, shift=shift,
                   tile_passes=tile_passes, refresh_above=refresh_above, threshold=threshold,
