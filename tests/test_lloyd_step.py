@@ -198,3 +198,25 @@ def test_run_records_times_and_stops_like_the_loop(monkeypatch):
     per_iteration = run_three_ways(monkeypatch, x, 8, niter=200, seed=1,
                                    early_stop_threshold=0.0)[1]
     assert_same(res, per_iteration)
+
+
+def test_large_runs_take_one_call_per_iteration(monkeypatch):
+    """Beyond ONE_CALL_MAX_WORK multiply-adds an iteration the loop calls lloyd_step once per
+    iteration (an interrupt lands between them), with the same results."""
+    needs_cpu()
+    x = blobs(600, 32, 6, seed=4)
+    calls = {"run": 0, "step": 0}
+    for name, key in (("run", "run"), ("__call__", "step")):
+        real = getattr(lloyd._Step, name)
+
+        def spy(*a, real=real, key=key, **kw):
+            calls[key] += 1
+            return real(*a, **kw)
+
+        monkeypatch.setattr(lloyd._Step, name, spy)
+    whole = kmeans(x, 12, niter=9, seed=2, prune="elkan")
+    assert calls == {"run": 1, "step": 0}
+    monkeypatch.setattr(lloyd, "ONE_CALL_MAX_WORK", 600 * 12 * 32 - 1)
+    per_iteration = kmeans(x, 12, niter=9, seed=2, prune="elkan")
+    assert calls == {"run": 1, "step": 9}
+    assert_same(whole, per_iteration)

@@ -499,6 +499,13 @@ def _sums_pass(blocks: Iterator[Block], centroids: torch.Tensor, k: int, assigne
     return obj, sums.float(), counts.float()
 
 
+ONE_CALL_MAX_WORK = 1 << 28
+"""The loop runs in one call (:meth:`_Step.run`) up to this many multiply-adds an iteration
+(B * N * k * D; 5 000 x 32, K = 100: 1.6e7), a few ms of work: there the 0.1-0.2 ms of Python
+between iterations is most of the gap to faiss. Beyond, each iteration is its own call: the
+Python is then a small part of it, and an interrupt (Ctrl-C) is taken between iterations."""
+
+
 class _Step:
     """A Lloyd iteration in one kernel call (:func:`fastdc.ops.lloyd_step` on the cpu backend):
     the assignment ("elkan" bounds or none), sums, means and re-split of :func:`_sums_pass` and
@@ -531,10 +538,12 @@ class _Step:
         return cls(rows, k, opts, assigner)
 
     def runs_whole(self, rows: Rows, opts: LloydOptions) -> bool:
-        """Whether :meth:`run` can take the whole loop: at least one iteration, no
-        per-iteration progress lines (``verbose``) and no padding rows (the stop test and the
-        objective leave them out)."""
-        return opts.niter > 0 and not opts.verbose and getattr(rows, "mask", None) is None
+        """Whether :meth:`run` takes the whole loop: at least one iteration, no per-iteration
+        progress lines (``verbose``), no padding rows (the stop test and the objective leave
+        them out) and at most :data:`ONE_CALL_MAX_WORK` multiply-adds an iteration."""
+        B, N, D = rows.shape
+        return (opts.niter > 0 and not opts.verbose and getattr(rows, "mask", None) is None
+                and B * N * self.k * D <= ONE_CALL_MAX_WORK)
 
     def run(self, rows: Rows, centroids: torch.Tensor, opts: LloydOptions,
             split_gen: torch.Generator, stop: StopCheck, clock: _Clock, records: tuple
