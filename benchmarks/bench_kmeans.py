@@ -184,6 +184,11 @@ def _prune_data(name: str) -> tuple[np.ndarray, int]:
     return x / np.linalg.norm(x, axis=1, keepdims=True), len(x) // 50
 
 
+def _initial_rows(x: np.ndarray, k: int) -> np.ndarray:
+    """k distinct rows of x [n, d] (a fixed draw): the pruning runs' initial centroids [k, d]."""
+    return x[np.random.default_rng(2).choice(len(x), k, replace=False)].copy()
+
+
 PRUNE_RUNS = [(False, "fp32"), (False, "default"), ("centres", "default"), ("second", "fp32"),
               ("second", "default"), ("elkan", "default"), (None, "default")]
 """(prune, precision) of the runs: "default" takes the bf16 pass where the CPU has it; prune None
@@ -197,7 +202,7 @@ def test_pruning(name):
     assignments checked equal to the unpruned float32 run's, pruned fractions per iteration
     recorded."""
     x, k = _prune_data(name)
-    init = x[np.random.default_rng(2).choice(len(x), k, replace=False)].copy()
+    init = _initial_rows(x, k)
     xt, it = torch.from_numpy(x), torch.from_numpy(init)
     table = f"kmeans_prune_{name}_{len(x)}_{x.shape[1]}_{k}"
     note = (f"N={len(x)} D={x.shape[1]} K={k} niter={PRUNE_NITER}, same init; "
@@ -310,7 +315,7 @@ def _small_data(case: tuple[int, int, int] | str) -> tuple[np.ndarray, np.ndarra
         n, d, k = case
         return (*deepcluster_like(n, d, k), f"N={n} D={d} K={k}")
     x, k = _prune_data("deepcluster")
-    init = x[np.random.default_rng(2).choice(len(x), k, replace=False)].copy()
+    init = _initial_rows(x, k)
     return x, init, f"built-in features N={len(x)} D={x.shape[1]} K={k}"
 
 

@@ -525,14 +525,13 @@ class _Step:
     @classmethod
     def where_it_runs(cls, rows: Rows, k: int, opts: LloydOptions, assigner: Assigner
                       ) -> _Step | None:
-        """The step where the loop can take it (its ``assign`` running on the cpu backend),
-        else None: float32 rows on the CPU read as one block by one process, squared L2 with
-        "elkan" bounds or none, centroids neither normalised nor rounded. The cpu backend's
-        ``lloyd_step`` then takes the tensors ``assign`` takes (contiguous float32 CPU
-        tensors)."""
-        if (rows.device.type != "cpu" or rows.dtype != torch.float32 or rows.group is not None
-                or not rows.single_block() or opts.spherical or opts.int_centroids
-                or assigner.bounds not in (None, "elkan")
+        """The step where the loop can take it, else None. The caller has checked that the
+        loop's ``assign`` runs on the cpu backend (so the rows are on the CPU); the step also
+        needs float32 rows read as one block by one process, squared L2 with "elkan" bounds or
+        none, and centroids neither normalised nor rounded. The cpu backend's ``lloyd_step``
+        then takes the tensors ``assign`` takes (contiguous float32 CPU tensors)."""
+        if (rows.dtype != torch.float32 or rows.group is not None or not rows.single_block()
+                or opts.spherical or opts.int_centroids or assigner.bounds not in (None, "elkan")
                 or "cpu" not in registry.available("lloyd_step")):
             return None
         return cls(rows, k, opts, assigner)
@@ -554,7 +553,7 @@ class _Step:
         and the clock's records filled in. Appends to ``records`` = (objectives [B], counts
         [B, k], nsplit [B], pruned rows [B]) per iteration, as the loop does; returns the last
         centroids [B, k, D]."""
-        B, N, _ = rows.shape
+        B = rows.batch
         (block,) = _blocks(rows, opts.check_finite)
         self.assigner.begin(centroids)  # the passes' k
         uniforms = torch.rand((opts.niter, B, self.k), generator=split_gen, dtype=torch.float64)

@@ -217,9 +217,13 @@ def lloyd_step_cpu(x: torch.Tensor, centroids: torch.Tensor, uniforms: torch.Ten
     return new, counts, nsplit, computed
 
 
-@register("lloyd_run", "cpu", lambda **kw: _lloyd_step_reasons(
-    **{k: v for k, v in kw.items() if k not in ("tile_passes", "refresh_above", "threshold")},
-    first=True))
+def _lloyd_run_reasons(x, centroids, uniforms, labels, dist, weights, n_frozen, lower, shift,
+                       tile_passes, refresh_above, threshold, precision="default") -> list[str]:
+    return _lloyd_step_reasons(x, centroids, uniforms, labels, dist, weights, n_frozen, lower,
+                               shift, True, precision)
+
+
+@register("lloyd_run", "cpu", _lloyd_run_reasons)
 def lloyd_run_cpu(x: torch.Tensor, centroids: torch.Tensor, uniforms: torch.Tensor,
                   labels: torch.Tensor, dist: torch.Tensor, weights: torch.Tensor | None,
                   n_frozen: int, lower: torch.Tensor | None, shift: torch.Tensor | None,
