@@ -243,7 +243,7 @@ def main_pass(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     dist = torch.empty(B, N, dtype=torch.float32, device=x.device)
     idx = torch.empty(B, N, dtype=torch.int64, device=x.device)
     cand = torch.empty(B, N, dtype=torch.int64, device=x.device)
-    tk._counting_pass(x, c.to(torch.bfloat16), cf, cf.norm(dim=2).amax(dim=1),
+    tk._counting_pass(x, tk._pad_rows(c, torch.bfloat16), cf, cf.norm(dim=2).amax(dim=1),
                       tk._score_offsets(cf, True), dist, idx, cand, is_l2=True, mode="bf16")
     return cand
 

@@ -171,17 +171,19 @@ def _program_rows(rows_ptr, nrows_ptr, N, K, N_LIST, GATHER: tl.constexpr,
 
 
 @triton.jit
-def _fold_tile(acc, pad_b, k0, kk, best, best_i, cnt, isum, width, IS_L2: tl.constexpr,
-               COUNT: tl.constexpr):
+def _fold_tile(acc, pad_b, k0, kk, best, best_i, cand, width, IS_L2: tl.constexpr,
+               COUNT_SHIFT: tl.constexpr):
     """Fold the products acc [BLOCK_N, BLOCK_K] of the centroid tile starting at k0 into the
-    rows' running best score and its index and (COUNT) their packed candidate count.
+    rows' running best score, its index (int32) and (COUNT_SHIFT > 0) their packed candidates.
 
     pad_b holds |c|² (L2) or 0 (inner product) per centroid and +inf past K, so one FMA makes
-    every score and padded columns never win. COUNT: each centroid within ``width`` of the
-    running best adds 1 to ``cnt`` and its index to ``isum`` (int32: the sum is only read when
-    it holds at most two indices); the count restarts when the best drops by
-    more than ``width``, and otherwise may keep a few that fell out of reach (an over-count,
-    which only sends more rows to a re-check)."""
+    every score and padded columns never win. Counting: each centroid within ``width`` of the
+    running best adds 2^COUNT_SHIFT + its index to ``cand``, so one sum carries the count (the
+    high bits) and, where it is at most two, the sum of the candidates' indices (the low
+    bits, exact while 2^COUNT_SHIFT > 2·(K − 1); a larger sum only carries into the count,
+    which then reads too high). The count restarts when the best drops by more than
+    ``width``, and otherwise may keep a few that fell out of reach. An over-count only sends
+    more rows to a re-check."""
     cols = k0 + kk
     pad = tl.load(pad_b + cols)
     if IS_L2:  # same form as the reference's addmm: |c|² + (-2)·x·c
@@ -191,17 +193,17 @@ def _fold_tile(acc, pad_b, k0, kk, best, best_i, cnt, isum, width, IS_L2: tl.con
     t_best, t_arg = tl.min(
         score, axis=1, return_indices=True, return_indices_tie_break_left=True
     )
-    if COUNT:
+    if COUNT_SHIFT > 0:
         limit = tl.minimum(best, t_best) + width
-        near = score <= limit[:, None]
         # earlier candidates scored >= best: all out of reach when the new limit is below it
         restart = limit < best
-        cnt = tl.where(restart, 0, cnt) + tl.sum(near.to(tl.int32), axis=1)
-        isum = tl.where(restart, 0, isum) + tl.sum(tl.where(near, cols, 0), axis=1)
+        step = cols.to(cand.dtype) + (1 << COUNT_SHIFT)
+        cand = tl.where(restart, 0, cand) + tl.sum(
+            tl.where(score <= limit[:, None], step[None, :], 0), axis=1)
     take = t_best < best  # strict: an equal score in a later tile keeps the smaller index
-    best_i = tl.where(take, k0 + t_arg.to(tl.int64), best_i)
+    best_i = tl.where(take, k0 + t_arg, best_i)
     best = tl.where(take, t_best, best)
-    return best, best_i, cnt, isum
+    return best, best_i, cand
 
 
 @triton.jit
@@ -233,22 +235,24 @@ def _row_norms(x_rows, row_ok, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: 
 @triton.jit
 def _assign_kernel(
     x_ptr,  # [B, N, D] float32/float16/bfloat16, contiguous: the rows to assign
-    c_ptr,  # [B, K, D] contiguous: the centroids (bfloat16 for the COUNT pass, else x's dtype)
+    c_ptr,  # [B, KP, D] contiguous: the centroids, zero rows past K (bfloat16 for the bf16
+    # counting pass, else x's dtype)
     pad_ptr,  # [B, KP] float32: |c|² (L2) or 0 (inner product), +inf for k >= K
-    coef_ptr,  # [B, 3] float32: candidate width coefficients (read only when COUNT)
+    coef_ptr,  # [B, 3] float32: candidate width coefficients (read only when counting)
     rows_ptr,  # [B, N_LIST] int32: row list per problem (read only when GATHER)
     nrows_ptr,  # [B] int64: number of valid entries in each row list (read only when GATHER)
     dist_ptr,  # [B, N] float32 out: squared L2 distance (>= 0) or the best inner product
     idx_ptr,  # [B, N] int64 out: index of the best centroid (ties: the smallest)
-    cand_ptr,  # [B, N] int64 out (COUNT): candidates·2^32 + the sum of their indices
+    cand_ptr,  # [B, N] int64 out (counting): candidates·2^32 + the sum of their indices
     N,  # rows per problem
     K,  # centroids per problem
-    KP,  # row stride of pad_ptr (K rounded up to PAD_K)
+    KP,  # K rounded up to PAD_K: the rows of c_ptr and pad_ptr per problem
     N_LIST,  # row-list stride (GATHER)
     D: tl.constexpr,  # feature dim (specialised: one compile per D)
     IS_L2: tl.constexpr,  # True: smallest squared L2 distance; False: largest inner product
     DOT_MODE: tl.constexpr,  # "ieee" | "tf32" | "tf32x3" | "bf16"
-    COUNT: tl.constexpr,  # bf16 main pass / TF32 second pass: count candidates in the bound
+    COUNT_SHIFT: tl.constexpr,  # 0, or count the candidates within the bound (bf16 main pass,
+    # TF32 second pass) at this bit of the per-row packed sum (count_shift(K))
     GATHER: tl.constexpr,  # rows come from rows_ptr (the fp32 re-check of flagged rows)
     UPCAST_BF16: tl.constexpr,  # interpreter only: multiply bf16 tiles in fp32 (see _dot)
     BLOCK_N: tl.constexpr,  # rows per program
@@ -257,7 +261,7 @@ def _assign_kernel(
 ):
     b, rows, row_ok, k_end = _program_rows(rows_ptr, nrows_ptr, N, K, N_LIST, GATHER, BLOCK_N)
     x_rows = x_ptr + b * N * D + rows[:, None] * D  # [BLOCK_N, 1] row starts (int64)
-    c_base = c_ptr + b * K * D
+    c_base = c_ptr + b * KP * D
     dd = tl.arange(0, BLOCK_D)
     if BLOCK_D >= D:  # the resident x tile, rounded once when the pass is bf16
         x_tile = tl.load(x_rows + dd[None, :], mask=row_ok[:, None] & (dd[None, :] < D), other=0.0)
@@ -265,47 +269,42 @@ def _assign_kernel(
         xl = _residual(xf, DOT_MODE)
         x_sq = tl.sum(xf * xf, axis=1)
         xl_sq = tl.sum(xl * xl, axis=1)
-        if COUNT and DOT_MODE == "bf16" and not UPCAST_BF16:
+        if DOT_MODE == "bf16" and not UPCAST_BF16:
             x_tile = x_tile.to(tl.bfloat16)
     else:
         x_sq, xl_sq = _row_norms(x_rows, row_ok, D, BLOCK_N, BLOCK_D, DOT_MODE)
     width = tl.zeros([BLOCK_N], dtype=tl.float32)
-    if COUNT:
+    if COUNT_SHIFT > 0:
         coef = coef_ptr + b * 3
         width = (tl.load(coef) * tl.sqrt(xl_sq) + tl.load(coef + 1) * tl.sqrt(x_sq)
                  + tl.load(coef + 2))
 
     best = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
-    best_i = tl.zeros([BLOCK_N], dtype=tl.int64)
-    cnt = tl.zeros([BLOCK_N], dtype=tl.int32)
-    isum = tl.zeros([BLOCK_N], dtype=tl.int32)
+    best_i = tl.zeros([BLOCK_N], dtype=tl.int32)
+    cand = tl.zeros([BLOCK_N], dtype=tl.int32 if COUNT_SHIFT < 32 else tl.int64)
     kk = tl.arange(0, BLOCK_K)
     for k0 in range(0, k_end, BLOCK_K):
-        col_ok = (k0 + kk) < K
         c_rows = c_base + (k0 + kk)[:, None].to(tl.int64) * D  # [BLOCK_K, 1]
         acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         if BLOCK_D >= D:
-            c_tile = tl.load(c_rows + dd[None, :], mask=col_ok[:, None] & (dd[None, :] < D),
-                             other=0.0)
+            c_tile = tl.load(c_rows + dd[None, :], mask=dd[None, :] < D, other=0.0)
             acc = _dot(x_tile, tl.trans(c_tile), acc, DOT_MODE, UPCAST_BF16)
         else:
             for d0 in range(0, D, BLOCK_D):
                 d_ok = (d0 + dd) < D
                 xt = tl.load(x_rows + d0 + dd[None, :], mask=row_ok[:, None] & d_ok[None, :],
                              other=0.0)
-                ct = tl.load(c_rows + d0 + dd[None, :], mask=col_ok[:, None] & d_ok[None, :],
-                             other=0.0)
+                ct = tl.load(c_rows + d0 + dd[None, :], mask=d_ok[None, :], other=0.0)
                 acc = _dot(xt, tl.trans(ct), acc, DOT_MODE, UPCAST_BF16)
-        best, best_i, cnt, isum = _fold_tile(acc, pad_ptr + b * KP, k0, kk, best, best_i, cnt,
-                                             isum, width, IS_L2, COUNT)
+        best, best_i, cand = _fold_tile(acc, pad_ptr + b * KP, k0, kk, best, best_i, cand, width,
+                                        IS_L2, COUNT_SHIFT)
     out = b * N + rows
     tl.store(dist_ptr + out, tl.maximum(x_sq + best, 0.0) if IS_L2 else -best, mask=row_ok)
-    tl.store(idx_ptr + out, best_i, mask=row_ok)
-    if COUNT:
-        # the low word as unsigned: a wrapped index sum (only with > 2 candidates) cannot
-        # borrow from the count
-        packed = (cnt.to(tl.int64) << 32) | (isum.to(tl.int64) & 0xFFFFFFFF)
-        tl.store(cand_ptr + out, packed, mask=row_ok)
+    tl.store(idx_ptr + out, best_i.to(tl.int64), mask=row_ok)
+    if COUNT_SHIFT > 0:  # stored as count·2^32 + index sum whatever the shift
+        low = cand & ((1 << COUNT_SHIFT) - 1)
+        tl.store(cand_ptr + out, ((cand >> COUNT_SHIFT).to(tl.int64) << 32) | low.to(tl.int64),
+                 mask=row_ok)
 
 
 @triton.jit
@@ -374,7 +373,7 @@ def assign_configs() -> list[triton.Config]:
     the default mode's passes and the one-pass TF32 mode) with no stack frame (no spills) and
     <= 227 KB of shared memory (tests/test_triton_backend.py checks this); tiles that spilled
     there (128×32 and 128×128×64 with 8 warps, 256-row tiles with 8 or 16 warps, 128×64 with
-    4) are left out. Which one
+    4, 64×32 with 4 in the fp32 pass on gathered rows) are left out. Which one
     wins is the autotuner's measurement on the GPU, cached on disk per (N, D, K, metric, mode,
     candidate counting, gather); ``python benchmarks/bench_gpu.py --estimate`` models each.
     Interpreter: one 32×32 tile (the CPU runs one program at a time).
@@ -383,8 +382,9 @@ def assign_configs() -> list[triton.Config]:
         return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 0}, num_warps=4,
                               num_stages=1)]
     tiles = [  # (BLOCK_N, BLOCK_K, BLOCK_D, warps, stages)
-        (128, 64, 0, 8, 1), (128, 64, 0, 8, 2), (64, 64, 0, 4, 2), (64, 32, 0, 4, 3),
+        (128, 64, 0, 8, 1), (128, 64, 0, 8, 2), (64, 64, 0, 4, 2), (64, 32, 0, 8, 3),
         (128, 64, 64, 8, 3), (128, 128, 32, 8, 4), (64, 128, 0, 4, 1), (128, 128, 0, 8, 1),
+        (128, 128, 0, 8, 2),
     ]
     return [
         triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd}, num_warps=w, num_stages=s)
@@ -392,22 +392,21 @@ def assign_configs() -> list[triton.Config]:
     ]
 
 
-HALF_ONLY_TILES = {(128, 64, 0, 2), (64, 128, 0, 1), (128, 128, 0, 1)}
+HALF_ONLY_TILES = {(128, 64, 0, 2), (64, 128, 0, 1), (128, 128, 0, 1), (128, 128, 0, 2)}
 """(BLOCK_N, BLOCK_K, BLOCK_D, stages) of the resident tiles kept for 16-bit operands only: at
-D = 256 in fp32 they need 192-256 KB of shared memory or spill (sm_90, Triton 3.8). With bf16
-operands 64×128 (206 registers × 128 threads, 96 KB) leaves room for two CTAs per SM."""
+D = 256 in fp32 they need 192-384 KB of shared memory or spill (sm_90, Triton 3.8). With bf16
+operands 128×128 with two stages (235 registers, 192 KB) prefetches the next centroid tile."""
 
 
 def _prune_assign_configs(configs, named_args, **kwargs):
     """Drop chunked candidates when one chunk covers D, tiles far larger than N or K, the
-    :data:`HALF_ONLY_TILES` unless the operands are 16-bit (the default mode's bf16 pass or
+    :data:`HALF_ONLY_TILES` unless the operands are 16-bit (the bf16 passes or
     half inputs), and, for the fp32 CUDA-core product, every tile but 64×32 (the others spill
     0.4-15 KB per thread on sm_90 at D = 256)."""
     n, k, d = named_args["N"], named_args["K"], kwargs.get("D", named_args.get("D"))
     full = assign_block_d(d)
     x = named_args.get("x_ptr")
-    half = (kwargs.get("COUNT") and kwargs.get("DOT_MODE") == "bf16") or (
-        x is not None and x.element_size() == 2)
+    half = kwargs.get("DOT_MODE") == "bf16" or (x is not None and x.element_size() == 2)
     kept = []
     for c in configs:
         bn, bk, bd = c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_D"]
@@ -433,7 +432,7 @@ def _resolve_block_d(args) -> int:
 
 _assign_tuned = triton.autotune(
     configs=assign_configs(),
-    key=["N", "D", "K", "IS_L2", "DOT_MODE", "COUNT", "GATHER"],
+    key=["N", "D", "K", "IS_L2", "DOT_MODE", "COUNT_SHIFT", "GATHER"],
     prune_configs_by={"early_config_prune": _prune_assign_configs},
     cache_results=True,
 )(triton.heuristics({"BLOCK_D": _resolve_block_d})(_assign_kernel))
@@ -444,35 +443,61 @@ _assign_tuned = triton.autotune(
 # ---------------------------------------------------------------------------------------------
 
 PAD_K = 128
-"""The score offsets |c|² are padded with +inf to a multiple of the largest BLOCK_K."""
+"""The centroids (with zero rows) and their score offsets |c|² (with +inf) are padded to a
+multiple of the largest BLOCK_K, so no centroid tile load needs a mask."""
 
 
-def _launch(x, c, pad, dist, idx, *, is_l2, mode, coef=None, cand=None, rows=None, nrows=None):
+def count_shift(k: int) -> int:
+    """The bit of the count in the kernel's packed per-row candidate sum for K centroids: 15
+    (an int32 sum) while 2^15 > 2·(K − 1), so two indices fit below it, and the largest sum,
+    K·(2^15 + K), stays below 2^31; 32 (an int64 sum) beyond K = 16 384."""
+    return 15 if k <= 16384 else 32
+
+
+def _launch(x, c, k, pad, dist, idx, *, is_l2, mode, coef=None, cand=None, rows=None,
+            nrows=None):
+    """Run the tuned assign kernel: x [B, N, D]; c [B, KP, D] the centroids padded by
+    :func:`_pad_rows`, of which the first k are real; the other arguments as the kernel's."""
     B, N, D = x.shape
-    K = c.shape[1]
+    if c.shape[1] != pad.shape[1]:
+        raise ValueError(f"the assign kernel reads {pad.shape[1]} centroid rows per problem; "
+                         f"c has {c.shape[1]}: pad it with _pad_rows")
     dummy = dist  # any tensor: pointer args the constexpr flags leave unread
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B)  # noqa: E731
     _assign_tuned[grid](
         x, c, pad, coef if coef is not None else dummy, rows if rows is not None else dummy,
         nrows if nrows is not None else dummy, dist, idx, cand if cand is not None else dummy,
-        N, K, pad.shape[1], 0 if rows is None else rows.shape[1],
-        D=D, IS_L2=is_l2, DOT_MODE=mode, COUNT=cand is not None, GATHER=rows is not None,
-        UPCAST_BF16=interpreting(),
+        N, k, pad.shape[1], 0 if rows is None else rows.shape[1],
+        D=D, IS_L2=is_l2, DOT_MODE=mode, COUNT_SHIFT=0 if cand is None else count_shift(k),
+        GATHER=rows is not None, UPCAST_BF16=interpreting(),
     )
+
+
+def _pad_rows(c: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """c [B, K, D] as [B, KP, D] contiguous with zero rows past K (KP a multiple of
+    :data:`PAD_K`), in ``dtype`` (default: c's); c itself when nothing changes."""
+    B, K, D = c.shape
+    kp = triton.cdiv(K, PAD_K) * PAD_K
+    dtype = dtype or c.dtype
+    if kp == K and dtype == c.dtype:
+        return c
+    out = torch.zeros(B, kp, D, dtype=dtype, device=c.device)
+    out[:, :K] = c
+    return out
 
 
 def _counting_pass(x, c_op, cf, cmax, pad, dist, idx, cand, *, is_l2, mode, rows=None,
                    nrows=None) -> None:
-    """One pass that scores with ``mode``'s rounded operands ("bf16": c_op the bf16 centroids;
-    "tf32": the fp32 ones) and writes, besides dist and idx, every row's packed candidates
-    within that mode's proven width (:func:`candidate_width`) into ``cand``; only the rows of
-    the list when ``rows`` is given. cf: [B, K, D] fp32 centroids, cmax: [B] their largest
-    norm."""
+    """One pass that scores with ``mode``'s rounded operands ("bf16": c_op the padded bf16
+    centroids; "tf32": the padded fp32 ones) and writes, besides dist and idx, every row's
+    packed candidates within that mode's proven width (:func:`candidate_width`) into ``cand``;
+    only the rows of the list when ``rows`` is given. cf: [B, K, D] fp32 centroids, cmax: [B]
+    their largest norm."""
     unit = BF16_UNIT if mode == "bf16" else TF32_UNIT
     cl_max = (cf - round_operand(cf, mode)).norm(dim=2).amax(dim=1)
     coef = candidate_width(cmax, cl_max, cf.shape[2], unit)
-    _launch(x, c_op, pad, dist, idx, is_l2=is_l2, mode=mode, coef=coef.contiguous(), cand=cand,
-            rows=rows, nrows=nrows)
+    _launch(x, c_op, cf.shape[1], pad, dist, idx, is_l2=is_l2, mode=mode,
+            coef=coef.contiguous(), cand=cand, rows=rows, nrows=nrows)
 
 
 def _score_offsets(cf: torch.Tensor, is_l2: bool) -> torch.Tensor:
@@ -506,10 +531,12 @@ def assign_triton(
     and device, as :func:`fastdc.ops.assign` validated them; ``precision`` one of
     :data:`PRECISIONS` (``_reasons`` declines the others). Returns dist [B, N] float32 (squared
     L2 clamped at 0, or the best inner product) and idx [B, N] int64 (ties: the smallest index).
-    Extra memory: |c|² padded, a bf16 copy of the centroids and, in the default mode, about
-    25 bytes per row (packed candidates, the second candidate, the re-checks' row lists).
+    Extra memory: |c|² padded, the centroids padded to a multiple of :data:`PAD_K` rows (no
+    copy when K is one), a bf16 copy of them and, in the default mode, about 25 bytes per row
+    (packed candidates, the second candidate, the re-checks' row lists).
     """
     B, N, D = x.shape
+    K = centroids.shape[1]
     dist = torch.empty(B, N, dtype=torch.float32, device=x.device)
     idx = torch.empty(B, N, dtype=torch.int64, device=x.device)
     if N == 0:
@@ -517,32 +544,34 @@ def assign_triton(
     is_l2 = metric == "l2"
     cf = centroids.float()
     pad = _score_offsets(cf, is_l2)
+    c_pad = _pad_rows(centroids)
     if precision != "default" or x.dtype != torch.float32:
         mode = {"default": "ieee", "fp32": "ieee"}.get(precision, precision)
-        _launch(x, centroids, pad, dist, idx, is_l2=is_l2, mode=mode)
+        c_op = _pad_rows(centroids, torch.bfloat16) if mode == "bf16" else c_pad
+        _launch(x, c_op, K, pad, dist, idx, is_l2=is_l2, mode=mode)
         return dist, idx
 
     # default: the bf16 main pass counts the candidates within the proven bound ...
     cmax = cf.norm(dim=2).amax(dim=1)
     cand = torch.empty(B, N, dtype=torch.int64, device=x.device)
-    _counting_pass(x, centroids.to(torch.bfloat16), cf, cmax, pad, dist, idx, cand, is_l2=is_l2,
-                   mode="bf16")
+    _counting_pass(x, _pad_rows(centroids, torch.bfloat16), cf, cmax, pad, dist, idx, cand,
+                   is_l2=is_l2, mode="bf16")
     # ... rows with more than two go through a TF32 pass that counts again within its
     # (about 4x narrower) bound ...
     rows, nrows = _compact((cand >> 32) > 2)
-    _counting_pass(x, centroids, cf, cmax, pad, dist, idx, cand, is_l2=is_l2, mode="tf32",
+    _counting_pass(x, c_pad, cf, cmax, pad, dist, idx, cand, is_l2=is_l2, mode="tf32",
                    rows=rows, nrows=nrows)
     # ... every row is re-scored in fp32 on its first and (if any) second candidate ...
     count = cand >> 32
     second = torch.where(count == 2, (cand & 0xFFFFFFFF) - idx, idx)
     _rescore_kernel[(triton.cdiv(N, 32), B)](
-        x, centroids, pad, second, idx, dist, N, centroids.shape[1], pad.shape[1],
+        x, centroids, pad, second, idx, dist, N, K, pad.shape[1],
         # 32 rows × up to 64 features: two gathered centroid rows per x row, memory bound
         D=D, IS_L2=is_l2, BLOCK_N=32, BLOCK_D=min(64, max(16, next_pow2(D))),
     )
     # ... and rows with more than two candidates go through the full fp32 pass
     rows, nrows = _compact(count > 2)
-    _launch(x, centroids, pad, dist, idx, is_l2=is_l2, mode="ieee", rows=rows, nrows=nrows)
+    _launch(x, c_pad, K, pad, dist, idx, is_l2=is_l2, mode="ieee", rows=rows, nrows=nrows)
     return dist, idx
 
 

@@ -266,6 +266,34 @@ def test_triton_tf32_pass_settles_rows_the_bf16_pass_leaves_open(monkeypatch):
         assert flagged[0] == 300 and flagged[1] < 30, flagged
 
 
+@pytest.mark.parametrize("k", [16384, 16385], ids=["int32-count", "int64-count"])
+def test_triton_packed_count_at_the_largest_indices(k):
+    """Two equal centroids at the last two indices, the others far away: the packed sum names
+    both exactly on either side of the int32 packing's limit (K = 16 384), and with every
+    centroid equal the count reads more than two (an over-count at most), so the rows reach
+    the full fp32 pass and keep index 0."""
+    kernels = triton_kernels("assign")
+    assert kernels.count_shift(k) == (15 if k <= 16384 else 32)
+    x = 0.01 * randn(1, 6, 16, seed=10)
+    c = 100.0 + randn(1, k, 16, seed=11)
+    c[:, -2:] = 0.0
+    xd, cd = x.to(TRITON_DEVICE), c.to(TRITON_DEVICE)
+    cf = cd.float()
+    dist = torch.empty(1, 6, device=TRITON_DEVICE)
+    idx = torch.empty(1, 6, dtype=torch.int64, device=TRITON_DEVICE)
+    cand = torch.empty(1, 6, dtype=torch.int64, device=TRITON_DEVICE)
+    kernels._counting_pass(xd, kernels._pad_rows(cd, torch.bfloat16), cf,
+                           cf.norm(dim=2).amax(dim=1), kernels._score_offsets(cf, True), dist,
+                           idx, cand, is_l2=True, mode="bf16")
+    assert bool((cand >> 32 == 2).all()) and bool((idx == k - 2).all())
+    assert bool(((cand & 0xFFFFFFFF) == 2 * k - 3).all())
+
+    same = torch.zeros(1, k, 16)
+    dist, idx = kernels.assign_triton(xd, same.to(TRITON_DEVICE), "l2", "default")
+    assert bool((idx == 0).all())
+    assert_close(dist.cpu(), assign_ref(x, same, "l2")[0], torch.float32)
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_triton_two_candidates_are_rescored_in_fp32(metric):
     """Each centroid twice: every row has two equal best scores and keeps the smaller index."""
@@ -295,8 +323,8 @@ def test_triton_main_pass_candidates_hold_the_fp32_argmin():
     dist = torch.empty(1, 300, device=TRITON_DEVICE)
     idx = torch.empty(1, 300, dtype=torch.int64, device=TRITON_DEVICE)
     cand = torch.empty(1, 300, dtype=torch.int64, device=TRITON_DEVICE)
-    kernels._launch(xd, cd.bfloat16(), pad, dist, idx, is_l2=True, mode="bf16", coef=coef,
-                    cand=cand)
+    kernels._launch(xd, kernels._pad_rows(cd, torch.bfloat16), 70, pad, dist, idx, is_l2=True,
+                    mode="bf16", coef=coef, cand=cand)
     count, first = (cand[0] >> 32).cpu(), idx[0].cpu()
     second = (cand[0] & 0xFFFFFFFF).cpu() - first
     assert bool((count >= 1).all())

@@ -63,6 +63,25 @@ def test_bench_gpu_cpu_side_helpers():
         assert bench.main([]) == 2  # a clear message and a non-zero exit, no crash
 
 
+def test_bench_gpu_main_pass_counts_as_the_simulation_does():
+    """The GPU script's bf16 pass alone (Triton; the interpreter on a CPU) at a K the padding
+    must round up: every row has a candidate, the kernel's count is at least the CPU
+    simulation's (it counts against a running minimum), and its fractions add up to one."""
+    from fastdc.kernels.assign import candidates_ref
+
+    from benchmarks.bench_gpu import main_pass, recheck_fractions
+    from tests.helpers import TRITON_DEVICE, triton_kernels
+
+    triton_kernels("assign")
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(1, 90, 32, generator=g), torch.randn(1, 70, 32, generator=g)
+    count = (main_pass(x.to(TRITON_DEVICE), c.to(TRITON_DEVICE)) >> 32).cpu()[0]
+    ref_count, _, _ = candidates_ref(x[0], c[0])
+    assert bool((count >= 1).all()) and bool((count >= ref_count).all())
+    fractions = recheck_fractions(x.to(TRITON_DEVICE), c.to(TRITON_DEVICE))
+    assert sum(fractions.values()) == pytest.approx(1.0) and fractions["zero"] == 0.0
+
+
 def test_gpu_run_also_runs_the_gpu_tests_and_the_trainer(tmp_path):
     from benchmarks.bench_gpu import smoke_commands
 
@@ -94,17 +113,24 @@ def test_gpu_estimate_finds_the_innermost_hgmma_loop():
     assert main_loop_length("/*0000*/ FADD R1, R2, R3 ;\n/*0010*/ BRA 0x0 ;") == 0
 
 
-def test_gpu_estimate_overlaps_only_with_two_ctas_per_sm():
+def test_gpu_estimate_overlaps_only_with_two_ctas_per_sm_or_prefetch():
     from benchmarks.gpu_estimate import H100, pass_seconds, tile_cycles
 
     small = {"registers": 128, "shared_bytes": 80 * 1024, "loop_instructions": 400}
     big = dict(small, shared_bytes=150 * 1024)
-    two = tile_cycles(small, 64, 32, 256, 4, H100["bf16_flops"])
-    one = tile_cycles(big, 64, 32, 256, 4, H100["bf16_flops"])
+    two = tile_cycles(small, 64, 32, 256, 4, 2, H100["bf16_flops"])
+    one = tile_cycles(big, 64, 32, 256, 4, 2, H100["bf16_flops"])
     assert two["ctas_per_sm"] == 2 and one["ctas_per_sm"] == 1
     assert two["tensor"] == pytest.approx(256)  # 2·64·32·256 flop at 4 096 flop per clock
     assert two["total"] == max(two["tensor"], two["l2"], two["smem"], two["issue"])
     assert one["total"] == max(one["tensor"] + one["issue"], one["l2"], one["smem"])
+    # one stage: nothing prefetched, each tile also waits for its own centroid copy
+    serial = tile_cycles(big, 64, 32, 256, 4, 1, H100["bf16_flops"])
+    assert serial["total"] == pytest.approx(one["tensor"] + one["issue"] + one["l2"])
+    paired = tile_cycles(small, 64, 32, 256, 4, 1, H100["bf16_flops"])
+    assert paired["total"] == pytest.approx(max(
+        two["tensor"], two["l2"], two["smem"], two["issue"],
+        (two["tensor"] + two["issue"] + two["l2"]) / 2))
     # one wave of 132 programs over one centroid tile: exactly one tile time
     assert pass_seconds(one, 64, 32, 64 * 132, 32) == pytest.approx(
         one["total"] / H100["clock_hz"])

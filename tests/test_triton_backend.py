@@ -74,7 +74,7 @@ P = lambda t: "*" + t
 sig_a = dict(x_ptr=P("fp32"), c_ptr=P("fp32"), pad_ptr=P("fp32"), coef_ptr=P("fp32"),
              rows_ptr=P("i32"), nrows_ptr=P("i64"), dist_ptr=P("fp32"), idx_ptr=P("i64"),
              cand_ptr=P("i64"), N="i32", K="i32", KP="i32", N_LIST="i32")
-consts = ["D", "IS_L2", "DOT_MODE", "COUNT", "GATHER", "UPCAST_BF16", "BLOCK_N",
+consts = ["D", "IS_L2", "DOT_MODE", "COUNT_SHIFT", "GATHER", "UPCAST_BF16", "BLOCK_N",
           "BLOCK_K", "BLOCK_D"]
 sig_a.update({{k: "constexpr" for k in consts}})
 """
@@ -90,7 +90,7 @@ for mode, count, gather, D, dtype in [("bf16", True, False, 256, "fp32"),
     for cfg in cfgs[:2]:
         kw = dict(cfg.kwargs)
         kw["BLOCK_D"] = A._resolve_block_d(dict(kw, D=D))
-        const = dict(D=D, IS_L2=True, DOT_MODE=mode, COUNT=count, GATHER=gather,
+        const = dict(D=D, IS_L2=True, DOT_MODE=mode, COUNT_SHIFT=15 * count, GATHER=gather,
                      UPCAST_BF16=False, **kw)
         k = build(A._assign_kernel, sig, const, num_warps=cfg.num_warps,
                   num_stages=cfg.num_stages)
@@ -128,12 +128,12 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/
 passes = [("bf16", True, False), ("tf32", True, True), ("ieee", False, True),
           ("tf32", False, False)]
 runs = [(cfg, *p) for p in passes for cfg in A._prune_assign_configs(
-    A.assign_configs(), dict(N=1281167, K=10000), D=256, DOT_MODE=p[0], COUNT=p[1])]
+    A.assign_configs(), dict(N=1281167, K=10000), D=256, DOT_MODE=p[0], COUNT_SHIFT=15 * p[1])]
 assert sum(r[1] == "bf16" for r in runs) == len(A.assign_configs()), runs
 for cfg, mode, count, gather in runs:
     kw = dict(cfg.kwargs)
     kw["BLOCK_D"] = A._resolve_block_d(dict(kw, D=256))
-    const = dict(D=256, IS_L2=True, DOT_MODE=mode, COUNT=count, GATHER=gather,
+    const = dict(D=256, IS_L2=True, DOT_MODE=mode, COUNT_SHIFT=15 * count, GATHER=gather,
                  UPCAST_BF16=False, **kw)
     sig = dict(sig_a, c_ptr=P("bf16")) if mode == "bf16" else sig_a
     k = build(A._assign_kernel, sig, const, num_warps=cfg.num_warps,
