@@ -1,9 +1,11 @@
 """Triton sobel: DeepCluster's input filter in one pass over the image batch.
 
 Each program walks a strip of columns top to bottom. Grey (normalise, then the 1×1 conv with
-weights 1/3) is computed once per row of the strip, at the three column shifts the stencil
-needs, and kept for the next two output rows; then Gx and Gy with zero padding (0 in grey
-space, as conv2d pads) and one store per output channel in float32/float16/bfloat16. uint8
+weights 1/3) is computed once per pixel of the strip and of its one-column halo on each side;
+the stencil's left and right columns come from the neighbouring lanes (``tl.gather``, through
+shared memory), and each grey row is kept for the next two output rows; then Gx and Gy with
+zero padding (0 in grey space, as conv2d pads) and one store per output channel in
+float32/float16/bfloat16. uint8
 input reads each channel's grey contribution from a [3, 256] look-up table built with the
 reference's roundings (x / 255, (x - mean) / std, · 1/3): three loads and two adds per pixel
 instead of six correctly rounded divisions. Matches :func:`fastdc.ops.sobel.sobel_ref` to fp32
@@ -58,16 +60,14 @@ def _grey(img, lut, off, ok, m0, m1, m2, s0, s1, s2, HW, IS_U8: tl.constexpr,
 
 
 @triton.jit
-def _grey_row(img, lut, y, xs, H, W, m0, m1, m2, s0, s1, s2, HW, IS_U8: tl.constexpr,
-              NORM: tl.constexpr):
-    """Grey of row ``y`` at columns xs - 1, xs, xs + 1 (zero outside the image): [BLOCK_W] x3."""
-    y_ok = (y >= 0) & (y < H)
-    row = img + y * W
-    left = _grey(row, lut, xs - 1, y_ok & (xs >= 1) & (xs <= W), m0, m1, m2, s0, s1, s2, HW,
-                 IS_U8, NORM)
-    mid = _grey(row, lut, xs, y_ok & (xs < W), m0, m1, m2, s0, s1, s2, HW, IS_U8, NORM)
-    right = _grey(row, lut, xs + 1, y_ok & (xs + 1 < W), m0, m1, m2, s0, s1, s2, HW, IS_U8,
-                  NORM)
+def _grey_row(img, lut, y, xs, lane, H, W, m0, m1, m2, s0, s1, s2, HW, IS_U8: tl.constexpr,
+              NORM: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Grey of row ``y`` at columns xs (zero outside the image), and its left and right
+    neighbours (lanes shifted by one, clamped at the ends): [BLOCK_W] x3."""
+    ok = (y >= 0) & (y < H) & (xs >= 0) & (xs < W)
+    mid = _grey(img + y * W, lut, xs, ok, m0, m1, m2, s0, s1, s2, HW, IS_U8, NORM)
+    left = tl.gather(mid, tl.maximum(lane - 1, 0), 0)
+    right = tl.gather(mid, tl.minimum(lane + 1, BLOCK_W - 1), 0)
     return left, mid, right
 
 
@@ -83,30 +83,34 @@ def _sobel_kernel(
     IS_U8: tl.constexpr,  # input is uint8 in 0..255 (grey from the look-up table)
     NORM: tl.constexpr,  # apply (x - mean) / std to float input
     BLOCK_H: tl.constexpr,  # output rows per program (a strip, walked top to bottom)
-    BLOCK_W: tl.constexpr,  # output columns per program
+    BLOCK_W: tl.constexpr,  # grey columns per program: BLOCK_W - 2 outputs and their halo
 ):
     pid_t = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
-    tiles_w = tl.cdiv(W, BLOCK_W)
+    tiles_w = tl.cdiv(W, BLOCK_W - 2)
     y0 = (pid_t // tiles_w) * BLOCK_H
-    xs = (pid_t % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
+    lane = tl.arange(0, BLOCK_W)
+    xs = (pid_t % tiles_w) * (BLOCK_W - 2) - 1 + lane  # lane 0 and the last: halo columns
     HW = tl.cast(H, tl.int64) * W  # int64: B·3·H·W may pass 2^31
     img = img_ptr + b * 3 * HW
     out = out_ptr + b * 2 * HW + xs
-    # each grey row is computed once (at three column shifts) and kept for the next two output
-    # rows. conv2d is a correlation: out[y, x] = sum_{a,c} G[a][c] * grey[y + a - 1, x + c - 1]
-    # with Gx = [[1, 0, -1], [2, 0, -2], [1, 0, -1]], Gy = [[1, 2, 1], [0, 0, 0], [-1, -2, -1]],
+    col_ok = (lane >= 1) & (lane < BLOCK_W - 1) & (xs < W)
+    # each grey row is computed once per column (its neighbours come from the next lanes) and
+    # kept for the next two output rows. conv2d is a correlation:
+    # out[y, x] = sum_{a,c} G[a][c] * grey[y + a - 1, x + c - 1] with
+    # Gx = [[1, 0, -1], [2, 0, -2], [1, 0, -1]], Gy = [[1, 2, 1], [0, 0, 0], [-1, -2, -1]],
     # added tap by tap in row-major order
-    l0, c0, r0 = _grey_row(img, lut_ptr, y0 - 1, xs, H, W, m0, m1, m2, s0, s1, s2, HW, IS_U8,
-                           NORM)
-    l1, c1, r1 = _grey_row(img, lut_ptr, y0, xs, H, W, m0, m1, m2, s0, s1, s2, HW, IS_U8, NORM)
+    l0, c0, r0 = _grey_row(img, lut_ptr, y0 - 1, xs, lane, H, W, m0, m1, m2, s0, s1, s2, HW,
+                           IS_U8, NORM, BLOCK_W)
+    l1, c1, r1 = _grey_row(img, lut_ptr, y0, xs, lane, H, W, m0, m1, m2, s0, s1, s2, HW, IS_U8,
+                           NORM, BLOCK_W)
     for i in range(BLOCK_H):
         y = y0 + i
-        l2, c2, r2 = _grey_row(img, lut_ptr, y + 1, xs, H, W, m0, m1, m2, s0, s1, s2, HW, IS_U8,
-                               NORM)
+        l2, c2, r2 = _grey_row(img, lut_ptr, y + 1, xs, lane, H, W, m0, m1, m2, s0, s1, s2,
+                               HW, IS_U8, NORM, BLOCK_W)
         gx = 0.0 + l0 * 1 + r0 * -1 + l1 * 2 + r1 * -2 + l2 * 1 + r2 * -1
         gy = 0.0 + l0 * 1 + c0 * 2 + r0 * 1 + l2 * -1 + c2 * -2 + r2 * -1
-        ok = (xs < W) & (y < H)
+        ok = col_ok & (y < H)
         dst = out + y * W
         tl.store(dst, gx.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=ok)
         tl.store(dst + HW, gy.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"),
@@ -121,12 +125,17 @@ def _sobel_kernel(
 
 
 def sobel_config(H: int, W: int) -> dict:
-    """Strip keyed on the image size: 32 rows × 128 columns (64 when W <= 64, 32 when W <= 32),
-    walked row by row, so each grey row is computed once per strip plus two halo rows; 4 warps.
-    uint8 with mean/std compiles for sm_90 to 132 SASS instructions per row step (one output
-    pixel per thread), against ~512 per pixel for the per-tap divisions (static counts from
-    cuobjdump, compiled on an AMD EPYC Zen 4 host). Not yet timed on a GPU."""
-    return {"BLOCK_H": 32, "BLOCK_W": min(128, max(32, next_pow2(W))), "num_warps": 4}
+    """Strip keyed on the image size: 32 rows × BLOCK_W grey columns (W + 2 rounded up to a
+    power of two, 32 to 256: one strip spans a 224-wide image and its two halo columns), walked
+    row by row, so each grey value is computed once per strip (plus two halo rows and, at the
+    strip's sides, two halo columns); a warp per 64 columns (up to 4), two pixels per thread.
+    uint8 with mean/std at W = 224 compiles for sm_90 to 139 SASS instructions per row step of
+    two pixels: 3 byte loads, 3 table look-ups and 2 shared-memory exchanges for the neighbour
+    columns per pixel, against 132 instructions, 9 byte loads and 9 look-ups per pixel when
+    each column shift was loaded and looked up again (static counts from cuobjdump, Triton 3.8,
+    compiled on an AMD EPYC Zen 3 host). Not yet timed on a GPU."""
+    block_w = min(256, max(32, next_pow2(W + 2)))
+    return {"BLOCK_H": 32, "BLOCK_W": block_w, "num_warps": max(1, block_w // 64)}
 
 
 def grey_lut(mean, std, device) -> torch.Tensor:
@@ -166,7 +175,7 @@ def sobel_triton(images: torch.Tensor, mean, std, out_dtype: torch.dtype) -> tor
     is_u8 = images.dtype == torch.uint8
     lut = grey_lut(mean, std, images.device) if is_u8 else out
     cfg = sobel_config(H, W)
-    grid = (triton.cdiv(H, cfg["BLOCK_H"]) * triton.cdiv(W, cfg["BLOCK_W"]), B)
+    grid = (triton.cdiv(H, cfg["BLOCK_H"]) * triton.cdiv(W, cfg["BLOCK_W"] - 2), B)
     _sobel_kernel[grid](
         images, lut, out, H, W, *m, *s,
         IS_U8=is_u8, NORM=norm,

@@ -71,7 +71,7 @@ def tap_by_tap(batch, mean, std, out_dtype):
     return torch.stack([gx, gy], dim=1).to(out_dtype)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 5), (1, 37, 45), (2, 70, 33)],
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 5), (1, 37, 45), (2, 70, 33), (1, 5, 300)],
                          ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("normalise_", [True, False])
 def test_triton_uint8_look_up_table_gives_the_same_bits(shape, normalise_):
@@ -86,7 +86,8 @@ def test_triton_uint8_look_up_table_gives_the_same_bits(shape, normalise_):
 
 @pytest.mark.parametrize("backend,device", backend_params("sobel"))
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 1, 5), (2, 4, 1), (2, 2, 2), (1, 33, 70),
-                                   (3, 17, 2)], ids=lambda s: "x".join(map(str, s)))
+                                   (3, 17, 2), (1, 3, 257), (1, 2, 509)],
+                         ids=lambda s: "x".join(map(str, s)))
 def test_odd_sizes_write_every_element(backend, device, shape):
     batch = images(*shape, seed=14, device=device)
     with poisoned_allocations():
