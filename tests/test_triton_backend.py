@@ -164,7 +164,7 @@ sig.update({{k: "constexpr" for k in ["D", "IS_L2", "KP", "BLOCK_N", "BLOCK_M", 
 runs = [(D, kp, True) for D in (128, 256) for kp in (1, 8, 64)] + [(128, 8, False)]
 seen = set()
 for D, kp, l2 in runs:
-    for cfg in KN._prune_knn_configs(KN.knn_configs(), dict(N=200000, M=200000), D=D):
+    for cfg in KN._prune_knn_configs(KN.knn_configs(), dict(N=200000, M=200000), D=D, KP=kp):
         kw = dict(cfg.kwargs)
         kw["BLOCK_D"] = KN._resolve_block_d(dict(kw, D=D))
         seen.add(str(cfg))
