@@ -5,11 +5,11 @@ weights 1/3) is computed once per pixel of the strip and of its one-column halo 
 the stencil's left and right columns come from the neighbouring lanes (``tl.gather``, through
 shared memory), and each grey row is kept for the next two output rows; then Gx and Gy with
 zero padding (0 in grey space, as conv2d pads) and one store per output channel in
-float32/float16/bfloat16. uint8
-input reads each channel's grey contribution from a [3, 256] look-up table built with the
-reference's roundings (x / 255, (x - mean) / std, · 1/3): three loads and two adds per pixel
-instead of six correctly rounded divisions. Matches :func:`fastdc.ops.sobel.sobel_ref` to fp32
-rounding (summation order of the grey channels and the 3×3 taps aside).
+float32/float16/bfloat16. uint8 input reads each channel's grey contribution from a [3, 256]
+look-up table built with the reference's roundings (x / 255, (x - mean) / std, · 1/3): three
+loads and two adds per pixel instead of six correctly rounded divisions. Matches
+:func:`fastdc.ops.sobel.sobel_ref` to fp32 rounding (summation order of the grey channels and
+the 3×3 taps aside).
 """
 
 from __future__ import annotations
@@ -128,12 +128,13 @@ def sobel_config(H: int, W: int) -> dict:
     """Strip keyed on the image size: 32 rows × BLOCK_W grey columns (W + 2 rounded up to a
     power of two, 32 to 256: one strip spans a 224-wide image and its two halo columns), walked
     row by row, so each grey value is computed once per strip (plus two halo rows and, at the
-    strip's sides, two halo columns); a warp per 64 columns (up to 4), two pixels per thread.
-    uint8 with mean/std at W = 224 compiles for sm_90 to 139 SASS instructions per row step of
-    two pixels: 3 byte loads, 3 table look-ups and 2 shared-memory exchanges for the neighbour
-    columns per pixel, against 132 instructions, 9 byte loads and 9 look-ups per pixel when
-    each column shift was loaded and looked up again (static counts from cuobjdump, Triton 3.8,
-    compiled on an AMD EPYC Zen 3 host). Not yet timed on a GPU."""
+    strip's sides, two halo columns); a warp per 64 columns (up to 4): two pixels per thread,
+    one at BLOCK_W = 32. uint8 with mean/std at W = 224 compiles for sm_90 to 139 SASS
+    instructions per row step of two pixels: 3 byte loads, 3 table look-ups and 2
+    shared-memory exchanges for the neighbour columns per pixel, against 132 instructions, 9
+    byte loads and 9 look-ups per pixel when each column shift was loaded and looked up again
+    (static counts from cuobjdump, Triton 3.8, compiled on an AMD EPYC Zen 3 host). Not yet
+    timed on a GPU."""
     block_w = min(256, max(32, next_pow2(W + 2)))
     return {"BLOCK_H": 32, "BLOCK_W": block_w, "num_warps": max(1, block_w // 64)}
 
