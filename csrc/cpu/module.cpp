@@ -97,6 +97,23 @@ void assign_bounded_py(const Array<float>& x, const Array<float>& c, const Array
                            np_, n_threads, path);
 }
 
+// The sizes of a Lloyd loop's rows x [B, N, D] and centroids [B, K, D], checked against each
+// other, against its labels and dist ([B, N]) and against n_frozen (in [0, K]).
+struct LoopShape {
+    i64 B, N, K, D;
+};
+LoopShape loop_shape(const Array<float>& x, const Array<float>& c, const Array<i64>& labels,
+                     const Array<float>& dist, i64 n_frozen) {
+    const auto xs = shape_of(x, 3, "x"), cs = shape_of(c, 3, "centroids");
+    const i64 B = xs[0], N = xs[1];
+    expect(cs[0] == B && cs[2] == xs[2], "centroids must be [B, K, D] matching x [B, N, D]");
+    expect(shape_of(labels, 2, "labels") == std::vector<i64>{B, N} &&
+               shape_of(dist, 2, "dist") == std::vector<i64>{B, N},
+           "labels and dist must be [B, N]");
+    expect(n_frozen >= 0 && n_frozen <= cs[1], "n_frozen must be in [0, K]");
+    return {B, N, cs[1], xs[2]};
+}
+
 // The optional weights [B, N] of a Lloyd loop's rows (nullptr for none), shape-checked.
 const float* loop_weights(const std::optional<Array<float>>& weights, i64 B, i64 N) {
     if (!weights) return nullptr;
@@ -125,18 +142,14 @@ void lloyd_step_py(const Array<float>& x, const Array<float>& c,
                    std::optional<Array<float>>& lower, std::optional<Array<float>>& shift,
                    bool first, Array<float>& new_c, Array<float>& counts, Array<i64>& nsplit,
                    Array<i64>& computed, int n_threads, const std::string& isa, bool bf16) {
-    const auto xs = shape_of(x, 3, "x"), cs = shape_of(c, 3, "centroids");
-    const auto ls = shape_of(labels, 2, "labels"), ds = shape_of(dist, 2, "dist");
-    const i64 B = xs[0], N = xs[1], D = xs[2], K = cs[1];
-    expect(cs[0] == B && cs[2] == D, "centroids must be [B, K, D] matching x [B, N, D]");
-    expect(ls[0] == B && ls[1] == N && ds == ls, "labels and dist must be [B, N]");
+    const auto [B, N, K, D] = loop_shape(x, c, labels, dist, n_frozen);
     expect(shape_of(uniforms, 2, "uniforms") == std::vector<i64>{B, K} &&
                shape_of(counts, 2, "counts") == std::vector<i64>{B, K},
            "uniforms and counts must be [B, K]");
-    expect(shape_of(new_c, 3, "new_centroids") == cs, "new_centroids must be [B, K, D]");
+    expect(shape_of(new_c, 3, "new_centroids") == std::vector<i64>{B, K, D},
+           "new_centroids must be [B, K, D]");
     expect(shape_of(nsplit, 1, "nsplit")[0] == B && shape_of(computed, 1, "computed")[0] == B,
            "nsplit and computed must be [B]");
-    expect(n_frozen >= 0 && n_frozen <= K, "n_frozen must be in [0, K]");
     const float* wp = loop_weights(weights, B, N);
     const LoopBounds bounds = loop_bounds(lower, shift, B, N, K);
     float *bp = bounds.lower, *sp = bounds.shift;
@@ -158,14 +171,10 @@ py::tuple lloyd_run_py(const Array<float>& x, const std::optional<Array<float>>&
                        Array<i64>& nsplit, Array<i64>& computed, Array<i64>& changed,
                        Array<double>& seconds, Array<double>& search, int n_threads,
                        const std::string& isa, bool bf16) {
-    const auto xs = shape_of(x, 3, "x"), cs = shape_of(c, 3, "centroids");
+    const auto [B, N, K, D] = loop_shape(x, c, labels, dist, n_frozen);
     const auto us = shape_of(uniforms, 3, "uniforms");
-    const i64 B = xs[0], N = xs[1], D = xs[2], K = cs[1], niter = us[0];
-    expect(cs[0] == B && cs[2] == D, "centroids must be [B, K, D] matching x [B, N, D]");
+    const i64 niter = us[0];
     expect(us[1] == B && us[2] == K, "uniforms must be [niter, B, K]");
-    expect(shape_of(labels, 2, "labels") == std::vector<i64>{B, N} &&
-               shape_of(dist, 2, "dist") == std::vector<i64>{B, N},
-           "labels and dist must be [B, N]");
     const std::vector<i64> per_iter{niter, B};
     expect(shape_of(obj, 2, "obj") == per_iter && shape_of(nsplit, 2, "nsplit") == per_iter &&
                shape_of(computed, 2, "computed") == per_iter &&
@@ -175,7 +184,6 @@ py::tuple lloyd_run_py(const Array<float>& x, const std::optional<Array<float>>&
            "counts must be [niter, B, K]");
     expect(shape_of(seconds, 1, "seconds")[0] == niter && shape_of(search, 1, "search")[0] == niter,
            "seconds and search must be [niter]");
-    expect(n_frozen >= 0 && n_frozen <= K, "n_frozen must be in [0, K]");
     const float* wp = loop_weights(weights, B, N);
     const LoopBounds bounds = loop_bounds(lower, shift, B, N, K);
     float *bp = bounds.lower, *sp = bounds.shift;
