@@ -447,6 +447,11 @@ PAD_K = 128
 multiple of the largest BLOCK_K, so no centroid tile load needs a mask."""
 
 
+def padded_k(k: int) -> int:
+    """K rounded up to a multiple of :data:`PAD_K`: the centroid rows the kernel reads."""
+    return triton.cdiv(k, PAD_K) * PAD_K
+
+
 def count_shift(k: int) -> int:
     """The bit of the count in the kernel's packed per-row candidate sum for K centroids: 15
     (an int32 sum) while 2^15 > 2·(K − 1), so two indices fit below it, and the largest sum,
@@ -477,7 +482,7 @@ def _pad_rows(c: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor
     """c [B, K, D] as [B, KP, D] contiguous with zero rows past K (KP a multiple of
     :data:`PAD_K`), in ``dtype`` (default: c's); c itself when nothing changes."""
     B, K, D = c.shape
-    kp = triton.cdiv(K, PAD_K) * PAD_K
+    kp = padded_k(K)
     dtype = dtype or c.dtype
     if kp == K and dtype == c.dtype:
         return c
@@ -504,7 +509,7 @@ def _score_offsets(cf: torch.Tensor, is_l2: bool) -> torch.Tensor:
     """[B, KP] float32: |c|² (L2) or 0 (inner product) per centroid, +inf up to KP, a multiple
     of :data:`PAD_K`; cf [B, K, D] float32."""
     B, K, _ = cf.shape
-    pad = torch.full((B, triton.cdiv(K, PAD_K) * PAD_K), float("inf"), device=cf.device)
+    pad = torch.full((B, padded_k(K)), float("inf"), device=cf.device)
     pad[:, :K] = (cf * cf).sum(dim=2) if is_l2 else 0.0
     return pad
 

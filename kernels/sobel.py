@@ -60,15 +60,14 @@ def _grey(img, lut, off, ok, m0, m1, m2, s0, s1, s2, HW, IS_U8: tl.constexpr,
 
 
 @triton.jit
-def _grey_row(img, lut, y, xs, lane, H, W, m0, m1, m2, s0, s1, s2, HW, IS_U8: tl.constexpr,
-              NORM: tl.constexpr, BLOCK_W: tl.constexpr):
+def _grey_row(img, lut, y, xs, left_i, right_i, H, W, m0, m1, m2, s0, s1, s2, HW,
+              IS_U8: tl.constexpr, NORM: tl.constexpr):
     """Grey of row ``y`` at columns xs (zero outside the image), and its left and right
-    neighbours (lanes shifted by one, clamped at the ends): [BLOCK_W] x3."""
+    neighbours (the lanes left_i and right_i: each lane's neighbour, clamped at the ends):
+    [BLOCK_W] x3."""
     ok = (y >= 0) & (y < H) & (xs >= 0) & (xs < W)
     mid = _grey(img + y * W, lut, xs, ok, m0, m1, m2, s0, s1, s2, HW, IS_U8, NORM)
-    left = tl.gather(mid, tl.maximum(lane - 1, 0), 0)
-    right = tl.gather(mid, tl.minimum(lane + 1, BLOCK_W - 1), 0)
-    return left, mid, right
+    return tl.gather(mid, left_i, 0), mid, tl.gather(mid, right_i, 0)
 
 
 @triton.jit
@@ -95,19 +94,21 @@ def _sobel_kernel(
     img = img_ptr + b * 3 * HW
     out = out_ptr + b * 2 * HW + xs
     col_ok = (lane >= 1) & (lane < BLOCK_W - 1) & (xs < W)
+    left_i = tl.maximum(lane - 1, 0)
+    right_i = tl.minimum(lane + 1, BLOCK_W - 1)
     # each grey row is computed once per column (its neighbours come from the next lanes) and
     # kept for the next two output rows. conv2d is a correlation:
     # out[y, x] = sum_{a,c} G[a][c] * grey[y + a - 1, x + c - 1] with
     # Gx = [[1, 0, -1], [2, 0, -2], [1, 0, -1]], Gy = [[1, 2, 1], [0, 0, 0], [-1, -2, -1]],
     # added tap by tap in row-major order
-    l0, c0, r0 = _grey_row(img, lut_ptr, y0 - 1, xs, lane, H, W, m0, m1, m2, s0, s1, s2, HW,
-                           IS_U8, NORM, BLOCK_W)
-    l1, c1, r1 = _grey_row(img, lut_ptr, y0, xs, lane, H, W, m0, m1, m2, s0, s1, s2, HW, IS_U8,
-                           NORM, BLOCK_W)
+    l0, c0, r0 = _grey_row(img, lut_ptr, y0 - 1, xs, left_i, right_i, H, W, m0, m1, m2, s0, s1,
+                           s2, HW, IS_U8, NORM)
+    l1, c1, r1 = _grey_row(img, lut_ptr, y0, xs, left_i, right_i, H, W, m0, m1, m2, s0, s1, s2,
+                           HW, IS_U8, NORM)
     for i in range(BLOCK_H):
         y = y0 + i
-        l2, c2, r2 = _grey_row(img, lut_ptr, y + 1, xs, lane, H, W, m0, m1, m2, s0, s1, s2,
-                               HW, IS_U8, NORM, BLOCK_W)
+        l2, c2, r2 = _grey_row(img, lut_ptr, y + 1, xs, left_i, right_i, H, W, m0, m1, m2, s0,
+                               s1, s2, HW, IS_U8, NORM)
         gx = 0.0 + l0 * 1 + r0 * -1 + l1 * 2 + r1 * -2 + l2 * 1 + r2 * -1
         gy = 0.0 + l0 * 1 + c0 * 2 + r0 * 1 + l2 * -1 + c2 * -2 + r2 * -1
         ok = col_ok & (y < H)

@@ -60,6 +60,7 @@ from fastdc.kernels import assign as A, cluster_sums as U, resplit_empty as R, s
 
 TARGET = GPUTarget("cuda", 90, 32)
 SMEM_LIMIT = 232448  # bytes of shared memory one H100 block may use
+SHIFT = A.count_shift(10000)  # the packed candidate count's bit at DeepCluster's K = 10 000
 
 
 def build(fn, sig, const, **opts):
@@ -90,7 +91,7 @@ for mode, count, gather, D, dtype in [("bf16", True, False, 256, "fp32"),
     for cfg in cfgs[:2]:
         kw = dict(cfg.kwargs)
         kw["BLOCK_D"] = A._resolve_block_d(dict(kw, D=D))
-        const = dict(D=D, IS_L2=True, DOT_MODE=mode, COUNT_SHIFT=15 * count, GATHER=gather,
+        const = dict(D=D, IS_L2=True, DOT_MODE=mode, COUNT_SHIFT=SHIFT * count, GATHER=gather,
                      UPCAST_BF16=False, **kw)
         k = build(A._assign_kernel, sig, const, num_warps=cfg.num_warps,
                   num_stages=cfg.num_stages)
@@ -128,12 +129,12 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/
 passes = [("bf16", True, False), ("tf32", True, True), ("ieee", False, True),
           ("tf32", False, False)]
 runs = [(cfg, *p) for p in passes for cfg in A._prune_assign_configs(
-    A.assign_configs(), dict(N=1281167, K=10000), D=256, DOT_MODE=p[0], COUNT_SHIFT=15 * p[1])]
+    A.assign_configs(), dict(N=1281167, K=10000), D=256, DOT_MODE=p[0], COUNT_SHIFT=SHIFT * p[1])]
 assert sum(r[1] == "bf16" for r in runs) == len(A.assign_configs()), runs
 for cfg, mode, count, gather in runs:
     kw = dict(cfg.kwargs)
     kw["BLOCK_D"] = A._resolve_block_d(dict(kw, D=256))
-    const = dict(D=256, IS_L2=True, DOT_MODE=mode, COUNT_SHIFT=15 * count, GATHER=gather,
+    const = dict(D=256, IS_L2=True, DOT_MODE=mode, COUNT_SHIFT=SHIFT * count, GATHER=gather,
                  UPCAST_BF16=False, **kw)
     sig = dict(sig_a, c_ptr=P("bf16")) if mode == "bf16" else sig_a
     k = build(A._assign_kernel, sig, const, num_warps=cfg.num_warps,
