@@ -248,12 +248,33 @@ def main_pass(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return cand
 
 
+def chain_fractions(x: torch.Tensor, c: torch.Tensor) -> dict:
+    """Fractions of the rows each re-check pass of the default mode takes on [B, N, D] /
+    [B, K, D] (L2), as the kernels count them: ``to_tf32`` and ``to_tf32x3`` the counting
+    passes, ``to_fp32`` the full fp32 pass."""
+    from fastdc.kernels import assign as tk
+
+    cf = c.float()
+    B, N, _ = x.shape
+    dist = torch.empty(B, N, dtype=torch.float32, device=x.device)
+    idx = torch.empty(B, N, dtype=torch.int64, device=x.device)
+    cand = torch.empty(B, N, dtype=torch.int64, device=x.device)
+    taken = tk.counting_passes(x, tk._pad_rows(c), cf, tk._score_offsets(cf, True), dist, idx,
+                               cand, is_l2=True)
+    out = {f"to_{m}": float(t.sum()) / (B * N) for m, t in zip(tk.COUNTING_MODES[1:], taken,
+                                                                 strict=True)}
+    out["to_fp32"] = float(((cand >> 32) > 2).float().mean())
+    return out
+
+
 def recheck_fractions(x: torch.Tensor, c: torch.Tensor) -> dict:
     """Fractions of rows with 0, 1, 2 and more than 2 candidates after :func:`main_pass` (the
-    last go on to the TF32 counting pass), as the kernel counts them."""
+    last go on to the TF32 counting pass), as the kernel counts them, and the fractions each
+    later pass takes (:func:`chain_fractions`)."""
     count = (main_pass(x, c) >> 32).flatten()
     return {"one": float((count == 1).float().mean()), "two": float((count == 2).float().mean()),
-            "more": float((count > 2).float().mean()), "zero": float((count < 1).float().mean())}
+            "more": float((count > 2).float().mean()), "zero": float((count < 1).float().mean()),
+            **chain_fractions(x, c)}
 
 
 def autotuned_configs() -> dict:

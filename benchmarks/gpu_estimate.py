@@ -43,9 +43,10 @@ ASSUMPTIONS = [
     "one stage: nothing is prefetched, so each tile also waits for its own L2 copy: one CTA:"
     " L2 + tensor + issue; two CTAs: half of that, or the largest term where larger",
     "x is read once from HBM per pass (fp32); the TF32 counting pass runs on the rows the bf16"
-    " pass leaves with more than two candidates at the best TF32 tile's rate, the full fp32"
-    " pass on the rows TF32 leaves so at the FP32 peak (fractions from bench_rounding's"
-    " whitened mixture at K = 10 000); the two-candidate re-score reads x and two centroid rows"
+    " pass leaves with more than two candidates at the best TF32 tile's rate, the tf32x3 one on"
+    " the rows TF32 leaves so at the best tf32x3 tile's rate (three TF32 products each), the"
+    " full fp32 pass on the rest at the rate the H200 run measured (fractions from"
+    " bench_rounding's simulation); the two-candidate re-score reads x and two centroid rows"
     " per row",
     "no launch overheads, no tail effect beyond rounding the tile count up to whole waves",
 ]
@@ -134,16 +135,22 @@ def pass_seconds(cost: dict, bn: int, bk: int, n: int, k: int) -> float:
     return waves * math.ceil(k / bk) * cost["total"] / H100["clock_hz"]
 
 
-RECHECK_FRACTION = {"first": 0.0147, "later": 0.0012}
-"""Rows with more than two candidates in the bf16 simulation (AMD EPYC Zen 4): the first Lloyd
-iteration at K = 10 000 (benchmarks/results/rounding_20k_256_10000.json) and, for later ones,
-K = 1 000 after four steps (rounding_20k_256_1000.json: 20 rows per centroid; at K = 10 000
-the simulation's 2 rows per centroid make later iterations trivially 0). These rows go on to
-the TF32 counting pass."""
+PASS_FRACTIONS = {
+    "whitened, first iteration": {"tf32": 0.0149, "tf32x3": 0.00155, "fp32": 0.0001},
+    "whitened, later iterations": {"tf32": 0.00135, "tf32x3": 0.0001, "fp32": 0.0},
+    "unit rows, first iteration": {"tf32": 0.1426, "tf32x3": 0.01425, "fp32": 0.00055},
+}
+"""Fractions of the rows each re-check pass takes in the CPU simulation of the default mode
+(``pytest --benchmark benchmarks/bench_rounding.py``, AMD EPYC Zen 3; N = 20 000, D = 256): the
+first Lloyd iteration at K = 10 000 on the whitened mixture (rounding_chain_20k_256_10000.json),
+later ones at K = 1 000 after four steps (rounding_20k_256_1000.json: 20 rows per centroid; at
+K = 10 000 the simulation's 2 rows per centroid make later iterations trivially settled), and
+random unit rows against other random unit rows, the GPU run's data and the worst case."""
 
-FP32_FRACTION = {"first": 0.0014, "later": 0.0001}
-"""Rows with more than two candidates in the TF32 simulation of the same files: the rows that
-reach the full fp32 pass."""
+FP32_PASS_S = 0.160 / 0.17
+"""Seconds of the full fp32 pass (CUDA cores, gathered rows) per whole N = 1.28 M rows at
+K = 10 000, D = 256, as measured on the H200 (2026-12-04): about 160 ms for 17 % of the rows.
+The H100 SXM has the same SMs and clocks; the FP32 peak would say 98 ms."""
 
 
 def _assign_signature(c_type: str) -> dict:
@@ -157,19 +164,23 @@ def _assign_signature(c_type: str) -> dict:
 
 
 def assign_passes(mode: str) -> list[dict]:
-    """Every autotune tile of the assign kernel in ``mode`` ("bf16": the default mode's
-    counting pass; "tf32": the one-pass mode) compiled at D = 256, with its modelled time."""
+    """Every autotune tile of the assign kernel in ``mode`` compiled at D = 256, with its
+    modelled time over all N rows: "bf16" the default mode's main pass, "tf32" the one-pass
+    mode (the counting TF32 pass is modelled at its rate), "tf32x3" the counting pass on
+    gathered rows."""
     from fastdc.kernels import assign as A
 
     d, n, k = SHAPE["D"], SHAPE["N"], SHAPE["K"]
-    flops = H100["bf16_flops"] if mode == "bf16" else H100["tf32_flops"]
-    shift = A.count_shift(k) if mode == "bf16" else 0
+    flops = {"bf16": H100["bf16_flops"], "tf32": H100["tf32_flops"],
+             "tf32x3": H100["tf32_flops"] / 3}[mode]
+    shift = A.count_shift(k) if mode != "tf32" else 0
+    gather = mode == "tf32x3"
     out = []
     for cfg in A._prune_assign_configs(A.assign_configs(), dict(N=n, K=k), D=d,
                                        DOT_MODE=mode, COUNT_SHIFT=shift):
         kw = dict(cfg.kwargs)
         kw["BLOCK_D"] = A._resolve_block_d(dict(kw, D=d))
-        const = dict(D=d, IS_L2=True, DOT_MODE=mode, COUNT_SHIFT=shift, GATHER=False,
+        const = dict(D=d, IS_L2=True, DOT_MODE=mode, COUNT_SHIFT=shift, GATHER=gather,
                      UPCAST_BF16=False, **kw)
         kern = compile_sm90(A._assign_kernel, _assign_signature(
             "bf16" if mode == "bf16" else "fp32"), const, aligned=("KP",), num_warps=cfg.num_warps,
@@ -214,17 +225,21 @@ def rescore_resources() -> dict:
 
 
 def estimate() -> dict:
-    """Resources of every assign kernel, the modelled ms per Lloyd iteration (first and later
-    iterations) of the default mode and of one TF32 pass, and the newest measured figures."""
-    n, d, k = SHAPE["N"], SHAPE["D"], SHAPE["K"]
-    bf16, tf32 = assign_passes("bf16"), assign_passes("tf32")
+    """Resources of every assign kernel, the modelled ms per Lloyd iteration of the default
+    mode (each case of :data:`PASS_FRACTIONS`) and of one TF32 pass, and the newest measured
+    figures."""
+    n, d = SHAPE["N"], SHAPE["D"]
+    bf16, tf32, x3 = assign_passes("bf16"), assign_passes("tf32"), assign_passes("tf32x3")
     x_read = 4 * n * d / H100["hbm_bytes_s"]
     rescore = max(x_read, 2 * 4 * n * d / H100["l2_bytes_s"])
-    tf32_pass = min(r["ms"] for r in tf32) / 1e3
-    count = {it: tf32_pass * f for it, f in RECHECK_FRACTION.items()}
-    full = {it: 2 * n * k * d * f / H100["fp32_flops"] for it, f in FP32_FRACTION.items()}
     main = min(r["ms"] for r in bf16) / 1e3
-    iteration = {it: 1e3 * (main + x_read + count[it] + rescore + full[it]) for it in full}
+    tf32_pass = min(r["ms"] for r in tf32) / 1e3
+    per_row_pass = {"tf32": tf32_pass, "tf32x3": min(r["ms"] for r in x3) / 1e3,
+                    "fp32": FP32_PASS_S}
+    recheck = {it: {p: per_row_pass[p] * f for p, f in fr.items()}
+               for it, fr in PASS_FRACTIONS.items()}
+    iteration = {it: 1e3 * (main + x_read + sum(parts.values()) + rescore)
+                 for it, parts in recheck.items()}
     seen = measured()
     tf32_ms = 1e3 * (tf32_pass + x_read)
     # the one pass both the model and a GPU run have: how far the model undershoots
@@ -232,12 +247,12 @@ def estimate() -> dict:
         "assign_ms_triton_tf32" in seen) else None
     return {
         "shape": SHAPE, "assumptions": ASSUMPTIONS,
-        "kernels": bf16 + tf32 + [recheck_resources(), rescore_resources()],
+        "kernels": bf16 + tf32 + x3 + [recheck_resources(), rescore_resources()],
         "default_ms_per_iteration": iteration,
         "default_parts_ms": {"main pass (best tile)": 1e3 * main, "x from HBM": 1e3 * x_read,
-                             **{f"TF32 counting pass, {it}": 1e3 * v for it, v in count.items()},
                              "rescore": 1e3 * rescore,
-                             **{f"fp32 pass, {it}": 1e3 * v for it, v in full.items()}},
+                             **{f"{p} pass, {it}": 1e3 * v for it, parts in recheck.items()
+                                for p, v in parts.items()}},
         "tf32_one_pass_ms": tf32_ms,
         "goal_ms_per_iteration": 25.0,
         "measured": seen,
@@ -279,9 +294,9 @@ def print_estimate(est: dict) -> None:
               f"{r['loop_instructions']:>5} {str(r['wgmma']):>5} "
               f"{cyc.get('ctas_per_sm', '-'):>6} {ms}")
     for part, v in est["default_parts_ms"].items():
-        print(f"  {part:28} {v:8.2f} ms")
+        print(f"  {part:42} {v:8.2f} ms")
     for it, v in est["default_ms_per_iteration"].items():
-        print(f"default mode, {it} iteration: {v:.2f} ms per iteration "
+        print(f"default mode, {it}: {v:.2f} ms per iteration "
               f"(goal {est['goal_ms_per_iteration']:.0f} ms)")
     print(f"one TF32 pass (precision='tf32', no re-check): {est['tf32_one_pass_ms']:.2f} ms")
     if est.get("measured"):
@@ -296,4 +311,4 @@ def print_estimate(est: dict) -> None:
               "there (a run of older code); the default mode scaled by the same factor, if the "
               "bf16 pass is modelled as well as the TF32 one:")
         for it, v in est["default_ms_per_iteration_scaled"].items():
-            print(f"  {it} iteration: {v:.2f} ms")
+            print(f"  {it}: {v:.2f} ms")

@@ -9,11 +9,12 @@ Precision modes (``precision=``):
 - ``"default"``: a bf16 tensor-core pass (centroids rounded once per call, x once per tile,
   fp32 accumulation) that counts, per row, the centroids within the proven rounding bound of
   the best (:func:`candidate_width`); rows with more than two candidates go through a TF32
-  pass that counts again within its own, about 4× narrower bound; every row is then re-scored
-  in fp32 on its one or two candidates, and rows with more still go through the full fp32 pass
-  (each pass's rows compacted on the device, no host sync). The candidates always hold the
-  fp32 and the exact arg-min, so indices equal fp32 brute force's (up to fp32 near ties);
-  distances are fp32.
+  pass that counts again within its own, about 4× narrower bound, and rows it leaves so
+  through a tf32x3 pass, about 4× narrower again; every row is then re-scored in fp32 on its
+  one or two candidates, and rows with more still go through the full fp32 pass (each pass's
+  rows compacted on the device, no host sync). The candidates always hold the fp32 and the
+  exact arg-min, so indices equal fp32 brute force's (up to fp32 near ties); distances are
+  fp32.
 - ``"fp32"``: one pass, fp32 products on CUDA cores (``input_precision="ieee"``): exact but
   about 8× slower than TF32 on an H100.
 - ``"tf32x3"``: one pass, three TF32 products per fp32 product (error ≈ fp32).
@@ -47,75 +48,128 @@ TF32_UNIT = 2.0**-10
 """Relative error bound of fp32 → TF32 (10 stored mantissa bits): 2^-10 covers truncation, the
 worst a converter may do (round-to-nearest would give 2^-11)."""
 
+ACC_UNIT = 2.0**-22
+"""Error allowed per accumulated term to the tensor cores' fp32 accumulation, relative to the
+sum of the terms' magnitudes: γ = n·2^-22 / (1 − n·2^-22) for n terms, 4× IEEE fp32's γ_n.
+Tensor cores are not IEEE adders: measured on V100, T4 and A100, they add a block of b exact
+products and the accumulator by aligning significands to the largest one, dropping the bits
+past fp32's 24 without rounding, and truncate the normalised sum (Fasi, Higham, Mikaitis and
+Pranesh, "Numerical behavior of NVIDIA tensor cores", PeerJ CS 7:e330, 2021; Khattak and
+Mikaitis, arXiv:2512.07004, model H100's). A step then errs by at most (b + 1)·2^-23 of its
+terms' magnitudes (b terms aligned, one final truncation), 2d·2^-23 = d·2^-22 over d products
+for any b >= 1. The fp32 evaluations the bound also covers (the CUDA-core re-check, torch's
+reference) round to nearest: γ_d with 2^-24."""
+
 BOUND_SLACK = 1.0 + 2.0**-10
 """Factor on the whole bound covering the fp32 roundings of computing the bound itself (|x|,
 |x_l| from fp32 sums of squares, a handful of multiplies: each ≤ 2^-16 relative at D <= 2^8,
 ≤ D·2^-24 beyond; the factor leaves a margin of 64 such errors at D = 256)."""
 
+COUNTING_MODES = ("bf16", "tf32", "tf32x3")
+"""The default mode's counting passes, coarsest first; each takes the rows the one before
+leaves with more than two candidates."""
 
-def candidate_width(cmax: torch.Tensor, cl_max: torch.Tensor, d: int, unit: float
+
+def _gamma(n: int, unit: float) -> float:
+    """γ_n = n·unit / (1 − n·unit): the relative error bound of a sum of n terms."""
+    return n * unit / (1.0 - n * unit)
+
+
+def candidate_width(cmax: torch.Tensor, cl_max: torch.Tensor, d: int, mode: str
                     ) -> torch.Tensor:
     """Coefficients [B, 3] float32 (A, Bx, C) of each row's candidate width W = A·|x_l| + Bx·|x|
-    + C for the low-precision main pass (proof in docs/DESIGN.md, "Precision").
+    + C for a counting pass (proof in docs/DESIGN.md, "Precision").
 
-    cmax: [B] max_j |c_j|; cl_max: [B] max_j |c_j − c_h,j| (c_h the rounded centroids); d the
-    feature dim; unit the operands' relative rounding bound (:data:`BF16_UNIT`, :data:`TF32_UNIT`).
+    cmax: [B] max_j |c_j|; cl_max: [B] max_j |c_j − c_h,j| (c_h as :func:`round_operand`);
+    d the feature dim; mode one of :data:`COUNTING_MODES`. |x_l| is the row's truncation
+    residual in the TF32 modes (it bounds every TF32 rounding's residual element by element).
 
     Bound. Split x = x_h + x_l, c = c_h + c_l (x_h, c_h the rounded operands; x_l, c_l exact in
-    fp32). Then x·c − x_h·c_h = x_l·c + x_h·c_l, so by Cauchy–Schwarz
-    |x·c − x_h·c_h| <= |x_l||c| + |x_h||c_l|. The products x_h,i·c_h,i are exact in fp32 (8 or
-    11 significand bits each); accumulating d of them in fp32, in any order, adds at most
-    γ_d·|x_h||c_h| with γ_d = d·2^-24 / (1 − d·2^-24), and |x_h| <= (1+u)|x|, |c_h| <= (1+u)|c|.
-    The pass scores s̃_j = fl(|c_j|² − 2·acc_j) against the exact s_j = |c_j|² − 2·x·c_j: the
-    fp32 |c_j|² is off by <= γ_d|c_j|² and the subtraction rounds by <= 2^-24·(|c_j|² + 2|acc|).
-    With |c_j| <= cmax every j shares one bound E_r >= |s̃_j − s_j|; an fp32 evaluation s'_j of
-    the same score (any summation order) has |s'_j − s_j| <= E'_r = 2γ_d|x||c| + the same |c|²
-    terms. The arg-min j' of s' (or of s, the case E' = 0) then satisfies
+    fp32). One-product modes ("bf16", "tf32", unit u): x·c − x_h·c_h = x_l·c + x_h·c_l, so by
+    Cauchy–Schwarz |x·c − x_h·c_h| <= |x_l||c| + |x_h||c_l|, and the d products x_h,i·c_h,i are
+    exact in fp32 (8 or 11 significand bits each), their sum <= |x_h||c_h| <= (1+u)²|x||c|.
+    "tf32x3" (Triton's split: x_h the TF32 rounding to nearest, x_l read by the tensor core
+    truncated to x_l', |x_l − x_l'| <= 2^-10|x_l|, the same for c): the pass sums x_l'·c_h +
+    x_h·c_l' + x_h·c_h, which is off x·c by x_h(c_l − c_l') + (x_l − x_l')c_h + x_l·c_l, so by
+    <= 2^-10(|x_h||c_l| + |x_l||c_h|) + |x_l||c_l|, over 3d exact products. The tensor cores add
+    the n products within γ_n(:data:`ACC_UNIT`) of their magnitudes' sum. The pass scores
+    s̃_j = fl(|c_j|² − 2·acc_j) against the exact s_j = |c_j|² − 2·x·c_j: the fp32 |c_j|² is off
+    by <= γ_d|c_j|² and the subtraction rounds by <= 2^-24·(|c_j|² + 2|acc|). With
+    |c_j| <= cmax every j shares one bound E_r >= |s̃_j − s_j|; an fp32 evaluation s'_j of the
+    same score (any summation order, round to nearest) has |s'_j − s_j| <= E'_r = 2γ_d|x||c| +
+    the same |c|² terms. The arg-min j' of s' (or of s, the case E' = 0) then satisfies
     s̃_j' <= s'_j' + E_r + E'_r <= s'_i + E_r + E'_r <= s̃_i + W_r for the pass's arg-min i,
     with W_r = 2·(E_r + E'_r) = A·|x_l| + Bx·|x| + C: every j with s̃_j <= min s̃ + W_r is a
     candidate, and both the exact and the fp32 arg-min are among them. The inner-product score
     −x·c has a smaller error (no |c|² term, no factor 2), so the same W covers it.
     """
-    g = d * 2.0**-24 / (1.0 - d * 2.0**-24)
+    if mode not in COUNTING_MODES:
+        raise ValueError(f"no candidate width for mode {mode!r} (one of {COUNTING_MODES})")
+    g = _gamma(d, 2.0**-24)  # IEEE fp32 sums: |c|², and the fp32 evaluation E'
     r = 2.0**-24 * (1.0 + g)  # one fp32 rounding of a term bounded through γ_d
-    u1 = (1.0 + unit) ** 2
     cmax, cl_max = cmax.double(), cl_max.double()
-    a = 2.0 * (2.0 * cmax)  # 2·E: 2·|x_l|·|c_j|
-    bx = 2.0 * (2.0 * g * u1 * cmax + 2.0 * r * u1 * cmax + 2.0 * (1.0 + unit) * cl_max
-                + 2.0 * g * cmax + 2.0 * r * cmax)  # 2·(E + E'): the |x|-proportional terms
+    if mode == "tf32x3":
+        h = 1.0 + 2.0**-11  # |x_h| <= h·|x| for rounding to nearest
+        u1 = (1.0 + TF32_UNIT) ** 2  # |acc| <= u1·|x||c|, generously
+        gt = _gamma(3 * d, ACC_UNIT)
+        # the pass's dot error: pa·|x_l| + pb·|x|, accumulation included
+        pa = TF32_UNIT * h * cmax + cl_max + gt * h * cmax
+        pb = TF32_UNIT * h * cl_max + gt * (h * h * cmax + h * cl_max)
+    else:
+        unit = BF16_UNIT if mode == "bf16" else TF32_UNIT
+        u1 = (1.0 + unit) ** 2
+        gt = _gamma(d, ACC_UNIT)
+        pa = cmax
+        pb = (1.0 + unit) * cl_max + gt * u1 * cmax
+    a = 2.0 * (2.0 * pa)  # 2·E: twice the dot error in the score
+    bx = 2.0 * (2.0 * pb + 2.0 * r * u1 * cmax  # E: dot error, the subtraction's rounding
+                + 2.0 * g * cmax + 2.0 * r * cmax)  # E': the fp32 evaluation
     c = 2.0 * 2.0 * (g + r) * cmax * cmax  # 2·(E + E'): fp32 |c_j|² and its subtraction
     return (torch.stack([a, bx, c], dim=-1) * BOUND_SLACK).float()
 
 
-def round_operand(t: torch.Tensor, dot_mode: str) -> torch.Tensor:
-    """The fp32 value of the main pass's operand: bf16 round-to-nearest (``"bf16"``) or TF32
-    truncation (``"tf32"``, the worst case of :data:`TF32_UNIT`). t float32, any shape."""
-    if dot_mode == "bf16":
+def round_operand(t: torch.Tensor, mode: str) -> torch.Tensor:
+    """The fp32 value of a counting pass's rounded operand t_h: bf16 round-to-nearest
+    (``"bf16"``), TF32 truncation (``"tf32"``, the worst case of :data:`TF32_UNIT`) or TF32
+    round-to-nearest, ties away (``"tf32x3"``, Triton's ``cvt.rna`` split). t float32."""
+    if mode == "bf16":
         return t.bfloat16().float()
-    return (t.contiguous().view(torch.int32) & -(1 << 13)).view(torch.float32)
+    bits = t.contiguous().view(torch.int32)
+    if mode == "tf32x3":  # half a TF32 unit added to the magnitude, then truncated
+        bits = bits + (1 << 12)
+    return (bits & -(1 << 13)).view(torch.float32)
 
 
 def candidates_ref(x: torch.Tensor, c: torch.Tensor, dot_mode: str = "bf16",
-                   chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A CPU simulation of the main pass's rounding and candidate rule, in torch.
+                   chunk: int = 4096, matmul=None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A CPU simulation of a counting pass's rounding and candidate rule, in torch.
 
-    x: [N, D] and c: [K, D] float32. Operands rounded as by :func:`round_operand`, products
-    accumulated in fp32, scores |c|² − 2·acc, width from :func:`candidate_width`. Returns count
-    [N] int64 (candidates: centroids within the width of the best), first [N] int64 (the pass's
-    arg-min, always a candidate) and second [N] int64 (the other candidate where count == 2,
-    else first). The kernel counts against a running minimum, so its count is >= this one.
+    x: [N, D] and c: [K, D] float32; dot_mode one of :data:`COUNTING_MODES`. Operands rounded
+    as by :func:`round_operand` (``"tf32x3"``: the three TF32 products of Triton's split, the
+    low parts truncated), products accumulated by ``matmul(a [n, D], b [K, D]) -> [n, K]``
+    (default ``a @ b.T`` in fp32), scores |c|² − 2·acc, width from :func:`candidate_width`.
+    Returns count [N] int64 (candidates: centroids within the width of the best), first [N]
+    int64 (the pass's arg-min, always a candidate) and second [N] int64 (the other candidate
+    where count == 2, else first). The kernel counts against a running minimum, so its count
+    is >= this one.
     """
-    unit = BF16_UNIT if dot_mode == "bf16" else TF32_UNIT
+    mm = matmul or (lambda a, b: a @ b.T)
     xh, ch = round_operand(x, dot_mode), round_operand(c, dot_mode)
     csq = (c * c).sum(dim=1)
     cmax = csq.max().sqrt().reshape(1)
     cl_max = (c - ch).norm(dim=1).max().reshape(1)
-    a, bx, c0 = candidate_width(cmax, cl_max, x.shape[1], unit)[0].tolist()
+    a, bx, c0 = candidate_width(cmax, cl_max, x.shape[1], dot_mode)[0].tolist()
+    x_res = x - round_operand(x, "bf16" if dot_mode == "bf16" else "tf32")  # as _residual
+    cl = round_operand(c - ch, "tf32")
     out = []
     for r0 in range(0, x.shape[0], chunk):
         xr, xhr = x[r0:r0 + chunk], xh[r0:r0 + chunk]
-        width = a * (xr - xhr).norm(dim=1) + bx * xr.norm(dim=1) + c0
-        score = csq[None, :] - 2.0 * (xhr @ ch.T)
+        width = a * x_res[r0:r0 + chunk].norm(dim=1) + bx * xr.norm(dim=1) + c0
+        acc = mm(xhr, ch)
+        if dot_mode == "tf32x3":
+            acc = mm(round_operand(xr - xhr, "tf32"), ch) + mm(xhr, cl) + acc
+        score = csq[None, :] - 2.0 * acc
         best, first = score.min(dim=1)
         near = score <= (best + width)[:, None]
         count = near.sum(dim=1)
@@ -208,9 +262,9 @@ def _fold_tile(acc, pad_b, k0, kk, best, best_i, cand, width, IS_L2: tl.constexp
 
 @triton.jit
 def _residual(xf, DOT_MODE: tl.constexpr):
-    """x − (x as the main pass's product sees it), exact in fp32: bf16 round-to-nearest, or
+    """x − (x as the counting pass's product sees it), exact in fp32: bf16 round-to-nearest, or
     TF32 truncation (an upper bound, element by element, of any TF32 rounding's residual)."""
-    if DOT_MODE == "tf32":
+    if DOT_MODE == "tf32" or DOT_MODE == "tf32x3":
         return xf - (xf.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
     return xf - xf.to(tl.bfloat16).to(tl.float32)
 
@@ -251,9 +305,9 @@ def _assign_kernel(
     D: tl.constexpr,  # feature dim (specialised: one compile per D)
     IS_L2: tl.constexpr,  # True: smallest squared L2 distance; False: largest inner product
     DOT_MODE: tl.constexpr,  # "ieee" | "tf32" | "tf32x3" | "bf16"
-    COUNT_SHIFT: tl.constexpr,  # 0, or count the candidates within the bound (bf16 main pass,
-    # TF32 second pass) at this bit of the per-row packed sum (count_shift(K))
-    GATHER: tl.constexpr,  # rows come from rows_ptr (the fp32 re-check of flagged rows)
+    COUNT_SHIFT: tl.constexpr,  # 0, or count the candidates within the bound (the counting
+    # passes: bf16, TF32, tf32x3) at this bit of the per-row packed sum (count_shift(K))
+    GATHER: tl.constexpr,  # rows come from rows_ptr (the re-check passes on flagged rows)
     UPCAST_BF16: tl.constexpr,  # interpreter only: multiply bf16 tiles in fp32 (see _dot)
     BLOCK_N: tl.constexpr,  # rows per program
     BLOCK_K: tl.constexpr,  # centroids per streamed tile
@@ -401,8 +455,10 @@ operands 128×128 with two stages (235 registers, 192 KB) prefetches the next ce
 def _prune_assign_configs(configs, named_args, **kwargs):
     """Drop chunked candidates when one chunk covers D, tiles far larger than N or K, the
     :data:`HALF_ONLY_TILES` unless the operands are 16-bit (the bf16 passes or
-    half inputs), and, for the fp32 CUDA-core product, every tile but 64×32 (the others spill
-    0.4-15 KB per thread on sm_90 at D = 256)."""
+    half inputs), for the fp32 CUDA-core product every tile but 64×32 (the others spill
+    0.4-15 KB per thread on sm_90 at D = 256), and for tf32x3 the resident tiles beyond
+    D = 64 (its high and low parts double the tiles: 256-384 KB of shared memory at D = 256;
+    its chunked tiles take 144-160 KB)."""
     n, k, d = named_args["N"], named_args["K"], kwargs.get("D", named_args.get("D"))
     full = assign_block_d(d)
     x = named_args.get("x_ptr")
@@ -412,6 +468,8 @@ def _prune_assign_configs(configs, named_args, **kwargs):
         bn, bk, bd = c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_D"]
         if kwargs.get("DOT_MODE") == "ieee" and (bn, bk) != (64, 32):
             continue
+        if kwargs.get("DOT_MODE") == "tf32x3" and bd == 0 and full > 64:
+            continue  # x and c tiles held twice (high and low parts): 256-384 KB at D = 256
         if not half and (bn, bk, bd, c.num_stages) in HALF_ONLY_TILES:
             continue
         if full and bd >= full:
@@ -494,13 +552,12 @@ def _pad_rows(c: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor
 def _counting_pass(x, c_op, cf, cmax, pad, dist, idx, cand, *, is_l2, mode, rows=None,
                    nrows=None) -> None:
     """One pass that scores with ``mode``'s rounded operands ("bf16": c_op the padded bf16
-    centroids; "tf32": the padded fp32 ones) and writes, besides dist and idx, every row's
+    centroids; "tf32", "tf32x3": the padded fp32 ones) and writes, besides dist and idx, every row's
     packed candidates within that mode's proven width (:func:`candidate_width`) into ``cand``;
     only the rows of the list when ``rows`` is given. cf: [B, K, D] fp32 centroids, cmax: [B]
     their largest norm."""
-    unit = BF16_UNIT if mode == "bf16" else TF32_UNIT
     cl_max = (cf - round_operand(cf, mode)).norm(dim=2).amax(dim=1)
-    coef = candidate_width(cmax, cl_max, cf.shape[2], unit)
+    coef = candidate_width(cmax, cl_max, cf.shape[2], mode)
     _launch(x, c_op, cf.shape[1], pad, dist, idx, is_l2=is_l2, mode=mode,
             coef=coef.contiguous(), cand=cand, rows=rows, nrows=nrows)
 
@@ -527,6 +584,26 @@ def _compact(flag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, nrows
 
 
+def counting_passes(x, c_pad, cf, pad, dist, idx, cand, *, is_l2) -> list[torch.Tensor]:
+    """The default mode's counting passes on float32 x [B, N, D]: the bf16 main pass over every
+    row, then each later mode of :data:`COUNTING_MODES` over the rows the pass before left with
+    more than two candidates. c_pad: the centroids padded by :func:`_pad_rows`; cf: [B, K, D]
+    the real ones in fp32; pad: from :func:`_score_offsets`. Writes dist, idx and the packed
+    candidates ``cand`` of every row; returns, per later pass, [B] int64 the number of rows it
+    took (on the device, no host sync)."""
+    cmax = cf.norm(dim=2).amax(dim=1)
+    _counting_pass(x, c_pad.to(torch.bfloat16), cf, cmax, pad, dist, idx, cand, is_l2=is_l2,
+                   mode="bf16")
+    # the TF32 pass's bound is about 4x narrower than bf16's, tf32x3's about 4x narrower again
+    taken = []
+    for mode in COUNTING_MODES[1:]:
+        rows, nrows = _compact((cand >> 32) > 2)
+        _counting_pass(x, c_pad, cf, cmax, pad, dist, idx, cand, is_l2=is_l2, mode=mode,
+                       rows=rows, nrows=nrows)
+        taken.append(nrows)
+    return taken
+
+
 def assign_triton(
     x: torch.Tensor, centroids: torch.Tensor, metric: str, precision: str = "default"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -537,7 +614,7 @@ def assign_triton(
     :data:`PRECISIONS` (``_reasons`` declines the others). Returns dist [B, N] float32 (squared
     L2 clamped at 0, or the best inner product) and idx [B, N] int64 (ties: the smallest index).
     Extra memory: |c|² padded, the centroids padded to a multiple of :data:`PAD_K` rows (no
-    copy when K is one), a bf16 copy of them and, in the default mode, about 25 bytes per row
+    copy when K is one), a bf16 copy of them and, in the default mode, about 30 bytes per row
     (packed candidates, the second candidate, the re-checks' row lists).
     """
     B, N, D = x.shape
@@ -556,16 +633,9 @@ def assign_triton(
         _launch(x, c_op, K, pad, dist, idx, is_l2=is_l2, mode=mode)
         return dist, idx
 
-    # default: the bf16 main pass counts the candidates within the proven bound ...
-    cmax = cf.norm(dim=2).amax(dim=1)
+    # default: the counting passes leave every row's candidates in cand ...
     cand = torch.empty(B, N, dtype=torch.int64, device=x.device)
-    _counting_pass(x, _pad_rows(centroids, torch.bfloat16), cf, cmax, pad, dist, idx, cand,
-                   is_l2=is_l2, mode="bf16")
-    # ... rows with more than two go through a TF32 pass that counts again within its
-    # (about 4x narrower) bound ...
-    rows, nrows = _compact((cand >> 32) > 2)
-    _counting_pass(x, c_pad, cf, cmax, pad, dist, idx, cand, is_l2=is_l2, mode="tf32",
-                   rows=rows, nrows=nrows)
+    counting_passes(x, c_pad, cf, pad, dist, idx, cand, is_l2=is_l2)
     # ... every row is re-scored in fp32 on its first and (if any) second candidate ...
     count = cand >> 32
     second = torch.where(count == 2, (cand & 0xFFFFFFFF) - idx, idx)

@@ -233,17 +233,18 @@ def test_triton_recheck_path_covers_every_row(monkeypatch):
         assert_close(dist, ref_d, torch.float32)
 
 
-def test_triton_tf32_pass_settles_rows_the_bf16_pass_leaves_open(monkeypatch):
-    """With the bf16 pass's width made infinite every row reaches the TF32 counting pass; its
-    own bound settles most of them, so far fewer reach the full fp32 pass, and every index
-    still equals the fp32 reference's."""
+@pytest.mark.parametrize("wide", [("bf16",), ("bf16", "tf32")])
+def test_triton_later_counting_passes_settle_rows_left_open(monkeypatch, wide):
+    """With the width of the passes in ``wide`` made infinite every row reaches the next
+    counting pass (TF32 or tf32x3); its own bound settles most of them, so far fewer reach the
+    full fp32 pass, and every index still equals the fp32 reference's."""
     kernels = triton_kernels("assign")
     width = kernels.candidate_width
 
-    def wide_bf16(cmax, cl_max, d, unit):
-        if unit == kernels.BF16_UNIT:
+    def widened(cmax, cl_max, d, mode):
+        if mode in wide:
             return torch.full((len(cmax), 3), 1e30, device=cmax.device)
-        return width(cmax, cl_max, d, unit)
+        return width(cmax, cl_max, d, mode)
 
     flagged = []
     compact = kernels._compact
@@ -252,7 +253,7 @@ def test_triton_tf32_pass_settles_rows_the_bf16_pass_leaves_open(monkeypatch):
         flagged.append(int(flag.sum()))
         return compact(flag)
 
-    monkeypatch.setattr(kernels, "candidate_width", wide_bf16)
+    monkeypatch.setattr(kernels, "candidate_width", widened)
     monkeypatch.setattr(kernels, "_compact", counting_compact)
     x, c = randn(2, 150, 48, seed=6, device=TRITON_DEVICE), randn(2, 70, 48, seed=7,
                                                                   device=TRITON_DEVICE)
@@ -263,7 +264,9 @@ def test_triton_tf32_pass_settles_rows_the_bf16_pass_leaves_open(monkeypatch):
         ref_d, ref_i = assign_ref(x, c, metric)
         assert torch.equal(idx, ref_i)
         assert_close(dist, ref_d, torch.float32)
-        assert flagged[0] == 300 and flagged[1] < 30, flagged
+        # rows taken by the TF32 pass, the tf32x3 pass and the full fp32 pass
+        assert flagged[:len(wide)] == [300] * len(wide) and flagged[len(wide)] < 30, flagged
+        assert len(flagged) == 3
 
 
 @pytest.mark.parametrize("k", [16384, 16385], ids=["int32-count", "int64-count"])
@@ -319,7 +322,7 @@ def test_triton_main_pass_candidates_hold_the_fp32_argmin():
     pad = kernels._score_offsets(cd, True)
     coef = kernels.candidate_width(c.norm(dim=1).amax().reshape(1),
                                    (c - c.bfloat16().float()).norm(dim=1).amax().reshape(1),
-                                   64, kernels.BF16_UNIT).to(TRITON_DEVICE)
+                                   64, "bf16").to(TRITON_DEVICE)
     dist = torch.empty(1, 300, device=TRITON_DEVICE)
     idx = torch.empty(1, 300, dtype=torch.int64, device=TRITON_DEVICE)
     cand = torch.empty(1, 300, dtype=torch.int64, device=TRITON_DEVICE)

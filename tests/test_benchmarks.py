@@ -66,7 +66,8 @@ def test_bench_gpu_cpu_side_helpers():
 def test_bench_gpu_main_pass_counts_as_the_simulation_does():
     """The GPU script's bf16 pass alone (Triton; the interpreter on a CPU) at a K the padding
     must round up: every row has a candidate, the kernel's count is at least the CPU
-    simulation's (it counts against a running minimum), and its fractions add up to one."""
+    simulation's (it counts against a running minimum), its fractions add up to one, and each
+    later pass takes the rows the one before leaves open."""
     from fastdc.kernels.assign import candidates_ref
 
     from benchmarks.bench_gpu import main_pass, recheck_fractions
@@ -79,7 +80,10 @@ def test_bench_gpu_main_pass_counts_as_the_simulation_does():
     ref_count, _, _ = candidates_ref(x[0], c[0])
     assert bool((count >= 1).all()) and bool((count >= ref_count).all())
     fractions = recheck_fractions(x.to(TRITON_DEVICE), c.to(TRITON_DEVICE))
-    assert sum(fractions.values()) == pytest.approx(1.0) and fractions["zero"] == 0.0
+    bf16 = [fractions[k] for k in ("one", "two", "more", "zero")]
+    assert sum(bf16) == pytest.approx(1.0) and fractions["zero"] == 0.0
+    assert fractions["to_tf32"] == fractions["more"]
+    assert fractions["to_fp32"] <= fractions["to_tf32x3"] <= fractions["to_tf32"]
 
 
 def test_gpu_run_also_runs_the_gpu_tests_and_the_trainer(tmp_path):

@@ -27,7 +27,7 @@ def assert_argmins_are_candidates(kernels, x, c, dot_mode):
     return count
 
 
-@pytest.mark.parametrize("dot_mode", ["bf16", "tf32"])
+@pytest.mark.parametrize("dot_mode", ["bf16", "tf32", "tf32x3"])
 @pytest.mark.parametrize("iterations", [0, 3])
 def test_whitened_features_have_no_wrong_assignment(assign_kernels, dot_mode, iterations):
     x = whitened_mixture(3_000, d_in=300, dim=128, seed=iterations)
@@ -42,7 +42,7 @@ def test_whitened_features_have_no_wrong_assignment(assign_kernels, dot_mode, it
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (7, 3, 5), (130, 40, 33), (257, 129, 257)])
-@pytest.mark.parametrize("dot_mode", ["bf16", "tf32"])
+@pytest.mark.parametrize("dot_mode", ["bf16", "tf32", "tf32x3"])
 def test_odd_shapes_and_scales(assign_kernels, shape, dot_mode):
     n, k, d = shape
     g = torch.Generator().manual_seed(n + k + d)
@@ -66,7 +66,62 @@ def test_exact_copies_are_two_candidates_or_more(assign_kernels):
 def test_width_grows_with_the_unit_and_the_centroid_error(assign_kernels):
     k = assign_kernels
     one = torch.ones(1)
-    bf16 = k.candidate_width(one, one * 2**-9, 256, k.BF16_UNIT)[0]
-    tf32 = k.candidate_width(one, one * 2**-11, 256, k.TF32_UNIT)[0]
+    bf16 = k.candidate_width(one, one * 2**-9, 256, "bf16")[0]
+    tf32 = k.candidate_width(one, one * 2**-11, 256, "tf32")[0]
     assert bool((bf16 >= tf32).all()) and float(bf16[1]) > float(tf32[1])
     assert float(bf16[0]) == pytest.approx(4.0, rel=1e-2)  # 2·(2·|x_l|·cmax)
+
+
+def truncating_matmul(a: torch.Tensor, b: torch.Tensor, block: int = 8) -> torch.Tensor:
+    """a [n, D] @ b [K, D]ᵀ as the tensor cores were measured to add (ACC_UNIT's references):
+    exact products, added ``block`` at a time to the accumulator with every significand cut
+    (toward zero) at fp32's last bit of the largest term, and the sum cut to 24 bits. Returns
+    [n, K] float32 (values exact in float64 throughout)."""
+
+    def cut(t, at):  # t toward zero to a multiple of 2^(exponent of ``at`` − 23)
+        _, e = torch.frexp(at)
+        ulp = torch.ldexp(torch.ones_like(at), e - 24)
+        return torch.where(at == 0, t, torch.trunc(t / ulp) * ulp)
+
+    prod = a.double()[:, None, :] * b.double()[None, :, :]  # exact: <= 11-bit significands
+    acc = torch.zeros(prod.shape[:2], dtype=torch.float64)
+    for d0 in range(0, prod.shape[2], block):
+        terms = torch.cat([acc[..., None], prod[..., d0:d0 + block]], dim=2)
+        top = terms.abs().amax(dim=2, keepdim=True)
+        total = cut(terms, top).sum(dim=2)
+        acc = cut(total, total.abs())
+    return acc.float()
+
+
+def test_truncating_accumulation_needs_the_tensor_core_unit(assign_kernels):
+    """One unit term and D − 1 terms just below its last bit: a truncating adder drops them
+    all, an error of about 2·D·2^-24, past IEEE's γ_D (D·2^-24) but within γ_D(ACC_UNIT)."""
+    k, d = assign_kernels, 256
+    tiny = 2.0**-23 * (1 - 2.0**-7)  # bf16-exact, just below fp32's last bit of 1
+    x = torch.full((1, d), tiny)
+    x[0, 0] = 1.0
+    c = torch.ones(1, d)
+    exact = 1.0 + (d - 1) * tiny
+    err = abs(float(truncating_matmul(x, c)) - exact)
+    assert err > k._gamma(d, 2.0**-24) * exact
+    assert err <= k._gamma(d, k.ACC_UNIT) * exact
+    assert float(x @ c.T) == pytest.approx(exact, abs=k._gamma(d, 2.0**-24) * exact)
+
+
+@pytest.mark.parametrize("dot_mode", ["bf16", "tf32", "tf32x3"])
+@pytest.mark.parametrize("block", [1, 8])
+def test_argmins_are_candidates_under_truncating_accumulation(assign_kernels, dot_mode, block):
+    """The counting passes accumulated as the tensor cores were measured to: on whitened rows
+    and on near-duplicate centroids, the fp32 and exact arg-mins are still candidates."""
+    x = whitened_mixture(160, d_in=96, dim=64, seed=3)
+    g = torch.Generator().manual_seed(4)
+    near = x[:40] + 1e-4 * torch.randn(40, 64, generator=g)
+    c = torch.cat([x[40:100], near])
+    count, first, second = assign_kernels.candidates_ref(
+        x, c, dot_mode, matmul=lambda a, b: truncating_matmul(a, b, block))
+    x64, c64 = x.double(), c.double()
+    exact = ((c64 * c64).sum(1)[None, :] - 2.0 * x64 @ c64.T).argmin(dim=1)
+    for j in (exact, fp32_scores(x, c).argmin(dim=1)):
+        held = (j == first) | ((j == second) & (count == 2)) | (count > 2)
+        assert bool(held.all())
+    assert float((count == 1).float().mean()) > 0.5

@@ -118,16 +118,17 @@ print("compiled")
 """
 
 
-# Every autotune candidate of the default mode's three passes (bf16 main pass, TF32 counting
-# pass, fp32 re-check) and of the one-pass TF32 mode at D = 256: no stack frame (spills live
-# there), shared memory within one H100 block's limit, wgmma in the tensor-core passes' PTX.
+# Every autotune candidate of the default mode's four passes (bf16 main pass, TF32 and tf32x3
+# counting passes, fp32 re-check) and of the one-pass TF32 and tf32x3 modes at D = 256: no
+# stack frame (spills live there), shared memory within one H100 block's limit, wgmma in the
+# tensor-core passes' PTX.
 _ASSIGN_CONFIGS_SCRIPT = _PRELUDE + r"""
 import os, re, subprocess, tempfile
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
-# (mode, COUNT, GATHER): the default mode's bf16 main pass, its TF32 counting pass and full
-# fp32 pass on gathered rows, and the one-pass TF32 mode
-passes = [("bf16", True, False), ("tf32", True, True), ("ieee", False, True),
-          ("tf32", False, False)]
+# (mode, COUNT, GATHER): the default mode's bf16 main pass, its TF32 and tf32x3 counting
+# passes and full fp32 pass on gathered rows, and the one-pass TF32 and tf32x3 modes
+passes = [("bf16", True, False), ("tf32", True, True), ("tf32x3", True, True),
+          ("ieee", False, True), ("tf32", False, False), ("tf32x3", False, False)]
 runs = [(cfg, *p) for p in passes for cfg in A._prune_assign_configs(
     A.assign_configs(), dict(N=1281167, K=10000), D=256, DOT_MODE=p[0], COUNT_SHIFT=SHIFT * p[1])]
 assert sum(r[1] == "bf16" for r in runs) == len(A.assign_configs()), runs
@@ -253,9 +254,9 @@ def test_triton_kernels_compile_for_sm90(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU run compiles them for real")
 def test_assign_configs_do_not_spill_on_sm90(tmp_path):
-    """Each autotune tile of the bf16 main pass (and of the TF32 mode) compiles for sm_90
-    without a stack frame, within the shared-memory limit, and on wgmma (about 50 s on 2
-    cores)."""
+    """Each autotune tile of the default mode's passes (and of the one-pass TF32 and tf32x3
+    modes) compiles for sm_90 without a stack frame, within the shared-memory limit, and on
+    wgmma (about 70 s on 2 cores)."""
     _compile_in_subprocess(_ASSIGN_CONFIGS_SCRIPT, tmp_path)
 
 
