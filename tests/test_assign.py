@@ -233,11 +233,13 @@ def test_triton_recheck_path_covers_every_row(monkeypatch):
         assert_close(dist, ref_d, torch.float32)
 
 
-@pytest.mark.parametrize("wide", [("bf16",), ("bf16", "tf32")])
-def test_triton_later_counting_passes_settle_rows_left_open(monkeypatch, wide):
+@pytest.mark.parametrize("wide,d", [(("bf16",), 48), (("bf16", "tf32"), 48),
+                                    (("bf16", "tf32"), 300)])
+def test_triton_later_counting_passes_settle_rows_left_open(monkeypatch, wide, d):
     """With the width of the passes in ``wide`` made infinite every row reaches the next
-    counting pass (TF32 or tf32x3); its own bound settles most of them, so far fewer reach the
-    full fp32 pass, and every index still equals the fp32 reference's."""
+    counting pass (TF32 or tf32x3; D = 300 streams D in chunks); its own bound settles most of
+    them, so far fewer reach the full fp32 pass, and every index still equals the fp32
+    reference's."""
     kernels = triton_kernels("assign")
     width = kernels.candidate_width
 
@@ -255,8 +257,8 @@ def test_triton_later_counting_passes_settle_rows_left_open(monkeypatch, wide):
 
     monkeypatch.setattr(kernels, "candidate_width", widened)
     monkeypatch.setattr(kernels, "_compact", counting_compact)
-    x, c = randn(2, 150, 48, seed=6, device=TRITON_DEVICE), randn(2, 70, 48, seed=7,
-                                                                  device=TRITON_DEVICE)
+    x, c = randn(2, 150, d, seed=6, device=TRITON_DEVICE), randn(2, 70, d, seed=7,
+                                                                 device=TRITON_DEVICE)
     for metric in ("l2", "ip"):
         flagged.clear()
         with poisoned_allocations():
