@@ -55,9 +55,10 @@ Tensor cores are not IEEE adders: measured on V100, T4 and A100, they add a bloc
 products and the accumulator by aligning significands to the largest one, dropping the bits
 past fp32's 24 without rounding, and truncate the normalised sum (Fasi, Higham, Mikaitis and
 Pranesh, "Numerical behavior of NVIDIA tensor cores", PeerJ CS 7:e330, 2021; Khattak and
-Mikaitis, arXiv:2512.07004, model H100's). A step then errs by at most (b + 1)·2^-23 of its
-terms' magnitudes (b terms aligned, one final truncation), 2d·2^-23 = d·2^-22 over d products
-for any b >= 1. The fp32 evaluations the bound also covers (the CUDA-core re-check, torch's
+Mikaitis, arXiv:2512.07004, model H100's). A step then errs by at most (b + 1)·2^-23 times
+the sum of the magnitudes accumulated so far (b terms cut at the largest one's last bit, one
+final cut), so d products in d/b steps by at most d(1 + 1/b)·2^-23 <= d·2^-22 times it, for
+any b >= 1. The fp32 evaluations the bound also covers (the CUDA-core re-check, torch's
 reference) round to nearest: γ_d with 2^-24."""
 
 BOUND_SLACK = 1.0 + 2.0**-10
