@@ -553,10 +553,10 @@ def _pad_rows(c: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor
 def _counting_pass(x, c_op, cf, cmax, pad, dist, idx, cand, *, is_l2, mode, rows=None,
                    nrows=None) -> None:
     """One pass that scores with ``mode``'s rounded operands ("bf16": c_op the padded bf16
-    centroids; "tf32", "tf32x3": the padded fp32 ones) and writes, besides dist and idx, every row's
-    packed candidates within that mode's proven width (:func:`candidate_width`) into ``cand``;
-    only the rows of the list when ``rows`` is given. cf: [B, K, D] fp32 centroids, cmax: [B]
-    their largest norm."""
+    centroids; "tf32", "tf32x3": the padded fp32 ones) and writes, besides dist and idx, every
+    row's packed candidates within that mode's proven width (:func:`candidate_width`) into
+    ``cand``; only the rows of the list when ``rows`` is given. cf: [B, K, D] fp32 centroids,
+    cmax: [B] their largest norm."""
     cl_max = (cf - round_operand(cf, mode)).norm(dim=2).amax(dim=1)
     coef = candidate_width(cmax, cl_max, cf.shape[2], mode)
     _launch(x, c_op, cf.shape[1], pad, dist, idx, is_l2=is_l2, mode=mode,
