@@ -1,6 +1,7 @@
 """GPU benchmark of the ops' kernels: ``python benchmarks/bench_gpu.py``.
 
-On a CUDA device: correctness checks first (every backend against the torch reference), then
+On a CUDA device: how the tensor cores accumulate (against the bound the counting passes rest
+on), correctness checks (every backend against the torch reference), then
 timings by :func:`benchmarks.timing.measure` (median of a few calls, the device synchronised
 before every clock read, warm-up and Triton autotuning outside the timed region) of assign, one
 k-means iteration, 20 iterations, cluster_sums + resplit_empty, sobel, the batched case and the
@@ -275,6 +276,21 @@ def recheck_fractions(x: torch.Tensor, c: torch.Tensor) -> dict:
     return {"one": float((count == 1).float().mean()), "two": float((count == 2).float().mean()),
             "more": float((count > 2).float().mean()), "zero": float((count < 1).float().mean()),
             **chain_fractions(x, c)}
+
+
+def accumulation_probe(dev) -> dict:
+    """How the tensor cores add (:func:`fastdc.kernels.assign.accumulation_error`), per mode, in
+    units of IEEE fp32's γ_d: the largest over the probe's dot products, the unit-first row
+    (an adder that cuts at the largest term's last bit: about 2) and the unit-last one; and
+    the 4 that ``ACC_UNIT`` allows, which the counting passes' bounds rest on."""
+    from fastdc.kernels import assign as tk
+
+    out = {"allowed": tk.ACC_UNIT / 2.0**-24}
+    for mode in ("bf16", "tf32"):
+        err = tk.accumulation_error(mode, dev)
+        out[mode] = {"max": float(err.max()), "unit_first": float(err[0, 0]),
+                     "unit_last": float(err[1, 0])}
+    return out
 
 
 def autotuned_configs() -> dict:
@@ -552,11 +568,11 @@ def run(quick: bool = False, budget_s: float | None = None, log_dir: Path | None
         partial: Path | None = None) -> dict:
     """All checks and timings on the current CUDA device; returns the JSON-ready result.
 
-    Stages run in order (correctness, assign, kmeans, kmeans_mixture, sobel, batched, knn,
-    smoke); one that raises is recorded under "errors" and the next one runs; stages that
-    would start after ``budget_s`` seconds are listed under "skipped". After each stage the
-    result so far is written to ``partial`` when given, so a killed run still leaves its
-    figures."""
+    Stages run in order (accumulation, correctness, assign, kmeans, kmeans_mixture, sobel,
+    batched, knn, smoke); one that raises is recorded under "errors" and the next one runs;
+    stages that would start after ``budget_s`` seconds are listed under "skipped". After each
+    stage the result so far is written to ``partial`` when given, so a killed run still leaves
+    its figures."""
     ensure_fastdc_importable()
     from fastdc.ops.registry import available
 
@@ -603,7 +619,11 @@ def run(quick: bool = False, budget_s: float | None = None, log_dir: Path | None
         cb = torch.randn(BATCHED["B"], BATCHED["K"], BATCHED["D"], generator=g, device=dev)
         _time_batched(xb, cb, rows, summary)
 
+    def accumulation():
+        summary["accumulation_error_over_ieee_gamma"] = accumulation_probe(dev)
+
     stages = [
+        ("accumulation", accumulation),
         ("correctness", lambda: result["correctness"].extend(correctness(dev))),
         ("assign", lambda: _time_assign(*deepcluster_data(), rows, summary)),
         ("kmeans", lambda: _time_kmeans(*deepcluster_data(), rows, summary)),

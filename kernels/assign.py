@@ -661,3 +661,55 @@ def _reasons(x, centroids, metric, precision="default", **_):
 
 
 register("assign", "triton", _reasons)(assign_triton)
+
+
+# ---------------------------------------------------------------------------------------------
+# accumulation probe: how the tensor cores add, against ACC_UNIT
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dot_probe_kernel(a_ptr, b_ptr, out_ptr, M: tl.constexpr, D: tl.constexpr,
+                      DOT_MODE: tl.constexpr, UPCAST_BF16: tl.constexpr):
+    """out [M, M] float32 = a [M, D] @ b [M, D]ᵀ (float32, contiguous) in one ``tl.dot`` of
+    DOT_MODE ("bf16" or "tf32"), as the counting passes multiply."""
+    r = tl.arange(0, M)
+    dd = tl.arange(0, D)
+    a = tl.load(a_ptr + r[:, None] * D + dd[None, :])
+    b = tl.load(b_ptr + r[:, None] * D + dd[None, :])
+    acc = _dot(a, tl.trans(b), tl.zeros([M, M], dtype=tl.float32), DOT_MODE, UPCAST_BF16)
+    tl.store(out_ptr + r[:, None] * M + r[None, :], acc)
+
+
+def probe_operands(m: int = 64, d: int = 256, seed: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """a, b [m, d] float32, exact in bf16 (so in TF32: every product is exact): random values
+    spread over ±8 binades, and two rows against b's first (all ones) that a truncating adder
+    gets wrong: a[0] is a unit term followed by d − 1 terms just below its last fp32 bit (an
+    adder that cuts at the largest term's last bit drops them all), a[1] the same terms with
+    the unit last (no adder drops them)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def spread():
+        return torch.randn(m, d, generator=g) * 2.0 ** torch.randint(-8, 9, (m, d), generator=g)
+
+    a, b = spread(), spread()
+    tiny = 2.0**-23 * (1 - 2.0**-7)  # 8 significand bits: bf16-exact
+    a[0], a[1] = tiny, tiny
+    a[0, 0], a[1, -1] = 1.0, 1.0
+    b[0] = 1.0
+    return a.bfloat16().float(), b.bfloat16().float()
+
+
+def accumulation_error(mode: str, device: torch.device | str, m: int = 64, d: int = 256
+                       ) -> torch.Tensor:
+    """[m, m] float64: |one tl.dot − exact| / (d·2^-24·Σ_k |a_ik·b_jk|) on
+    :func:`probe_operands`, i.e. each dot product's accumulation error in units of IEEE fp32's
+    γ_d. :data:`ACC_UNIT` allows the tensor cores 4 (IEEE addition in any order stays <= 1)."""
+    a, b = probe_operands(m, d)
+    out = torch.empty(m, m, device=device)
+    _dot_probe_kernel[(1,)](a.to(device), b.to(device), out, M=m, D=d, DOT_MODE=mode,
+                            UPCAST_BF16=interpreting())
+    exact = a.double() @ b.double().T
+    magnitude = a.double().abs() @ b.double().abs().T
+    return (out.cpu().double() - exact).abs() / (d * 2.0**-24 * magnitude)

@@ -86,6 +86,21 @@ def test_bench_gpu_main_pass_counts_as_the_simulation_does():
     assert fractions["to_fp32"] <= fractions["to_tf32x3"] <= fractions["to_tf32"]
 
 
+def test_bench_gpu_accumulation_probe_reads_the_dot_error():
+    """The GPU script's accumulation stage, under the interpreter on a CPU (numpy rounds to
+    nearest): every error within IEEE's γ_d, below the tensor cores' allowance."""
+    from benchmarks.bench_gpu import accumulation_probe
+    from tests.helpers import TRITON_DEVICE, triton_kernels
+
+    triton_kernels("assign")
+    probe = accumulation_probe(TRITON_DEVICE)
+    assert probe["allowed"] == 4.0
+    for mode in ("bf16", "tf32"):
+        assert 0.0 <= probe[mode]["unit_last"] <= probe[mode]["max"] <= probe["allowed"]
+        if TRITON_DEVICE == "cpu":
+            assert probe[mode]["max"] <= 1.0
+
+
 def test_gpu_run_also_runs_the_gpu_tests_and_the_trainer(tmp_path):
     from benchmarks.bench_gpu import smoke_commands
 

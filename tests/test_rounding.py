@@ -125,3 +125,20 @@ def test_argmins_are_candidates_under_truncating_accumulation(assign_kernels, do
         held = (j == first) | ((j == second) & (count == 2)) | (count > 2)
         assert bool(held.all())
     assert float((count == 1).float().mean()) > 0.5
+
+
+@pytest.mark.parametrize("device", [
+    pytest.param("cuda", marks=pytest.mark.gpu, id="tensor-cores"),
+    pytest.param("cpu", marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                 reason="the GPU runs the tensor-core case"),
+                 id="interpreter"),
+])
+@pytest.mark.parametrize("mode", ["bf16", "tf32"])
+def test_dot_accumulation_within_acc_unit(assign_kernels, device, mode):
+    """One tl.dot of the counting passes against float64, on random rows and on rows a
+    truncating adder gets wrong: on a GPU the tensor cores stay within ACC_UNIT's allowance
+    (4× IEEE's γ_d); the interpreter (numpy, rounding to nearest) within IEEE's own."""
+    k = assign_kernels
+    err = k.accumulation_error(mode, device)
+    allowed = k.ACC_UNIT / 2.0**-24 if device == "cuda" else 1.0
+    assert float(err.max()) <= allowed, (float(err.max()), float(err[0, 0]), float(err[1, 0]))

@@ -102,6 +102,12 @@ build(A._rescore_kernel,
            idx_ptr=P("i64"), dist_ptr=P("fp32"), N="i32", K="i32", KP="i32", D="constexpr",
            IS_L2="constexpr", BLOCK_N="constexpr", BLOCK_D="constexpr"),
       dict(D=256, IS_L2=True, BLOCK_N=32, BLOCK_D=64))
+for mode in ("bf16", "tf32"):  # the accumulation probe multiplies as the counting passes do
+    k = build(A._dot_probe_kernel, dict(a_ptr=P("fp32"), b_ptr=P("fp32"), out_ptr=P("fp32"),
+                                        M="constexpr", D="constexpr", DOT_MODE="constexpr",
+                                        UPCAST_BF16="constexpr"),
+              dict(M=64, D=256, DOT_MODE=mode, UPCAST_BF16=False))
+    assert "wgmma" in k.asm["ptx"], mode
 build(R._resplit_empty_kernel,
       dict(c_ptr=P("fp32"), cnt_ptr=P("fp32"), u_ptr=P("fp64"), nsplit_ptr=P("i64"), K="i32",
            D="i32", n_frozen="i32", EPS="constexpr", BLOCK_K="constexpr", BLOCK_D="constexpr"),
