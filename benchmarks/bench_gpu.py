@@ -234,25 +234,11 @@ def agreement(found: dict, ref: tuple) -> dict:
     return out
 
 
-def main_pass(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """The default mode's bf16 main pass alone on [B, N, D] / [B, K, D] (L2), through the
-    Triton launcher's own pieces; returns the packed candidates [B, N] int64 it writes."""
-    from fastdc.kernels import assign as tk
-
-    cf = c.float()
-    B, N, _ = x.shape
-    dist = torch.empty(B, N, dtype=torch.float32, device=x.device)
-    idx = torch.empty(B, N, dtype=torch.int64, device=x.device)
-    cand = torch.empty(B, N, dtype=torch.int64, device=x.device)
-    tk._counting_pass(x, tk._pad_rows(c, torch.bfloat16), cf, cf.norm(dim=2).amax(dim=1),
-                      tk._score_offsets(cf, True), dist, idx, cand, is_l2=True, mode="bf16")
-    return cand
-
-
-def chain_fractions(x: torch.Tensor, c: torch.Tensor) -> dict:
-    """Fractions of the rows each re-check pass of the default mode takes on [B, N, D] /
-    [B, K, D] (L2), as the kernels count them: ``to_tf32`` and ``to_tf32x3`` the counting
-    passes, ``to_fp32`` the full fp32 pass."""
+def _counting_passes(x: torch.Tensor, c: torch.Tensor, modes: tuple[str, ...]
+                     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The default mode's counting passes ``modes`` (a prefix of its modes) on [B, N, D] /
+    [B, K, D] (L2), through the Triton launcher's own pieces: the packed candidates [B, N]
+    int64 they leave, and the rows each pass after the first took ([B] int64 each)."""
     from fastdc.kernels import assign as tk
 
     cf = c.float()
@@ -261,8 +247,25 @@ def chain_fractions(x: torch.Tensor, c: torch.Tensor) -> dict:
     idx = torch.empty(B, N, dtype=torch.int64, device=x.device)
     cand = torch.empty(B, N, dtype=torch.int64, device=x.device)
     taken = tk.counting_passes(x, tk._pad_rows(c), cf, tk._score_offsets(cf, True), dist, idx,
-                               cand, is_l2=True)
-    out = {f"to_{m}": float(t.sum()) / (B * N) for m, t in zip(tk.COUNTING_MODES[1:], taken,
+                               cand, is_l2=True, modes=modes)
+    return cand, taken
+
+
+def main_pass(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The default mode's bf16 main pass alone on [B, N, D] / [B, K, D] (L2); returns the
+    packed candidates [B, N] int64 it writes."""
+    return _counting_passes(x, c, ("bf16",))[0]
+
+
+def chain_fractions(x: torch.Tensor, c: torch.Tensor) -> dict:
+    """Fractions of the rows each re-check pass of the default mode takes on [B, N, D] /
+    [B, K, D] (L2), as the kernels count them: ``to_tf32`` and ``to_tf32x3`` the counting
+    passes, ``to_fp32`` the full fp32 pass."""
+    from fastdc.kernels.assign import COUNTING_MODES
+
+    cand, taken = _counting_passes(x, c, COUNTING_MODES)
+    B, N = cand.shape
+    out = {f"to_{m}": float(t.sum()) / (B * N) for m, t in zip(COUNTING_MODES[1:], taken,
                                                                  strict=True)}
     out["to_fp32"] = float(((cand >> 32) > 2).float().mean())
     return out

@@ -161,8 +161,9 @@ def candidates_ref(x: torch.Tensor, c: torch.Tensor, dot_mode: str = "bf16",
     cmax = csq.max().sqrt().reshape(1)
     cl_max = (c - ch).norm(dim=1).max().reshape(1)
     a, bx, c0 = candidate_width(cmax, cl_max, x.shape[1], dot_mode)[0].tolist()
-    x_res = x - round_operand(x, "bf16" if dot_mode == "bf16" else "tf32")  # as _residual
-    cl = round_operand(c - ch, "tf32")
+    # |x_l| as the kernel's _residual: the truncation residual for tf32x3 (x_h rounds there)
+    x_res = x - (round_operand(x, "tf32") if dot_mode == "tf32x3" else xh)
+    cl = round_operand(c - ch, "tf32") if dot_mode == "tf32x3" else None  # as the core reads it
     out = []
     for r0 in range(0, x.shape[0], chunk):
         xr, xhr = x[r0:r0 + chunk], xh[r0:r0 + chunk]
@@ -585,19 +586,20 @@ def _compact(flag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, nrows
 
 
-def counting_passes(x, c_pad, cf, pad, dist, idx, cand, *, is_l2) -> list[torch.Tensor]:
+def counting_passes(x, c_pad, cf, pad, dist, idx, cand, *, is_l2, modes=COUNTING_MODES
+                    ) -> list[torch.Tensor]:
     """The default mode's counting passes on float32 x [B, N, D]: the bf16 main pass over every
-    row, then each later mode of :data:`COUNTING_MODES` over the rows the pass before left with
-    more than two candidates. c_pad: the centroids padded by :func:`_pad_rows`; cf: [B, K, D]
-    the real ones in fp32; pad: from :func:`_score_offsets`. Writes dist, idx and the packed
-    candidates ``cand`` of every row; returns, per later pass, [B] int64 the number of rows it
-    took (on the device, no host sync)."""
+    row, then each later mode of ``modes`` (a prefix of :data:`COUNTING_MODES`) over the rows
+    the pass before left with more than two candidates. c_pad: the centroids padded by
+    :func:`_pad_rows`; cf: [B, K, D] the real ones in fp32; pad: from :func:`_score_offsets`.
+    Writes dist, idx and the packed candidates ``cand`` of every row; returns, per later pass,
+    [B] int64 the number of rows it took (on the device, no host sync)."""
     cmax = cf.norm(dim=2).amax(dim=1)
     _counting_pass(x, c_pad.to(torch.bfloat16), cf, cmax, pad, dist, idx, cand, is_l2=is_l2,
                    mode="bf16")
     # the TF32 pass's bound is about 4x narrower than bf16's, tf32x3's about 4x narrower again
     taken = []
-    for mode in COUNTING_MODES[1:]:
+    for mode in modes[1:]:
         rows, nrows = _compact((cand >> 32) > 2)
         _counting_pass(x, c_pad, cf, cmax, pad, dist, idx, cand, is_l2=is_l2, mode=mode,
                        rows=rows, nrows=nrows)
@@ -627,14 +629,14 @@ def assign_triton(
     is_l2 = metric == "l2"
     cf = centroids.float()
     pad = _score_offsets(cf, is_l2)
-    c_pad = _pad_rows(centroids)
     if precision != "default" or x.dtype != torch.float32:
         mode = {"default": "ieee", "fp32": "ieee"}.get(precision, precision)
-        c_op = _pad_rows(centroids, torch.bfloat16) if mode == "bf16" else c_pad
+        c_op = _pad_rows(centroids, torch.bfloat16 if mode == "bf16" else None)
         _launch(x, c_op, K, pad, dist, idx, is_l2=is_l2, mode=mode)
         return dist, idx
 
     # default: the counting passes leave every row's candidates in cand ...
+    c_pad = _pad_rows(centroids)
     cand = torch.empty(B, N, dtype=torch.int64, device=x.device)
     counting_passes(x, c_pad, cf, pad, dist, idx, cand, is_l2=is_l2)
     # ... every row is re-scored in fp32 on its first and (if any) second candidate ...

@@ -94,14 +94,14 @@ def truncating_matmul(a: torch.Tensor, b: torch.Tensor, block: int = 8) -> torch
 
 
 def test_truncating_accumulation_needs_the_tensor_core_unit(assign_kernels):
-    """One unit term and D − 1 terms just below its last bit: a truncating adder drops them
-    all, an error of about 2·D·2^-24, past IEEE's γ_D (D·2^-24) but within γ_D(ACC_UNIT)."""
+    """The accumulation probe's unit-first row (one unit term and D − 1 terms just below its
+    last bit) against all ones: a truncating adder drops the small terms, an error of about
+    2·D·2^-24, past IEEE's γ_D (D·2^-24) but within γ_D(ACC_UNIT)."""
     k, d = assign_kernels, 256
-    tiny = 2.0**-23 * (1 - 2.0**-7)  # bf16-exact, just below fp32's last bit of 1
-    x = torch.full((1, d), tiny)
-    x[0, 0] = 1.0
-    c = torch.ones(1, d)
-    exact = 1.0 + (d - 1) * tiny
+    a, b = k.probe_operands(d=d)
+    x, c = a[:1], b[:1]
+    assert bool((c == 1.0).all())
+    exact = float(x.double().sum())
     err = abs(float(truncating_matmul(x, c)) - exact)
     assert err > k._gamma(d, 2.0**-24) * exact
     assert err <= k._gamma(d, k.ACC_UNIT) * exact
